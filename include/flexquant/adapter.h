@@ -1,0 +1,94 @@
+// ModelAdapter: a model seen as an ordered list of reconstruction units (blocks), each owning the
+// quantizable layers it runs. The quantization engine never knows the architecture: it asks a unit to
+// run forward through a UnitContext, which decides which weight each layer uses (FP, fake-quantized,
+// frozen codes) and what happens at each activation-quantization site.
+//
+//   logits = adapter.epilogue( unit[n-1]( ... unit[0]( adapter.prologue(input) ) ) )
+#pragma once
+#include <torch/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace flexquant {
+
+enum class LayerKind { Linear, Conv2d };
+
+/// One quantizable layer: y = op(x, W) + b. Weights are [out, in] (Linear) or [out, in/groups, kh, kw]
+/// (Conv2d), fp32, with BatchNorm already folded in.
+struct QuantLayer {
+  std::string name;   ///< torchvision / HF style name, e.g. "layer1.0.conv1", "layers.0.attention.wq"
+  LayerKind kind = LayerKind::Linear;
+  torch::Tensor weight;
+  torch::Tensor bias;  ///< undefined when the layer has none
+  int64_t stride = 1, padding = 0, groups = 1;  ///< Conv2d only
+
+  /// Apply this layer with the given weight (same shape as `weight`).
+  torch::Tensor apply(const torch::Tensor& x, const torch::Tensor& w) const;
+};
+
+/// A point inside a unit where activations may be quantized (e.g. "after conv1+ReLU", "block output").
+struct ActSite {
+  std::string name;
+  bool non_negative = false;  ///< known >= 0 (after ReLU): an unsigned grid loses nothing
+};
+
+/// Hooks the engine gives a unit's forward. The defaults run the FP model.
+class UnitContext {
+ public:
+  virtual ~UnitContext() = default;
+  /// The weight layer `i` of the unit should use now.
+  virtual torch::Tensor weight(const QuantLayer& layer, int i) { return layer.weight; }
+  /// Called with the input of layer `i` just before it runs (GPTQ Hessians, SmoothQuant stats).
+  virtual void observe_input(const QuantLayer& layer, int i, const torch::Tensor& x) {}
+  /// Applied at activation site `j`; identity in FP.
+  virtual torch::Tensor act(const ActSite& site, int j, const torch::Tensor& x) { return x; }
+  /// Runs layer i: observe its input, then apply it with weight(i).
+  torch::Tensor run(const QuantLayer& layer, int i, const torch::Tensor& x) {
+    observe_input(layer, i, x);
+    return layer.apply(x, weight(layer, i));
+  }
+};
+
+/// A reconstruction unit (a ResNet BasicBlock, a stem conv, a Llama decoder layer, ...).
+class Unit {
+ public:
+  virtual ~Unit() = default;
+  virtual std::string name() const = 0;
+  /// Quantizable layers in the order forward() runs them. The engine may replace `weight` in place
+  /// (e.g. with frozen quantized values) once the unit is done.
+  virtual std::vector<QuantLayer>& layers() = 0;
+  virtual const std::vector<ActSite>& act_sites() const = 0;
+  /// x -> y for this unit, calling ctx.run(layers()[i], i, ...) for every layer and ctx.act(site, j, ...)
+  /// at every activation site.
+  virtual torch::Tensor forward(const torch::Tensor& x, UnitContext& ctx) = 0;
+  /// Whether the loss should sum over dim 1 (channels / tokens) as lp_loss does: true for all units here.
+};
+
+enum class ModelFamily { ImageClassifier, LanguageModel };
+
+class ModelAdapter {
+ public:
+  virtual ~ModelAdapter() = default;
+  virtual std::string arch() const = 0;  ///< "resnet_cifar", "resnet18", "mobilenet_v2", "llama"
+  virtual ModelFamily family() const = 0;
+  /// Input -> first unit's input (token embedding for LMs; identity for CNNs).
+  virtual torch::Tensor prologue(const torch::Tensor& input) { return input; }
+  /// Last unit's output -> logits (final norm + classifier for LMs; identity for CNNs whose fc is a unit).
+  virtual torch::Tensor epilogue(const torch::Tensor& x) { return x; }
+  virtual std::vector<Unit*> units() = 0;
+  /// Move all tensors to a device.
+  virtual void to(torch::Device device) = 0;
+
+  /// Full forward with a context (FP when ctx is a plain UnitContext).
+  torch::Tensor forward(const torch::Tensor& input, UnitContext& ctx);
+  torch::Tensor forward(const torch::Tensor& input) {
+    UnitContext fp;
+    return forward(input, fp);
+  }
+  /// Every quantizable layer across units, in forward order.
+  std::vector<QuantLayer*> all_layers();
+};
+
+}  // namespace flexquant

@@ -1,0 +1,49 @@
+// Process-wide set-up: thread count, BLAS check, logging and progress output.
+#pragma once
+#include <chrono>
+#include <functional>
+#include <string>
+
+namespace flexquant {
+
+/// Library version string, e.g. "0.1.0".
+const char* version();
+
+/// Call once at start-up. Sets torch's intra-op thread count (0 = all cores; libtorch's default is
+/// half of them), and checks which BLAS is loaded: warns loudly if it is the reference BLAS or the
+/// pthread OpenBLAS. Returns a one-line description of the BLAS in use.
+std::string init_runtime(int threads = 0);
+
+/// Name and config of the BLAS library actually loaded ("OpenBLAS 0.3.21 ... USE_OPENMP" or "reference").
+std::string blas_info();
+
+enum class LogLevel { Error = 0, Warn = 1, Info = 2, Debug = 3 };
+void set_log_level(LogLevel level);
+LogLevel log_level();
+/// Replace the sink (default: stderr). The CLI and tests use this to capture output.
+void set_log_sink(std::function<void(LogLevel, const std::string&)> sink);
+void log(LogLevel level, const std::string& msg);
+inline void log_info(const std::string& m) { log(LogLevel::Info, m); }
+inline void log_warn(const std::string& m) { log(LogLevel::Warn, m); }
+inline void log_debug(const std::string& m) { log(LogLevel::Debug, m); }
+
+/// Wall-clock stopwatch in seconds.
+class Stopwatch {
+ public:
+  Stopwatch() : t0_(std::chrono::steady_clock::now()) {}
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+  void reset() { t0_ = std::chrono::steady_clock::now(); }
+
+ private:
+  std::chrono::steady_clock::time_point t0_;
+};
+
+/// Peak resident set size of this process in bytes (from /proc/self/status VmHWM).
+long long peak_rss_bytes();
+
+/// Formats seconds as "12.3s" / "4m05s".
+std::string format_duration(double seconds);
+
+}  // namespace flexquant

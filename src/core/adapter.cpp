@@ -1,0 +1,26 @@
+#include "flexquant/adapter.h"
+
+#include <torch/nn/functional/conv.h>
+#include <torch/nn/functional/linear.h>
+
+namespace flexquant {
+
+torch::Tensor QuantLayer::apply(const torch::Tensor& x, const torch::Tensor& w) const {
+  if (kind == LayerKind::Linear) return torch::nn::functional::linear(x, w, bias);
+  return torch::conv2d(x, w, bias, {stride, stride}, {padding, padding}, {1, 1}, groups);
+}
+
+torch::Tensor ModelAdapter::forward(const torch::Tensor& input, UnitContext& ctx) {
+  torch::Tensor x = prologue(input);
+  for (Unit* u : units()) x = u->forward(x, ctx);
+  return epilogue(x);
+}
+
+std::vector<QuantLayer*> ModelAdapter::all_layers() {
+  std::vector<QuantLayer*> out;
+  for (Unit* u : units())
+    for (QuantLayer& l : u->layers()) out.push_back(&l);
+  return out;
+}
+
+}  // namespace flexquant

@@ -1,0 +1,87 @@
+#include "flexquant/runtime.h"
+
+#include <dlfcn.h>
+#include <fmt/format.h>
+#include <torch/types.h>
+#include <ATen/Parallel.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <thread>
+
+namespace flexquant {
+
+const char* version() { return FLEXQUANT_VERSION; }
+
+namespace {
+LogLevel g_level = LogLevel::Info;
+std::function<void(LogLevel, const std::string&)> g_sink;
+std::mutex g_log_mutex;
+}  // namespace
+
+void set_log_level(LogLevel level) { g_level = level; }
+LogLevel log_level() { return g_level; }
+void set_log_sink(std::function<void(LogLevel, const std::string&)> sink) { g_sink = std::move(sink); }
+
+void log(LogLevel level, const std::string& msg) {
+  if (static_cast<int>(level) > static_cast<int>(g_level)) return;
+  std::lock_guard<std::mutex> lock(g_log_mutex);
+  if (g_sink) {
+    g_sink(level, msg);
+    return;
+  }
+  const char* prefix = level == LogLevel::Error ? "error: " : level == LogLevel::Warn ? "warning: " : "";
+  std::cerr << prefix << msg << std::endl;
+}
+
+std::string blas_info() {
+  // openblas_get_config only exists in OpenBLAS; its absence means the reference BLAS (or another).
+  using cfg_fn = char* (*)();
+  void* self = dlopen(nullptr, RTLD_NOW);
+  auto fn = self ? reinterpret_cast<cfg_fn>(dlsym(self, "openblas_get_config")) : nullptr;
+  if (!fn) {
+    void* h = dlopen("libblas.so.3", RTLD_NOW | RTLD_NOLOAD);
+    if (h) fn = reinterpret_cast<cfg_fn>(dlsym(h, "openblas_get_config"));
+  }
+  if (!fn) return "reference";
+  return std::string("OpenBLAS ") + fn();
+}
+
+std::string init_runtime(int threads) {
+  static std::once_flag once;
+  static std::string info;
+  std::call_once(once, [&] {
+    int n = threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
+    if (n < 1) n = 1;
+    at::set_num_threads(n);
+    info = blas_info();
+    if (info == "reference") {
+      log_warn(
+          "the reference BLAS is loaded: matrix products run ~20x slower. Fix: apt-get install "
+          "libopenblas0-openmp (scripts/setup.sh does it)");
+    } else if (info.find("USE_OPENMP") == std::string::npos) {
+      log_warn("OpenBLAS without OpenMP is loaded (" + info +
+               "); its threads fight libtorch's OpenMP pool (~3x slower). Fix: scripts/setup.sh");
+    }
+  });
+  return info;
+}
+
+long long peak_rss_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+std::string format_duration(double s) {
+  if (s < 60) return fmt::format("{:.1f}s", s);
+  int m = static_cast<int>(s / 60);
+  return fmt::format("{}m{:02d}s", m, static_cast<int>(s - 60 * m));
+}
+
+}  // namespace flexquant
