@@ -3,7 +3,7 @@
 # Why libopenblas0-openmp: libtorch's Recommends is satisfied by the reference libblas3 (20x slower GEMM),
 # and the pthread OpenBLAS fights libtorch's OpenMP pool (see docs/toolchain notes in README).
 set -euo pipefail
-PKGS=(cmake g++ make libtorch-dev libopenblas0-openmp nlohmann-json3-dev libcli11-dev libfmt-dev
+PKGS=(cmake g++ make zlib1g-dev ccache libtorch-dev libopenblas0-openmp nlohmann-json3-dev libcli11-dev libfmt-dev
       libgtest-dev libgmock-dev libbenchmark-dev dataset-fashion-mnist)
 missing=()
 for p in "${PKGS[@]}"; do
