@@ -1,0 +1,107 @@
+// Recipe: every setting of a quantization run, declared once. visit() lists each field with its key, help
+// and allowed range; the JSON reader/writer, the CLI flags (--weight.bits ...), validation and docs/recipe.md
+// are all generated from it, so they cannot drift.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "flexquant/rounder.h"
+
+namespace flexquant {
+
+struct Recipe {
+  int version = 1;                     // recipe format version; newer majors are refused
+  std::string method = "flexround";    // rtn | adaround | flexround | lrq | gptq
+  uint64_t seed = 1005;                // drives sampling, QDrop masks and LRQ init
+
+  // weights
+  int weight_bits = 4;
+  std::string weight_granularity = "tensor";  // tensor | channel | group
+  int64_t weight_group_size = 128;
+  bool weight_symmetric = true;
+  std::string weight_init = "mse";            // mse | minmax
+  int first_last_bits = 8;                    // CNN stem and classifier; 0 = same as weight_bits
+
+  // activations
+  int act_bits = 32;                          // 32 = not quantized
+  bool act_per_token = false;                 // dynamic per-token (LLM) instead of static per-tensor LSQ
+  double act_lr = 4e-5;                       // LSQ step learning rate
+  int kv_bits = 32;                           // LLM k/v cache bits; 32 = off
+
+  // block reconstruction
+  std::string recon_unit = "block";           // block | layer
+  int64_t iters = 5000;
+  int64_t batch = 32;
+  double lr = 3e-3;                           // learning rate of the rounding parameters
+  std::string lr_schedule = "cosine";         // cosine | constant
+  double qdrop = 0.0;                         // probability of keeping FP at each dropped site (0 = off, 0.5 = QDrop)
+  RounderOptions rounder;
+
+  // calibration
+  int64_t calib_samples = 1024;               // images or sequences
+  int64_t calib_seq_len = 256;                // LLM tokens per calibration sequence
+
+  // GPTQ / SmoothQuant
+  double gptq_damp = 0.01;
+  bool gptq_act_order = false;
+  int64_t gptq_block_size = 128;
+  double smooth_alpha = 0.0;                  // SmoothQuant migration strength; 0 = off
+
+  /// Throws ConfigError naming the field, the value and the allowed range.
+  void validate() const;
+  static Recipe from_json_text(const std::string& text, const std::string& origin = "<string>");
+  static Recipe from_file(const std::string& path);
+  std::string to_json(int indent = 2) const;
+  /// Applies "key=value" overrides (keys as in JSON, dotted).
+  void set(const std::string& key, const std::string& value);
+  WeightQuantSpec weight_spec(int bits_override = 0) const;
+};
+
+/// One field description, as produced by describe_recipe().
+struct RecipeField {
+  std::string key, type, help, default_value;
+};
+std::vector<RecipeField> describe_recipe();
+/// Markdown table of every field (docs/recipe.md is this output).
+std::string recipe_markdown();
+
+/// The visitor: v(key, field, help) for every field, in documentation order.
+template <typename V>
+void visit(Recipe& r, V&& v) {
+  v("version", r.version, "Recipe format version (1).");
+  v("method", r.method, "Weight method: rtn | adaround | flexround | lrq | gptq.");
+  v("seed", r.seed, "Seed for sampling, QDrop masks and initialisation.");
+  v("weight.bits", r.weight_bits, "Weight bits, 2..8.");
+  v("weight.granularity", r.weight_granularity, "Weight scale sharing: tensor | channel | group.");
+  v("weight.group_size", r.weight_group_size, "Group size along the input dim (granularity=group), capped at the row length.");
+  v("weight.symmetric", r.weight_symmetric, "Symmetric grid (no zero point) instead of asymmetric.");
+  v("weight.init", r.weight_init, "Initial grid: mse (L2.4 search) | minmax.");
+  v("weight.first_last_bits", r.first_last_bits, "Bits of a CNN's first and last layer (and the last layer's input); 0 = weight.bits.");
+  v("act.bits", r.act_bits, "Activation bits, 2..16; 32 = activations stay FP.");
+  v("act.per_token", r.act_per_token, "Dynamic per-token min/max activations instead of static per-tensor LSQ.");
+  v("act.lr", r.act_lr, "Adam learning rate of the LSQ activation steps.");
+  v("act.kv_bits", r.kv_bits, "LLM key/value cache bits (per token); 32 = off.");
+  v("recon.unit", r.recon_unit, "Reconstruction unit: block (BRECQ) | layer.");
+  v("recon.iters", r.iters, "Adam iterations per unit.");
+  v("recon.batch", r.batch, "Calibration samples per iteration (drawn with replacement).");
+  v("recon.lr", r.lr, "Adam learning rate of the rounding parameters.");
+  v("recon.lr_schedule", r.lr_schedule, "cosine (to 0 over recon.iters) | constant.");
+  v("recon.qdrop", r.qdrop, "QDrop probability of keeping FP values at unit inputs and activation sites; 0 = off.");
+  v("adaround.lambda", r.rounder.adaround_lambda, "AdaRound rounding-regulariser weight.");
+  v("adaround.warmup", r.rounder.adaround_warmup, "Fraction of iterations before the regulariser starts.");
+  v("adaround.beta_start", r.rounder.adaround_beta_start, "Regulariser beta at the end of warm-up.");
+  v("adaround.beta_end", r.rounder.adaround_beta_end, "Regulariser beta at the last iteration.");
+  v("flexround.learn_s1", r.rounder.flexround_learn_s1, "Learn the common grid s1 jointly with the divisors.");
+  v("flexround.s3", r.rounder.flexround_s3, "Learn the per-output-channel divisor s3.");
+  v("flexround.s4", r.rounder.flexround_s4, "Learn the per-input-channel divisor s4 (convolutions).");
+  v("lrq.rank", r.rounder.lrq_rank, "Rank of LRQ's low-rank S2.");
+  v("calib.samples", r.calib_samples, "Calibration images or sequences.");
+  v("calib.seq_len", r.calib_seq_len, "Tokens per calibration sequence (language models).");
+  v("gptq.damp", r.gptq_damp, "GPTQ damping as a fraction of the mean Hessian diagonal.");
+  v("gptq.act_order", r.gptq_act_order, "GPTQ: quantize columns in order of decreasing Hessian diagonal.");
+  v("gptq.block_size", r.gptq_block_size, "GPTQ lazy-update block size.");
+  v("smoothquant.alpha", r.smooth_alpha, "SmoothQuant migration strength in (0,1]; 0 = off.");
+}
+
+}  // namespace flexquant

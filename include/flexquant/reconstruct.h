@@ -1,0 +1,82 @@
+// The quantization engine: walks a ModelAdapter's units in forward order and fits each unit's weight
+// rounders (and LSQ activation steps) by block-wise output reconstruction (BRECQ), inputs taken from the
+// already-quantized preceding units, targets from the FP model, optional QDrop (methods.md §3, §10.5).
+// One engine serves CNNs and language models.
+#pragma once
+#include <torch/types.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "flexquant/adapter.h"
+#include "flexquant/quantizer.h"
+#include "flexquant/recipe.h"
+#include "flexquant/rounder.h"
+
+namespace flexquant {
+
+/// Per-unit outcome, one progress/report row.
+struct UnitReport {
+  std::string name;
+  std::string method;
+  int64_t iters = 0;
+  double loss_start = 0;  ///< reconstruction loss of the initial (RTN) grid on the first batch
+  double loss_end = 0;    ///< loss of the hardened unit on the same batch
+  double seconds = 0;
+  double ms_per_iter = 0;
+};
+
+struct QuantizeReport {
+  std::vector<UnitReport> units;
+  double seconds = 0;
+  long long peak_rss_bytes = 0;
+  int64_t calib_samples = 0;
+};
+
+/// What quantization produced: hardened weights and frozen activation grids. The model's layers already
+/// hold the dequantized weights; QuantizedContext applies the activation quantizers at inference.
+struct QuantState {
+  std::map<std::string, QuantizedTensor> weights;  ///< by QuantLayer::name
+  /// Activation quantizers by site key (see site_key()).
+  std::map<std::string, std::shared_ptr<ActQuantizer>> acts;
+};
+
+/// Unique key of activation site j of a unit: "<unit>/<site name>".
+std::string site_key(const Unit& unit, const ActSite& site);
+
+/// Inference context for a quantized model: weights as stored in the layers, activations through the
+/// frozen quantizers of `state`.
+class QuantizedContext : public UnitContext {
+ public:
+  explicit QuantizedContext(const QuantState& state) : state_(state) {}
+  void set_unit(const Unit* u) { unit_ = u; }
+  torch::Tensor act(const ActSite& site, int j, const torch::Tensor& x) override;
+
+ private:
+  const QuantState& state_;
+  const Unit* unit_ = nullptr;
+};
+
+/// Runs the model on `input` through a QuantizedContext (handles the per-unit bookkeeping).
+torch::Tensor quantized_forward(ModelAdapter& model, const QuantState& state, const torch::Tensor& input);
+
+/// Progress callback: unit index, unit count, and a one-line status.
+using ProgressFn = std::function<void(const std::string& line)>;
+
+/// Optional hooks for weight methods that are not gradient-based (GPTQ): given a unit and the inputs its
+/// layers see on the quantized path, return the hardened weights. Installed by the engine for method=gptq.
+using LayerQuantizerFn = std::function<std::vector<QuantizedTensor>(
+    Unit& unit, const torch::Tensor& x_q, const std::vector<WeightQuantSpec>& specs)>;
+
+/// Quantizes `model` in place (layers get the dequantized weights) from calibration inputs (images
+/// [N,3,H,W] or tokens [N,T]) under `recipe`; fills `state`.
+QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_inputs, const Recipe& recipe,
+                              QuantState& state, const ProgressFn& progress = {});
+
+/// The per-layer weight spec the recipe gives a layer (first/last-layer policy for CNNs).
+std::vector<std::vector<WeightQuantSpec>> layer_specs(ModelAdapter& model, const Recipe& recipe);
+
+}  // namespace flexquant

@@ -1,0 +1,221 @@
+// .fqz reader/writer (docs/export-format.md). Codes are bit-packed LSB-first; everything else is fp32.
+#include "flexquant/qmodel.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "flexquant/error.h"
+#include "flexquant/runtime.h"
+#include "flexquant/safetensors.h"
+
+namespace flexquant {
+namespace {
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+WeightQuantSpec spec_from_json(const json& j) {
+  WeightQuantSpec s;
+  s.bits = j.at("bits");
+  s.symmetric = j.at("symmetric");
+  s.granularity = parse_granularity(j.at("granularity"));
+  s.group_size = j.at("group_size");
+  s.init = parse_scale_init(j.value("init", "mse"));
+  return s;
+}
+
+json spec_to_json(const WeightQuantSpec& s) {
+  return {{"bits", s.bits}, {"symmetric", s.symmetric}, {"granularity", to_string(s.granularity)},
+          {"group_size", s.group_size}, {"init", to_string(s.init)}};
+}
+
+std::string meta_or_throw(const SafeTensorsFile& f, const std::string& key) {
+  auto it = f.metadata.find(key);
+  FQ_CHECK(it != f.metadata.end(), IoError, "\"", f.path, "\" is not a flexquant quantized model: metadata \"", key,
+           "\" is missing; hint: make one with `flexquant quantize`");
+  return it->second;
+}
+
+QModelInfo info_from(const SafeTensorsFile& f) {
+  FQ_CHECK(f.metadata.count("format") && f.metadata.at("format") == "flexquant.qmodel", IoError, "\"", f.path,
+           "\" is not a flexquant quantized model (no format=flexquant.qmodel metadata); hint: pass an .fqz written "
+           "by `flexquant quantize`, or give the FP model with --arch");
+  int ver = std::stoi(meta_or_throw(f, "format_version"));
+  FQ_CHECK(ver <= kQModelFormatVersion, IoError, "\"", f.path, "\" has format_version ", ver,
+           " but this flexquant reads up to ", kQModelFormatVersion, "; hint: upgrade flexquant");
+  QModelInfo info;
+  info.arch = meta_or_throw(f, "arch");
+  info.source_model = meta_or_throw(f, "source_model");
+  info.source_hash = meta_or_throw(f, "source_hash");
+  info.recipe_json = meta_or_throw(f, "recipe");
+  info.calibration = meta_or_throw(f, "calibration");
+  info.report_json = f.metadata.count("report") ? f.metadata.at("report") : "[]";
+  for (auto& [k, v] : f.metadata)
+    if (k.rfind("extra.", 0) == 0) info.extra[k.substr(6)] = v;
+  return info;
+}
+}  // namespace
+
+torch::Tensor pack_codes(const torch::Tensor& codes_u8, int bits) {
+  FQ_INTERNAL_ASSERT(bits >= 1 && bits <= 8, "bits ", bits);
+  auto c = codes_u8.to(torch::kCPU).to(torch::kUInt8).contiguous().view({-1});
+  const int64_t n = c.numel();
+  auto out = torch::zeros({(n * bits + 7) / 8}, torch::kUInt8);
+  const uint8_t* src = c.data_ptr<uint8_t>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  const uint8_t limit = static_cast<uint8_t>((1u << bits) - 1);
+  for (int64_t i = 0; i < n; ++i) {
+    FQ_INTERNAL_ASSERT(src[i] <= limit, "code ", int(src[i]), " does not fit in ", bits, " bits");
+    int64_t bit = i * bits;
+    uint32_t v = static_cast<uint32_t>(src[i]) << (bit & 7);
+    dst[bit >> 3] |= static_cast<uint8_t>(v & 0xff);
+    if ((bit & 7) + bits > 8) dst[(bit >> 3) + 1] |= static_cast<uint8_t>(v >> 8);
+  }
+  return out;
+}
+
+torch::Tensor unpack_codes(const torch::Tensor& packed_u8, int bits, int64_t count) {
+  auto p = packed_u8.to(torch::kCPU).contiguous();
+  FQ_CHECK(p.scalar_type() == torch::kUInt8 && p.numel() * 8 >= count * bits, IoError,
+           "packed codes hold ", p.numel(), " bytes but ", count, " codes of ", bits, " bits need ",
+           (count * bits + 7) / 8, "; the file is truncated or corrupt");
+  auto out = torch::empty({count}, torch::kUInt8);
+  const uint8_t* src = p.data_ptr<uint8_t>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  const int64_t nbytes = p.numel();
+  const uint32_t mask = (1u << bits) - 1;
+  for (int64_t i = 0; i < count; ++i) {
+    int64_t bit = i * bits;
+    uint32_t v = src[bit >> 3];
+    if ((bit >> 3) + 1 < nbytes) v |= static_cast<uint32_t>(src[(bit >> 3) + 1]) << 8;
+    dst[i] = static_cast<uint8_t>((v >> (bit & 7)) & mask);
+  }
+  return out;
+}
+
+std::string file_hash(const std::string& path) {
+  std::vector<fs::path> files;
+  FQ_CHECK(fs::exists(path), IoError, "cannot hash \"", path, "\": no such file or directory");
+  if (fs::is_directory(path)) {
+    for (auto& e : fs::directory_iterator(path))
+      if (e.is_regular_file()) files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+  } else {
+    files.push_back(path);
+  }
+  uint64_t h = 1469598103934665603ull;
+  std::vector<char> buf(1 << 16);
+  for (auto& p : files) {
+    std::ifstream f(p, std::ios::binary);
+    while (f) {
+      f.read(buf.data(), buf.size());
+      for (std::streamsize i = 0; i < f.gcount(); ++i) {
+        h ^= static_cast<uint8_t>(buf[i]);
+        h *= 1099511628211ull;
+      }
+    }
+  }
+  return fmt::format("{:016x}", h);
+}
+
+int64_t save_qmodel(const std::string& path, ModelAdapter& model, const QuantState& state, const QModelInfo& info) {
+  std::map<std::string, torch::Tensor> tensors;
+  json layers = json::object();
+  for (QuantLayer* l : model.all_layers()) {
+    auto it = state.weights.find(l->name);
+    FQ_CHECK(it != state.weights.end(), InternalError, "layer \"", l->name, "\" has no quantized weight");
+    const QuantizedTensor& q = it->second;
+    tensors[l->name + ".codes"] = pack_codes(q.codes, q.qparams.bits);
+    tensors[l->name + ".scale"] = q.qparams.scale.to(torch::kCPU).to(torch::kFloat).contiguous();
+    tensors[l->name + ".zero_point"] = q.qparams.zero_point.to(torch::kCPU).to(torch::kFloat).contiguous();
+    if (l->bias.defined()) tensors[l->name + ".bias"] = l->bias.to(torch::kCPU).contiguous();
+    layers[l->name] = {{"shape", q.shape},
+                       {"grouped_shape", q.codes.sizes().vec()},
+                       {"spec", spec_to_json(q.spec)}};
+  }
+  json acts = json::object();
+  for (auto& [key, aq] : state.acts) {
+    acts[key] = {{"bits", aq->spec().bits}, {"per_token", aq->spec().per_token}};
+    if (!aq->spec().per_token) {
+      acts[key]["step"] = aq->step();
+      acts[key]["zero_point"] = aq->zero_point();
+    }
+  }
+  std::map<std::string, std::string> meta = {
+      {"format", "flexquant.qmodel"},
+      {"format_version", std::to_string(kQModelFormatVersion)},
+      {"flexquant_version", version()},
+      {"arch", info.arch},
+      {"source_model", info.source_model},
+      {"source_hash", info.source_hash},
+      {"recipe", info.recipe_json},
+      {"calibration", info.calibration},
+      {"report", info.report_json},
+      {"layers", layers.dump()},
+      {"activations", acts.dump()},
+  };
+  for (auto& [k, v] : info.extra) meta["extra." + k] = v;
+  save_safetensors(path, tensors, meta);
+  return static_cast<int64_t>(fs::file_size(path));
+}
+
+QModelInfo read_qmodel_info(const std::string& path) { return info_from(load_safetensors(path)); }
+
+QModelInfo load_qmodel(const std::string& path, ModelAdapter& model, QuantState& state) {
+  SafeTensorsFile f = load_safetensors(path);
+  QModelInfo info = info_from(f);
+  FQ_CHECK(info.arch == model.arch(), ModelError, "\"", path, "\" was quantized from a ", info.arch,
+           " model but the model given is ", model.arch());
+  json layers = json::parse(meta_or_throw(f, "layers"));
+  json acts = json::parse(meta_or_throw(f, "activations"));
+  state = QuantState{};
+  for (QuantLayer* l : model.all_layers()) {
+    FQ_CHECK(layers.contains(l->name), ModelError, "\"", path, "\" has no entry for layer \"", l->name,
+             "\"; it does not match this model");
+    const json& lj = layers[l->name];
+    QuantizedTensor q;
+    q.spec = spec_from_json(lj.at("spec"));
+    q.shape = lj.at("shape").get<std::vector<int64_t>>();
+    FQ_CHECK(q.shape == l->weight.sizes().vec(), ModelError, "layer \"", l->name, "\" in \"", path, "\" has shape ",
+             json(q.shape).dump(), " but the model's weight is ", json(l->weight.sizes().vec()).dump());
+    auto gshape = lj.at("grouped_shape").get<std::vector<int64_t>>();
+    int64_t count = 1;
+    for (auto d : gshape) count *= d;
+    q.codes = unpack_codes(f.at(l->name + ".codes"), q.spec.bits, count).view(gshape);
+    q.qparams.bits = q.spec.bits;
+    q.qparams.scale = f.at(l->name + ".scale");
+    q.qparams.zero_point = f.at(l->name + ".zero_point");
+    auto dev = l->weight.device();
+    l->weight = q.dequantize().to(dev);
+    if (f.contains(l->name + ".bias")) l->bias = f.at(l->name + ".bias").to(dev);
+    state.weights[l->name] = std::move(q);
+  }
+  for (Unit* u : model.units()) {
+    for (const ActSite& s : u->act_sites()) {
+      std::string key = site_key(*u, s);
+      if (!acts.contains(key)) continue;
+      const json& aj = acts[key];
+      ActQuantSpec as;
+      as.bits = aj.at("bits");
+      as.per_token = aj.at("per_token");
+      auto q = std::make_shared<ActQuantizer>(as, s.non_negative);
+      if (!as.per_token) q->set_grid(aj.at("step").get<float>(), aj.at("zero_point").get<float>());
+      state.acts[key] = q;
+    }
+  }
+  return info;
+}
+
+std::string report_to_json(const QuantizeReport& r) {
+  json units = json::array();
+  for (auto& u : r.units)
+    units.push_back({{"unit", u.name}, {"method", u.method}, {"iters", u.iters}, {"loss_start", u.loss_start},
+                     {"loss_end", u.loss_end}, {"seconds", u.seconds}, {"ms_per_iter", u.ms_per_iter}});
+  return json{{"units", units}, {"seconds", r.seconds}, {"peak_rss_bytes", r.peak_rss_bytes},
+              {"calib_samples", r.calib_samples}}
+      .dump();
+}
+
+}  // namespace flexquant

@@ -1,0 +1,261 @@
+// Recipe <-> JSON / key=value / docs, all driven by visit() so keys, flags and docs cannot drift.
+#include "flexquant/recipe.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "flexquant/error.h"
+
+namespace flexquant {
+namespace {
+
+using json = nlohmann::json;
+
+template <typename T>
+std::string type_name() {
+  if constexpr (std::is_same_v<T, bool>) return "bool";
+  else if constexpr (std::is_integral_v<T>) return "int";
+  else if constexpr (std::is_floating_point_v<T>) return "float";
+  else return "string";
+}
+
+template <typename T>
+std::string value_string(const T& v) {
+  if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
+  else if constexpr (std::is_same_v<T, std::string>) return v;
+  else if constexpr (std::is_floating_point_v<T>) return fmt::format("{:g}", v);
+  else return std::to_string(v);
+}
+
+// Levenshtein distance for "did you mean".
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> d(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) d[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t prev = d[0];
+    d[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t cur = d[j];
+      d[j] = std::min({d[j] + 1, d[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      prev = cur;
+    }
+  }
+  return d[b.size()];
+}
+
+std::vector<std::string> all_keys() {
+  std::vector<std::string> keys;
+  Recipe r;
+  visit(r, [&](const char* key, auto&, const char*) { keys.push_back(key); });
+  return keys;
+}
+
+std::string unknown_key_message(const std::string& key, const std::string& origin) {
+  std::string best;
+  size_t best_d = 1000;
+  for (const auto& k : all_keys()) {
+    size_t d = edit_distance(key, k);
+    // also match the last component alone ("bits" -> "weight.bits")
+    auto dot = k.rfind('.');
+    if (dot != std::string::npos) d = std::min(d, edit_distance(key, k.substr(dot + 1)) + 1);
+    if (d < best_d) best_d = d, best = k;
+  }
+  std::string msg = fmt::format("unknown recipe key \"{}\" in {}", key, origin);
+  if (best_d <= 3) msg += fmt::format("; did you mean \"{}\"?", best);
+  msg += " (`flexquant recipe --keys` lists every key)";
+  return msg;
+}
+
+template <typename T>
+void parse_value(const std::string& key, const std::string& text, T& out) {
+  try {
+    if constexpr (std::is_same_v<T, bool>) {
+      if (text == "true" || text == "1" || text == "on") out = true;
+      else if (text == "false" || text == "0" || text == "off") out = false;
+      else throw std::invalid_argument("bool");
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      out = text;
+    } else if constexpr (std::is_floating_point_v<T>) {
+      size_t pos = 0;
+      out = static_cast<T>(std::stod(text, &pos));
+      if (pos != text.size()) throw std::invalid_argument("trailing");
+    } else {
+      size_t pos = 0;
+      long long v = std::stoll(text, &pos);
+      if (pos != text.size()) throw std::invalid_argument("trailing");
+      if constexpr (std::is_unsigned_v<T>) {
+        if (v < 0) throw std::invalid_argument("negative");
+      }
+      out = static_cast<T>(v);
+    }
+  } catch (const std::logic_error&) {
+    throw ConfigError(fmt::format("recipe key \"{}\" expects a {} but got \"{}\"", key, type_name<T>(), text));
+  }
+}
+
+template <typename T>
+void from_json_value(const std::string& key, const json& j, T& out, const std::string& origin) {
+  bool ok = false;
+  if constexpr (std::is_same_v<T, bool>) ok = j.is_boolean();
+  else if constexpr (std::is_same_v<T, std::string>) ok = j.is_string();
+  else if constexpr (std::is_floating_point_v<T>) ok = j.is_number();
+  else if constexpr (std::is_unsigned_v<T>) ok = j.is_number_unsigned() || (j.is_number_integer() && j.get<long long>() >= 0);
+  else ok = j.is_number_integer();
+  FQ_CHECK(ok, ConfigError, "recipe key \"", key, "\" in ", origin, " expects a ", type_name<T>(), " but got ", j.dump());
+  out = j.get<T>();
+}
+
+void flatten(const json& j, const std::string& prefix, std::map<std::string, json>& out, const std::string& origin) {
+  FQ_CHECK(j.is_object(), ConfigError, "recipe ", origin, " must be a JSON object, got ", j.type_name());
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
+    if (it.value().is_object()) flatten(it.value(), key, out, origin);
+    else out[key] = it.value();
+  }
+}
+
+const std::vector<std::string> kMethods = {"rtn", "adaround", "flexround", "lrq", "gptq"};
+
+}  // namespace
+
+void Recipe::validate() const {
+  auto in = [](const std::string& v, const std::vector<std::string>& allowed) {
+    return std::find(allowed.begin(), allowed.end(), v) != allowed.end();
+  };
+  auto join = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (auto& x : v) s += (s.empty() ? "" : " | ") + x;
+    return s;
+  };
+  FQ_CHECK(version == 1, ConfigError, "recipe version ", version, " is not supported: this flexquant reads version 1");
+  FQ_CHECK(in(method, kMethods), ConfigError, "method \"", method, "\" is not valid: use ", join(kMethods));
+  FQ_CHECK(weight_bits >= 2 && weight_bits <= 8, ConfigError, "weight.bits ", weight_bits, " is not valid: use 2..8");
+  FQ_CHECK(in(weight_granularity, {"tensor", "channel", "group"}), ConfigError, "weight.granularity \"",
+           weight_granularity, "\" is not valid: use tensor | channel | group");
+  FQ_CHECK(weight_group_size >= 1, ConfigError, "weight.group_size ", weight_group_size, " must be >= 1");
+  FQ_CHECK(in(weight_init, {"mse", "minmax"}), ConfigError, "weight.init \"", weight_init, "\" is not valid: use mse | minmax");
+  FQ_CHECK(first_last_bits == 0 || (first_last_bits >= 2 && first_last_bits <= 8), ConfigError,
+           "weight.first_last_bits ", first_last_bits, " is not valid: use 0 (same as weight.bits) or 2..8");
+  FQ_CHECK(act_bits == 32 || (act_bits >= 2 && act_bits <= 16), ConfigError, "act.bits ", act_bits,
+           " is not valid: use 2..16, or 32 for FP activations");
+  FQ_CHECK(kv_bits == 32 || (kv_bits >= 2 && kv_bits <= 16), ConfigError, "act.kv_bits ", kv_bits,
+           " is not valid: use 2..16, or 32 for off");
+  FQ_CHECK(act_lr >= 0, ConfigError, "act.lr ", act_lr, " must be >= 0");
+  FQ_CHECK(in(recon_unit, {"block", "layer"}), ConfigError, "recon.unit \"", recon_unit, "\" is not valid: use block | layer");
+  FQ_CHECK(iters >= 0, ConfigError, "recon.iters ", iters, " must be >= 0");
+  FQ_CHECK(batch >= 1, ConfigError, "recon.batch ", batch, " must be >= 1");
+  FQ_CHECK(lr > 0, ConfigError, "recon.lr ", lr, " must be > 0");
+  FQ_CHECK(in(lr_schedule, {"cosine", "constant"}), ConfigError, "recon.lr_schedule \"", lr_schedule,
+           "\" is not valid: use cosine | constant");
+  FQ_CHECK(qdrop >= 0 && qdrop < 1, ConfigError, "recon.qdrop ", qdrop, " is not valid: use [0, 1) (0.5 = QDrop)");
+  FQ_CHECK(rounder.adaround_lambda >= 0, ConfigError, "adaround.lambda must be >= 0");
+  FQ_CHECK(rounder.adaround_warmup >= 0 && rounder.adaround_warmup < 1, ConfigError, "adaround.warmup ",
+           rounder.adaround_warmup, " is not valid: use [0, 1)");
+  FQ_CHECK(rounder.lrq_rank >= 1, ConfigError, "lrq.rank ", rounder.lrq_rank, " must be >= 1");
+  FQ_CHECK(calib_samples >= 1, ConfigError, "calib.samples ", calib_samples, " must be >= 1");
+  FQ_CHECK(calib_seq_len >= 2, ConfigError, "calib.seq_len ", calib_seq_len, " must be >= 2");
+  FQ_CHECK(gptq_damp > 0, ConfigError, "gptq.damp ", gptq_damp, " must be > 0 (typical 0.01)");
+  FQ_CHECK(gptq_block_size >= 1, ConfigError, "gptq.block_size must be >= 1");
+  FQ_CHECK(smooth_alpha >= 0 && smooth_alpha <= 1, ConfigError, "smoothquant.alpha ", smooth_alpha,
+           " is not valid: use (0, 1], or 0 for off");
+}
+
+Recipe Recipe::from_json_text(const std::string& text, const std::string& origin) {
+  json j;
+  try {
+    j = json::parse(text, nullptr, true, /*ignore_comments=*/true);
+  } catch (const json::parse_error& e) {
+    throw ConfigError(fmt::format("recipe {} is not valid JSON: {}", origin, e.what()));
+  }
+  std::map<std::string, json> flat;
+  flatten(j, "", flat, origin);
+  Recipe r;
+  std::set<std::string> seen;
+  visit(r, [&](const char* key, auto& field, const char*) {
+    auto it = flat.find(key);
+    if (it == flat.end()) return;
+    from_json_value(key, it->second, field, origin);
+    seen.insert(key);
+  });
+  for (auto& [k, v] : flat) {
+    if (!seen.count(k)) throw ConfigError(unknown_key_message(k, origin));
+  }
+  FQ_CHECK(flat.count("version"), ConfigError, "recipe ", origin, " has no \"version\"; add \"version\": 1");
+  r.validate();
+  return r;
+}
+
+Recipe Recipe::from_file(const std::string& path) {
+  std::ifstream f(path);
+  FQ_CHECK(f.good(), IoError, "cannot open recipe file \"", path, "\"; hint: recipes/ has ready ones");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return from_json_text(ss.str(), "\"" + path + "\"");
+}
+
+std::string Recipe::to_json(int indent) const {
+  json j = json::object();
+  Recipe copy = *this;
+  visit(copy, [&](const char* key, auto& field, const char*) {
+    std::string k = key;
+    json* node = &j;
+    size_t start = 0, dot;
+    while ((dot = k.find('.', start)) != std::string::npos) {
+      node = &(*node)[k.substr(start, dot - start)];
+      start = dot + 1;
+    }
+    (*node)[k.substr(start)] = field;
+  });
+  return j.dump(indent);
+}
+
+void Recipe::set(const std::string& key, const std::string& value) {
+  bool found = false;
+  visit(*this, [&](const char* k, auto& field, const char*) {
+    if (key == k) {
+      parse_value(key, value, field);
+      found = true;
+    }
+  });
+  if (!found) throw ConfigError(unknown_key_message(key, "the overrides"));
+}
+
+WeightQuantSpec Recipe::weight_spec(int bits_override) const {
+  WeightQuantSpec s;
+  s.bits = bits_override > 0 ? bits_override : weight_bits;
+  s.symmetric = weight_symmetric;
+  s.granularity = parse_granularity(weight_granularity);
+  s.group_size = weight_group_size;
+  s.init = parse_scale_init(weight_init);
+  return s;
+}
+
+std::vector<RecipeField> describe_recipe() {
+  std::vector<RecipeField> out;
+  Recipe r;
+  visit(r, [&](const char* key, auto& field, const char* help) {
+    using T = std::decay_t<decltype(field)>;
+    out.push_back({key, type_name<T>(), help, value_string(field)});
+  });
+  return out;
+}
+
+std::string recipe_markdown() {
+  std::string md =
+      "# Recipe reference\n\n"
+      "Generated by `flexquant recipe --markdown` from the one `visit()` list in include/flexquant/recipe.h; "
+      "every key is also a CLI flag (`--set key=value` or the dedicated flag). Recipes are JSON (comments allowed); "
+      "dotted keys are nested objects (`weight.bits` is `{\"weight\": {\"bits\": 4}}`). Unknown keys are errors.\n\n"
+      "| key | type | default | meaning |\n|---|---|---|---|\n";
+  for (const auto& f : describe_recipe())
+    md += fmt::format("| `{}` | {} | `{}` | {} |\n", f.key, f.type, f.default_value, f.help);
+  return md;
+}
+
+}  // namespace flexquant
