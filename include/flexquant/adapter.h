@@ -38,6 +38,8 @@ struct ActSite {
 class UnitContext {
  public:
   virtual ~UnitContext() = default;
+  /// Called by ModelAdapter::forward before each unit runs (contexts that keep per-unit state use it).
+  virtual void begin_unit(const class Unit& unit) {}
   /// The weight layer `i` of the unit should use now.
   virtual torch::Tensor weight(const QuantLayer& layer, int i) { return layer.weight; }
   /// Called with the input of layer `i` just before it runs (GPTQ Hessians, SmoothQuant stats).

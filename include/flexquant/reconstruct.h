@@ -52,7 +52,7 @@ std::string site_key(const Unit& unit, const ActSite& site);
 class QuantizedContext : public UnitContext {
  public:
   explicit QuantizedContext(const QuantState& state) : state_(state) {}
-  void set_unit(const Unit* u) { unit_ = u; }
+  void begin_unit(const Unit& u) override { unit_ = &u; }
   torch::Tensor act(const ActSite& site, int j, const torch::Tensor& x) override;
 
  private:

@@ -12,7 +12,10 @@ torch::Tensor QuantLayer::apply(const torch::Tensor& x, const torch::Tensor& w) 
 
 torch::Tensor ModelAdapter::forward(const torch::Tensor& input, UnitContext& ctx) {
   torch::Tensor x = prologue(input);
-  for (Unit* u : units()) x = u->forward(x, ctx);
+  for (Unit* u : units()) {
+    ctx.begin_unit(*u);
+    x = u->forward(x, ctx);
+  }
   return epilogue(x);
 }
 

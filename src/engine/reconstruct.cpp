@@ -76,7 +76,7 @@ void check_finite(const torch::Tensor& t, const std::string& what, const std::st
 std::string site_key(const Unit& unit, const ActSite& site) { return unit.name() + "/" + site.name; }
 
 torch::Tensor QuantizedContext::act(const ActSite& site, int j, const torch::Tensor& x) {
-  FQ_INTERNAL_ASSERT(unit_ != nullptr, "QuantizedContext used without set_unit");
+  FQ_INTERNAL_ASSERT(unit_ != nullptr, "QuantizedContext used outside ModelAdapter::forward (no begin_unit)");
   auto it = state_.acts.find(site_key(*unit_, site));
   if (it == state_.acts.end()) return x;
   return it->second->forward(x);
@@ -84,12 +84,7 @@ torch::Tensor QuantizedContext::act(const ActSite& site, int j, const torch::Ten
 
 torch::Tensor quantized_forward(ModelAdapter& model, const QuantState& state, const torch::Tensor& input) {
   QuantizedContext ctx(state);
-  torch::Tensor x = model.prologue(input);
-  for (Unit* u : model.units()) {
-    ctx.set_unit(u);
-    x = u->forward(x, ctx);
-  }
-  return model.epilogue(x);
+  return model.forward(input, ctx);
 }
 
 std::vector<std::vector<WeightQuantSpec>> layer_specs(ModelAdapter& model, const Recipe& recipe) {
@@ -260,7 +255,7 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
     rounders.clear();
 
     QuantizedContext qctx(state);
-    qctx.set_unit(&unit);
+    qctx.begin_unit(unit);
     {
       torch::NoGradGuard ng;
       ur.loss_end = lp_loss(unit.forward(x_q.slice(0, 0, probe_n), qctx), y_fp.slice(0, 0, probe_n)).item<double>();
