@@ -1,0 +1,83 @@
+// The whole job as library calls: load a model and its data, quantize with a recipe, evaluate, save, compare
+// methods on one table. The CLI (`flexquant quantize | eval | compare`) is a thin layer over these.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "flexquant/adapter.h"
+#include "flexquant/qmodel.h"
+#include "flexquant/recipe.h"
+#include "flexquant/reconstruct.h"
+
+namespace flexquant {
+
+/// What to quantize and on which data.
+struct Workload {
+  std::string model;          ///< CNN: .safetensors; LM: llama2.c .bin or a Hugging Face folder
+  std::string arch = "auto";  ///< resnet_cifar, resnet18, ..., llama; "auto": llama for .bin/folders
+  /// CNN: "cifar10:<dir>" | "fashion-mnist:<dir>". LM: a text file (paragraphs separated by blank lines).
+  std::string data;
+  std::string tokenizer;      ///< LM: tok512.bin-style tokenizer; default: tok512.bin beside the model
+  int64_t eval_limit = 0;     ///< CNN: at most this many evaluation images; LM: tokens (0 = all / 60000)
+  int64_t calib_paragraphs = 200;  ///< LM: paragraphs [0, n) calibrate, [n, end) evaluate (disjoint)
+};
+
+/// A loaded workload: the model factory, calibration inputs and the evaluation metric.
+class Task {
+ public:
+  virtual ~Task() = default;
+  /// A fresh FP copy of the model (every method starts from the same weights).
+  virtual std::unique_ptr<ModelAdapter> load_model() const = 0;
+  /// Calibration inputs for a recipe (images [N,C,H,W] or tokens [N,L]).
+  virtual torch::Tensor calibration(const Recipe& r) const = 0;
+  virtual std::string calibration_description(const Recipe& r) const = 0;
+  virtual std::string evaluation_description() const = 0;
+  /// "top-1 %" or "perplexity".
+  virtual std::string metric_name() const = 0;
+  virtual bool higher_is_better() const = 0;
+  virtual double evaluate(ModelAdapter& model, UnitContext& ctx) const = 0;
+  const Workload& workload() const { return workload_; }
+  std::string arch() const { return arch_; }
+
+ protected:
+  Workload workload_;
+  std::string arch_;
+};
+
+/// Resolves arch "auto", loads data once. Clear errors for missing files or unknown schemes.
+std::unique_ptr<Task> make_task(const Workload& w);
+
+/// One quantized result.
+struct MethodResult {
+  std::string label;        ///< e.g. "flexround W4A4"
+  Recipe recipe;
+  double metric = 0;        ///< quantized top-1 % or perplexity
+  double seconds = 0;       ///< quantization wall time
+  int64_t size_bytes = 0;   ///< .fqz size (0 if not saved)
+  QuantizeReport report;
+};
+
+/// Quantizes a fresh model copy with `recipe`, evaluates it, optionally saves to `out_path`.
+MethodResult run_method(const Task& task, const Recipe& recipe, const std::string& out_path = "",
+                        const ProgressFn& progress = {});
+
+/// Quantizes the model with the recipe (dispatching GPTQ and SmoothQuant where asked); the library-level
+/// equivalent of the engine for every method.
+QuantizeReport quantize(ModelAdapter& model, const torch::Tensor& calib, const Recipe& recipe, QuantState& state,
+                        const ProgressFn& progress = {});
+
+/// FP metric of the task's model.
+double evaluate_fp(const Task& task);
+
+/// Loads a .fqz onto a fresh FP model from the task and evaluates it through the same code path.
+double evaluate_qmodel(const Task& task, const std::string& fqz_path);
+
+/// Markdown table: FP row then one row per result (metric, delta vs FP, size, time).
+std::string results_table(const Task& task, double fp_metric, const std::vector<MethodResult>& rows);
+
+/// A short label for a recipe: "<method> W<b>A<b>[ +qdrop]".
+std::string recipe_label(const Recipe& r);
+
+}  // namespace flexquant

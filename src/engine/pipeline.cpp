@@ -1,0 +1,206 @@
+// Workloads (CNN image classification, LM perplexity) and the method runner behind the CLI.
+#include "flexquant/pipeline.h"
+
+#include <fmt/format.h>
+#include <torch/types.h>
+
+#include <filesystem>
+
+#include "flexquant/cnn.h"
+#include "flexquant/datasets.h"
+#include "flexquant/error.h"
+#include "flexquant/llama.h"
+#include "flexquant/lm_eval.h"
+#include "flexquant/runtime.h"
+#include "flexquant/tokenizer.h"
+
+namespace flexquant {
+namespace fs = std::filesystem;
+namespace {
+
+class ImageTask : public Task {
+ public:
+  explicit ImageTask(const Workload& w) {
+    workload_ = w;
+    arch_ = w.arch;
+    FQ_CHECK(arch_ != "auto", ConfigError, "--arch is required for \"", w.model,
+             "\": a safetensors file can hold any image classifier; valid: resnet_cifar, resnet18, resnet50, "
+             "mobilenet_v2, ...");
+    FQ_CHECK(!w.data.empty(), ConfigError, "no evaluation data: pass --data cifar10:<dir> (or fashion-mnist:<dir>)");
+    data_ = load_dataset(w.data);
+    load_image_classifier(w.model, arch_);  // validates the model file up front, before any work
+  }
+  std::unique_ptr<ModelAdapter> load_model() const override { return load_image_classifier(workload_.model, arch_); }
+  torch::Tensor calibration(const Recipe& r) const override {
+    FQ_CHECK(r.calib_samples <= eval_start_, ConfigError, "calib.samples ", r.calib_samples,
+             " would overlap the evaluation images, which start at record ", eval_start_, "; use at most ", eval_start_);
+    return data_.images.slice(0, 0, r.calib_samples);
+  }
+  std::string calibration_description(const Recipe& r) const override {
+    return fmt::format("{} records 0-{} ({} images)", workload_.data, r.calib_samples - 1, r.calib_samples);
+  }
+  std::string evaluation_description() const override {
+    auto [b, e] = eval_range();
+    return fmt::format("{} records {}-{} ({} images, disjoint from calibration)", workload_.data, b, e - 1, e - b);
+  }
+  std::string metric_name() const override { return "top-1 %"; }
+  bool higher_is_better() const override { return true; }
+  double evaluate(ModelAdapter& model, UnitContext& ctx) const override {
+    auto [b, e] = eval_range();
+    return evaluate_classifier(model, data_.images.slice(0, b, e), data_.labels.slice(0, b, e), ctx).top1;
+  }
+ private:
+  std::pair<int64_t, int64_t> eval_range() const {
+    int64_t e = data_.size();
+    if (workload_.eval_limit > 0) e = std::min(e, eval_start_ + workload_.eval_limit);
+    return {eval_start_, e};
+  }
+  ImageDataset data_;
+  // Evaluation always starts after the largest calibration set (1,024 images, the papers' setting), so
+  // every method in one table is scored on the same images.
+  int64_t eval_start_ = 1024;
+};
+
+class LanguageTask : public Task {
+ public:
+  explicit LanguageTask(const Workload& w) {
+    workload_ = w;
+    arch_ = "llama";
+    FQ_CHECK(!w.data.empty(), ConfigError, "no text for calibration/evaluation: pass --data <text file>, e.g. "
+             "../shared/data/lm/tinystories_valid_first.txt");
+    FQ_CHECK(fs::exists(w.data), IoError, "text file \"", w.data, "\" does not exist");
+    std::string tok = w.tokenizer;
+    if (tok.empty()) tok = (fs::path(w.model).parent_path() / "tok512.bin").string();
+    FQ_CHECK(fs::exists(tok), IoError, "tokenizer \"", tok, "\" does not exist; pass --tokenizer <tok512.bin>");
+    tok_ = std::make_unique<Tokenizer>(Tokenizer::load(tok));
+    auto m = load_language_model(w.model);
+    max_seq_len_ = m->config().max_seq_len;
+  }
+  std::unique_ptr<ModelAdapter> load_model() const override { return load_language_model(workload_.model); }
+  torch::Tensor calibration(const Recipe& r) const override {
+    CalibSpec s;
+    s.n = r.calib_samples;
+    s.len = std::min<int64_t>(r.calib_seq_len, max_seq_len_);
+    s.seed = r.seed;
+    s.range.first_paragraph = 0;
+    s.range.last_paragraph = workload_.calib_paragraphs;
+    return calibration_samples(workload_.data, *tok_, s);
+  }
+  std::string calibration_description(const Recipe& r) const override {
+    return fmt::format("{}: {} sequences x {} tokens from paragraphs 0-{} (seed {})", workload_.data, r.calib_samples,
+                       std::min<int64_t>(r.calib_seq_len, max_seq_len_), workload_.calib_paragraphs - 1, r.seed);
+  }
+  PplProtocol protocol() const {
+    PplProtocol p;
+    p.window = max_seq_len_;
+    p.stride = max_seq_len_;
+    p.range.first_paragraph = workload_.calib_paragraphs;
+    p.max_tokens = workload_.eval_limit > 0 ? workload_.eval_limit : 60000;
+    return p;
+  }
+  std::string evaluation_description() const override {
+    return fmt::format("{}: paragraphs {}- (disjoint from calibration); {}", workload_.data, workload_.calib_paragraphs,
+                       protocol().describe());
+  }
+  std::string metric_name() const override { return "perplexity"; }
+  bool higher_is_better() const override { return false; }
+  double evaluate(ModelAdapter& model, UnitContext& ctx) const override {
+    return perplexity(model, workload_.data, *tok_, protocol(), ctx).ppl;
+  }
+
+ private:
+  std::unique_ptr<Tokenizer> tok_;
+  int64_t max_seq_len_ = 512;
+};
+
+bool is_language_model_path(const std::string& p) {
+  return fs::is_directory(p) || fs::path(p).extension() == ".bin";
+}
+
+}  // namespace
+
+std::unique_ptr<Task> make_task(const Workload& w) {
+  FQ_CHECK(!w.model.empty(), ConfigError, "no model given: pass --model <file>");
+  FQ_CHECK(fs::exists(w.model), IoError, "model \"", w.model, "\" does not exist");
+  std::string arch = w.arch;
+  if (arch == "auto" && is_language_model_path(w.model)) arch = "llama";
+  if (arch == "llama") return std::make_unique<LanguageTask>(w);
+  return std::make_unique<ImageTask>(w);
+}
+
+std::string recipe_label(const Recipe& r) {
+  std::string a = r.act_bits >= 32 ? "32" : std::to_string(r.act_bits);
+  std::string s = fmt::format("{} W{}A{}", r.method, r.weight_bits, a);
+  if (r.weight_granularity == "group") s += fmt::format(" g{}", r.weight_group_size);
+  if (r.qdrop > 0) s += " +QDrop";
+  if (r.smooth_alpha > 0) s += " +SmoothQuant";
+  return s;
+}
+
+QuantizeReport quantize(ModelAdapter& model, const torch::Tensor& calib, const Recipe& recipe, QuantState& state,
+                        const ProgressFn& progress) {
+  return quantize_model(model, calib, recipe, state, progress);
+}
+
+MethodResult run_method(const Task& task, const Recipe& recipe, const std::string& out_path,
+                        const ProgressFn& progress) {
+  recipe.validate();
+  MethodResult r;
+  r.label = recipe_label(recipe);
+  r.recipe = recipe;
+  auto model = task.load_model();
+  torch::Tensor calib = task.calibration(recipe);
+  QuantState state;
+  Stopwatch sw;
+  r.report = quantize(*model, calib, recipe, state, progress);
+  r.seconds = sw.seconds();
+  QuantizedContext ctx(state);
+  r.metric = task.evaluate(*model, ctx);
+  if (!out_path.empty()) {
+    QModelInfo info;
+    info.arch = task.arch();
+    info.source_model = fs::absolute(task.workload().model).string();
+    info.source_hash = file_hash(task.workload().model);
+    info.recipe_json = recipe.to_json(-1);
+    info.calibration = task.calibration_description(recipe);
+    info.report_json = report_to_json(r.report);
+    info.extra["evaluation"] = task.evaluation_description();
+    info.extra["metric"] = fmt::format("{} {:.4f}", task.metric_name(), r.metric);
+    r.size_bytes = save_qmodel(out_path, *model, state, info);
+  }
+  return r;
+}
+
+double evaluate_fp(const Task& task) {
+  auto model = task.load_model();
+  UnitContext fp;
+  return task.evaluate(*model, fp);
+}
+
+double evaluate_qmodel(const Task& task, const std::string& fqz_path) {
+  auto model = task.load_model();
+  QModelInfo info = read_qmodel_info(fqz_path);
+  std::string h = file_hash(task.workload().model);
+  FQ_CHECK(h == info.source_hash, ModelError, "\"", fqz_path, "\" was quantized from a model with hash ", info.source_hash,
+           " but \"", task.workload().model, "\" has hash ", h, "; hint: pass the original FP model with --source");
+  QuantState state;
+  load_qmodel(fqz_path, *model, state);
+  QuantizedContext ctx(state);
+  return task.evaluate(*model, ctx);
+}
+
+std::string results_table(const Task& task, double fp, const std::vector<MethodResult>& rows) {
+  const bool ppl = !task.higher_is_better();
+  std::string t = fmt::format("| method | {} | delta vs FP | .fqz bytes | quantize time |\n|---|---|---|---|---|\n",
+                              task.metric_name());
+  t += fmt::format("| FP32 | {:.2f} | - | - | - |\n", fp);
+  for (auto& r : rows) {
+    double d = r.metric - fp;
+    std::string delta = ppl ? fmt::format("{:+.2f} ({:+.1f} %)", d, 100 * d / fp) : fmt::format("{:+.2f}", d);
+    t += fmt::format("| {} | {:.2f} | {} | {} | {} |\n", r.label, r.metric, delta,
+                     r.size_bytes ? std::to_string(r.size_bytes) : "-", format_duration(r.seconds));
+  }
+  return t;
+}
+
+}  // namespace flexquant

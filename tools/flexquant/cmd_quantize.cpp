@@ -1,0 +1,175 @@
+// `flexquant quantize | eval | compare | recipe`: thin wrappers over include/flexquant/pipeline.h.
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+
+#include "commands.h"
+#include "flexquant/error.h"
+#include "flexquant/pipeline.h"
+#include "flexquant/qmodel.h"
+#include "flexquant/runtime.h"
+#include "recipe_flags.h"
+
+namespace flexquant::cli {
+namespace {
+namespace fs = std::filesystem;
+
+void add_workload(CLI::App& app, Workload& w, bool model_required = true) {
+  auto* m = app.add_option("--model", w.model, "Model: .safetensors (CNN), llama2.c .bin or HF folder (LM), or .fqz (eval)");
+  if (model_required) m->required();
+  app.add_option("--arch", w.arch, "Architecture: resnet_cifar, resnet18, resnet50, mobilenet_v2, llama (auto for LMs)");
+  app.add_option("--data", w.data, "Data: cifar10:<dir>, fashion-mnist:<dir>, or a text file for LMs")->required();
+  app.add_option("--tokenizer", w.tokenizer, "LM tokenizer (default: tok512.bin beside the model)");
+  app.add_option("--eval-limit", w.eval_limit, "Evaluate on at most N images (CNN) or tokens (LM; default 60000)");
+  app.add_option("--calib-paragraphs", w.calib_paragraphs, "LM: paragraphs [0,N) calibrate, the rest evaluate");
+}
+
+std::shared_ptr<ProgressFn> progress_printer() {
+  return std::make_shared<ProgressFn>([](const std::string& line) { std::cerr << line << std::endl; });
+}
+
+void print_header(const Task& task, const Recipe& r) {
+  std::cout << "calibration: " << task.calibration_description(r) << "\n";
+  std::cout << "evaluation:  " << task.evaluation_description() << "\n";
+}
+
+struct QuantizeCmd {
+  Workload w;
+  RecipeFlags flags;
+  std::string out;
+  bool dry_run = false;
+  void run() {
+    Recipe r = flags.resolve().at(0);
+    if (!out.empty()) {
+      FQ_CHECK(fs::absolute(out) != fs::absolute(w.model), ConfigError, "--out \"", out,
+               "\" is the input model; choose another path");
+    }
+    auto task = make_task(w);
+    print_header(*task, r);
+    if (dry_run) {
+      std::cout << "recipe: " << r.to_json(-1) << "\n(dry run: nothing quantized or written)\n";
+      return;
+    }
+    double fp = evaluate_fp(*task);
+    auto res = run_method(*task, r, out, *progress_printer());
+    std::cout << "\n" << results_table(*task, fp, {res});
+    if (!out.empty()) std::cout << "wrote " << out << " (" << res.size_bytes << " bytes)\n";
+    std::cout << "peak memory " << res.report.peak_rss_bytes / (1 << 20) << " MiB\n";
+  }
+};
+
+struct EvalCmd {
+  Workload w;
+  std::string source;
+  void run() {
+    bool is_fqz = fs::path(w.model).extension() == ".fqz";
+    if (!is_fqz) {
+      auto task = make_task(w);
+      std::cout << "evaluation: " << task->evaluation_description() << "\n";
+      std::cout << fmt::format("FP32 {} = {:.4f}\n", task->metric_name(), evaluate_fp(*task));
+      return;
+    }
+    QModelInfo info = read_qmodel_info(w.model);
+    Workload fw = w;
+    fw.model = source.empty() ? info.source_model : source;
+    fw.arch = info.arch;
+    auto task = make_task(fw);
+    std::cout << "quantized model: " << w.model << " (" << fs::file_size(w.model) << " bytes, source " << fw.model << ")\n";
+    std::cout << "calibration: " << info.calibration << "\n";
+    std::cout << "evaluation:  " << task->evaluation_description() << "\n";
+    double q = evaluate_qmodel(*task, w.model);
+    std::cout << fmt::format("{} = {:.4f}\n", task->metric_name(), q);
+    if (info.extra.count("metric")) std::cout << "at quantization time: " << info.extra.at("metric") << "\n";
+  }
+};
+
+struct CompareCmd {
+  Workload w;
+  RecipeFlags flags;
+  std::string out_dir, markdown;
+  void run() {
+    auto recipes = flags.resolve();
+    auto task = make_task(w);
+    print_header(*task, recipes.at(0));
+    Stopwatch sw;
+    double fp = evaluate_fp(*task);
+    std::cerr << fmt::format("FP32 {} = {:.2f}\n", task->metric_name(), fp);
+    std::vector<MethodResult> rows;
+    for (size_t i = 0; i < recipes.size(); ++i) {
+      std::cerr << fmt::format("== {} ({}/{}) ==\n", recipe_label(recipes[i]), i + 1, recipes.size());
+      std::string out;
+      if (!out_dir.empty()) {
+        fs::create_directories(out_dir);
+        out = (fs::path(out_dir) / fmt::format("{}-{}.fqz", i, recipes[i].method)).string();
+      }
+      rows.push_back(run_method(*task, recipes[i], out, *progress_printer()));
+      std::cerr << fmt::format("{}: {} = {:.2f}\n", rows.back().label, task->metric_name(), rows.back().metric);
+    }
+    std::string table = results_table(*task, fp, rows);
+    std::cout << "\n" << table << fmt::format("total time {}, peak memory {} MiB\n", format_duration(sw.seconds()),
+                                            peak_rss_bytes() / (1 << 20));
+    if (!markdown.empty()) {
+      std::ofstream f(markdown);
+      FQ_CHECK(f.good(), IoError, "cannot write \"", markdown, "\"");
+      f << table;
+    }
+  }
+};
+
+struct RecipeCmd {
+  RecipeFlags flags;
+  bool markdown = false, keys = false;
+  void run() {
+    if (markdown) {
+      std::cout << recipe_markdown();
+      return;
+    }
+    if (keys) {
+      for (auto& f : describe_recipe()) std::cout << f.key << "\n";
+      return;
+    }
+    std::cout << flags.resolve().at(0).to_json() << "\n";
+  }
+};
+
+const bool reg_quantize = register_command("quantize", "Quantize a model with a recipe and save a .fqz", [](CLI::App& app) {
+  auto c = std::make_shared<QuantizeCmd>();
+  add_workload(app, c->w);
+  c->flags.add_to(app);
+  app.add_option("--out", c->out, "Output quantized model (.fqz)");
+  app.add_flag("--dry-run", c->dry_run, "Resolve and print the plan; quantize nothing, write nothing");
+  app.callback([c] { c->run(); });
+});
+
+const bool reg_eval = register_command("eval", "Evaluate an FP model or a .fqz on the workload's evaluation split",
+                                       [](CLI::App& app) {
+  auto c = std::make_shared<EvalCmd>();
+  add_workload(app, c->w);
+  app.add_option("--source", c->source, "FP model the .fqz was made from (default: the path stored in it)");
+  app.callback([c] { c->run(); });
+});
+
+const bool reg_compare = register_command("compare", "Run several recipes on one workload and print one table",
+                                          [](CLI::App& app) {
+  auto c = std::make_shared<CompareCmd>();
+  add_workload(app, c->w);
+  c->flags.add_to(app, /*multiple_recipes=*/true);
+  app.add_option("--out-dir", c->out_dir, "Save each quantized model here");
+  app.add_option("--markdown", c->markdown, "Also write the table to this file");
+  app.callback([c] { c->run(); });
+});
+
+const bool reg_recipe = register_command("recipe", "Print the resolved recipe JSON, its keys, or docs/recipe.md",
+                                         [](CLI::App& app) {
+  auto c = std::make_shared<RecipeCmd>();
+  c->flags.add_to(app);
+  app.add_flag("--markdown", c->markdown, "Print the recipe reference (docs/recipe.md)");
+  app.add_flag("--keys", c->keys, "List every recipe key");
+  app.callback([c] { c->run(); });
+});
+
+}  // namespace
+}  // namespace flexquant::cli
