@@ -10,7 +10,7 @@
 //   uint<b>           unsigned, 0 .. 2^b-1
 //   fp<n>_e<E>m<M>[_ieee|_fn][_b<bias>][_nosub]
 //                     minifloat, n = 1+E+M, E >= 1, M >= 0. Default: saturating with no special values,
-//                     bias 2^(E-1)-1, subnormals on. _ieee: inf and NaN as in IEEE 754 (E >= 2, M >= 1);
+//                     bias 2^(E-1)-1, subnormals on. _ieee: inf and NaN as in IEEE 754 (E >= 2; with M = 0 only inf);
 //                     _fn: OCP "finite + NaN": only the all-ones code of each sign is NaN;
 //                     _b<bias>: exponent bias (may be negative: _b-3); _nosub: no subnormals.
 //   sbits<k>          fp32 with only k = 0..23 fraction bits kept (= fp<9+k>_e8m<k>_ieee)
@@ -27,8 +27,8 @@
 //
 // NaN / inf policy:
 //   - quantize(NaN) = NaN in every format (quiet NaN with the input's sign), so fake quantization never
-//     hides a NaN. encode(NaN) gives the NaN code where the format has one (_ieee: exponent and mantissa
-//     MSB all ones; _fn: all ones), else throws NumericError ("format has no NaN code").
+//     hides a NaN. encode(NaN) gives the NaN code where the format has one (_ieee: exponent all ones and
+//     mantissa MSB set; _fn: all ones), else throws NumericError ("format has no NaN code").
 //   - +-inf and finite values beyond the grid: saturating formats (integers, power grids, default and _fn
 //     minifloats) clamp to +-max in every rounding mode. _ieee minifloats follow IEEE 754 overflow: rounding
 //     is done as if the exponent were unbounded, and a result above max becomes inf, except that modes
@@ -70,7 +70,8 @@ enum class FloatSpecials {
 
 /// Minifloat ExMy: 1 sign bit, exp_bits exponent bits, man_bits mantissa (fraction) bits.
 /// Range: exp_bits 1..8, man_bits 0..23, 1+E+M <= 32, and every level must be an fp32 number
-/// (largest exponent <= 127, smallest subnormal >= 2^-149); Ieee needs exp_bits >= 2 and man_bits >= 1.
+/// (largest exponent <= 127, smallest subnormal >= 2^-149); Ieee needs exp_bits >= 2 (with man_bits = 0
+/// the top exponent holds only inf and there is no NaN code).
 struct FloatFormat {
   int exp_bits = 4;
   int man_bits = 3;

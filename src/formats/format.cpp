@@ -98,8 +98,8 @@ void validate(const FloatFormat& f) {
   FQ_CHECK(f.man_bits >= 0 && f.man_bits <= 23, ConfigError, "minifloat mantissa bits ", f.man_bits,
            " are not valid: allowed 0..23");
   if (f.specials == FloatSpecials::Ieee)
-    FQ_CHECK(f.exp_bits >= 2 && f.man_bits >= 1, ConfigError, "IEEE-like minifloat e", f.exp_bits, "m",
-             f.man_bits, " is not valid: _ieee needs E >= 2 (a finite binade) and M >= 1 (inf != NaN)");
+    FQ_CHECK(f.exp_bits >= 2, ConfigError, "IEEE-like minifloat e", f.exp_bits, "m", f.man_bits,
+             " is not valid: _ieee needs E >= 2 (the top exponent is reserved, one more must be finite)");
   if (f.specials == FloatSpecials::NanOnly && f.man_bits == 0)
     FQ_CHECK(f.exp_bits >= 2, ConfigError, "minifloat e1m0_fn has no finite non-zero level");
   const auto p = detail::float_params(f);
@@ -337,7 +337,11 @@ int64_t Format::num_levels() const {
   return 2 * positive + 1;
 }
 
-bool Format::has_nan() const { return is_float() && as_float().specials != FloatSpecials::None; }
+bool Format::has_nan() const {
+  // With M = 0 an IEEE-like top exponent holds only inf (sbits0).
+  return is_float() && as_float().specials != FloatSpecials::None &&
+         !(as_float().specials == FloatSpecials::Ieee && as_float().man_bits == 0);
+}
 bool Format::has_inf() const { return is_float() && as_float().specials == FloatSpecials::Ieee; }
 
 std::vector<double> levels(const Format& f) {

@@ -171,7 +171,7 @@ inline int32_t float_code(float v, const FloatFormat& f, bool* nan_seen) {
   const uint32_t sign = (b >> 31) << (m + e);
   const uint32_t top = (1u << e) - 1;
   if (a > 0x7f800000u) {
-    if (f.specials == FloatSpecials::Ieee) return int32_t(sign | (top << m) | (1u << (m - 1)));
+    if (f.specials == FloatSpecials::Ieee && m > 0) return int32_t(sign | (top << m) | (1u << (m - 1)));
     if (f.specials == FloatSpecials::NanOnly) return int32_t(sign | (top << m) | ((1u << m) - 1));
     *nan_seen = true;
     return 0;
@@ -179,11 +179,16 @@ inline int32_t float_code(float v, const FloatFormat& f, bool* nan_seen) {
   if (a == 0x7f800000u) return int32_t(sign | (top << m));
   if (a == 0) return int32_t(sign);
   const uint32_t field = a >> 23;
+  const int te = detail::true_exponent(a);
+  const int emin = 1 - f.bias;
+  if (te >= emin) {
+    // Fraction bits of v normalised to 1.f (an fp32 subnormal is shifted up first).
+    const uint32_t frac = field ? (a & 0x7fffffu) : ((a << (23 - (te + 149))) & 0x7fffffu);
+    return int32_t(sign | (uint32_t(te + f.bias) << m) | (frac >> (23 - m)));
+  }
+  // Subnormal in the format: mantissa = v / 2^(emin - m), exact because v is on the grid.
   const int ef = int(field ? field : 1) - 127;
   const uint32_t S = (a & 0x7fffffu) | (field ? 0x800000u : 0u);
-  const int emin = 1 - f.bias;
-  if (ef >= emin) return int32_t(sign | (uint32_t(ef + f.bias) << m) | ((a & 0x7fffffu) >> (23 - m)));
-  // Subnormal in the format: mantissa = v / 2^(emin - m), exact because v is on the grid.
   return int32_t(sign | (S >> (emin - m - ef + 23)));
 }
 

@@ -72,7 +72,13 @@ inline uint32_t round_to_step(uint32_t a, int se, MagMode mm, uint64_t r) {
     const uint32_t mask = (1u << d) - 1, R = a & mask, half = 1u << (d - 1), base = a & ~mask;
     bool inc = false;
     switch (mm) {
-      case MagMode::NearestEven: inc = R > half || (R == half && ((a >> d) & 1u)); break;
+      // The kept integer is the significand q = a / 2^d; at d = 23 its last bit is the implicit bit (for
+      // m = 0 formats q = 1, odd, so ties between 2^k and 2^(k+1) go up, as nearbyint(x / step) does).
+      case MagMode::NearestEven: {
+        const bool odd = d == 23 ? field != 0 : ((a >> d) & 1u) != 0;
+        inc = R > half || (R == half && odd);
+        break;
+      }
       case MagMode::NearestAway: inc = R >= half; break;
       case MagMode::Trunc: inc = false; break;
       case MagMode::Away: inc = R != 0; break;
@@ -93,6 +99,12 @@ inline uint32_t round_to_step(uint32_t a, int se, MagMode mm, uint64_t r) {
   return inc ? pow2_bits(se) : 0u;
 }
 
+/// floor(log2(v)) of the positive finite pattern a != 0, fp32 subnormals included.
+inline int true_exponent(uint32_t a) {
+  const uint32_t field = a >> 23;
+  return field ? int(field) - 127 : (31 - __builtin_clz(a)) - 149;
+}
+
 /// What the minifloat kernel needs from a FloatFormat, precomputed.
 struct FloatParams {
   int man_bits = 0;
@@ -111,9 +123,9 @@ inline float round_float_grid(float x, const FloatParams& p, RoundingMode mode, 
     if (a > 0x7f800000u) return u2f(sign | 0x7fc00000u);
     return p.ieee ? x : u2f(sign | p.max_bits);
   }
+  if (a == 0) return x;
   const MagMode mm = mag_mode(mode, sign != 0);
-  const uint32_t field = a >> 23;
-  const int ef = int(field ? field : 1) - 127;
+  const int ef = true_exponent(a);
   uint32_t res;
   if (ef > p.emax) {
     res = (mm == MagMode::Trunc || !p.ieee) ? p.max_bits : 0x7f800000u;
