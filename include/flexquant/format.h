@@ -13,6 +13,8 @@
 //                     bias 2^(E-1)-1, subnormals on. _ieee: inf and NaN as in IEEE 754 (E >= 2; with M = 0 only inf);
 //                     _fn: OCP "finite + NaN": only the all-ones code of each sign is NaN;
 //                     _b<bias>: exponent bias (may be negative: _b-3); _nosub: no subnormals.
+//                     _sat names the default explicitly; name() prints it where the bare name is a preset
+//                     with special codes (fp8_e4m3_sat: E4M3 with max 480 and no NaN).
 //   sbits<k>          fp32 with only k = 0..23 fraction bits kept (= fp<9+k>_e8m<k>_ieee)
 //   pow<b>_a<x>       power grid: levels sign(q)*|q|^x, q = -(2^(b-1)-1) .. 2^(b-1)-1, b = 2..16, x > 0
 //                     written in shortest round-trip decimal (pow4_a0.5, pow8_a2)

@@ -17,7 +17,7 @@ namespace flexquant {
 namespace {
 
 constexpr const char* kGrammar =
-    "int<b>, int<b>_r, uint<b> (b = 2..16), fp<n>_e<E>m<M>[_ieee|_fn][_b<bias>][_nosub] (n = 1+E+M), "
+    "int<b>, int<b>_r, uint<b> (b = 2..16), fp<n>_e<E>m<M>[_ieee|_fn|_sat][_b<bias>][_nosub] (n = 1+E+M), "
     "sbits<k> (k = 0..23), pow<b>_a<x> (x > 0)";
 
 std::string preset_list() {
@@ -265,6 +265,9 @@ std::string Format::name() const {
   if (f.specials == FloatSpecials::NanOnly) s += "_fn";
   if (f.bias != FloatFormat::default_bias(f.exp_bits)) s += "_b" + std::to_string(f.bias);
   if (!f.subnormals) s += "_nosub";
+  // The bare fp8_e4m3 / fp8_e5m2 are presets with special codes: spell out the saturating variant.
+  for (const auto& [n, g] : preset_table())
+    if (n == s) return s + "_sat";
   return s;
 }
 
