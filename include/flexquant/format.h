@@ -161,17 +161,17 @@ torch::Tensor quantize(const torch::Tensor& x, const Format& f, RoundingMode mod
                        uint64_t seed = 0);
 /// Rounds x onto the scaled grid: value = (code - zero_point) * scale. Integer formats take a zero point;
 /// minifloats and power grids only scale (their zero point must be absent or 0).
-torch::Tensor quantize(const torch::Tensor& x, const Format& f, const QParams& qp,
+torch::Tensor quantize(const torch::Tensor& x, const Format& f, const ScaleParams& qp,
                        RoundingMode mode = RoundingMode::NearestEven, uint64_t seed = 0);
 
 /// Codes (int32, x's shape) of the levels quantize() would return.
 torch::Tensor encode(const torch::Tensor& x, const Format& f, RoundingMode mode = RoundingMode::NearestEven,
                      uint64_t seed = 0);
-torch::Tensor encode(const torch::Tensor& x, const Format& f, const QParams& qp,
+torch::Tensor encode(const torch::Tensor& x, const Format& f, const ScaleParams& qp,
                      RoundingMode mode = RoundingMode::NearestEven, uint64_t seed = 0);
 
 /// Values (fp32) of integer codes (any integer dtype). Codes outside [code_min, code_max] throw NumericError.
 torch::Tensor decode(const torch::Tensor& codes, const Format& f);
-torch::Tensor decode(const torch::Tensor& codes, const Format& f, const QParams& qp);
+torch::Tensor decode(const torch::Tensor& codes, const Format& f, const ScaleParams& qp);
 
 }  // namespace flexquant

@@ -7,6 +7,20 @@
 // Codes are unsigned, code in [0, 2^b-1], value = scale * (code - zero_point). Symmetric grids use the constant
 // zero_point 2^(b-1) (so q = code - z spans -2^(b-1) .. 2^(b-1)-1). Zero padding is exact because 0 is always
 // on the grid (the range is forced to contain 0).
+//
+// Initial grids (init_qparams), per group (per-tensor = one group of the whole tensor):
+//   asymmetric MinMax: min <- min(min,0), max <- max(max,0); scale = max((max-min)/(2^b-1), 1e-8);
+//                      z = clamp(-round(min/scale), 0, 2^b-1)                     (FlexRound LLM code)
+//   symmetric  MinMax: M = max|w|; scale = max(2M/(2^b-1), 1e-8); z = 2^(b-1)       (FlexRound CNN code [C3])
+//     Why 2M/(2^b-1) and not M/(2^(b-1)-1): the rounding bins of the codes -2^(b-1) .. 2^(b-1)-1 span
+//     [-(2^(b-1)+0.5)s, (2^(b-1)-0.5)s], which covers [-M, M] exactly at s = 2M/(2^b-1): the finest grid that
+//     clips nothing. The top code rounds +M down by s/2 at most; -2^(b-1) is used.
+//   asymmetric Mse: 2-D L2.4 search, 100 range fractions i/100 of (max-min) x every zero point 0..2^b-1
+//                   (FlexRound LLM code, methods.md §1.2). A one-signed group needs no separate 1-D search:
+//                   its 1-D candidates (zero point 0 or 2^b-1) are a subset of the 2-D grid.
+//   symmetric  Mse: 80 shrink steps M(1-0.01i), i = 0..79 (FlexRound CNN code / BRECQ), L2.4 error.
+// The candidate i = 100 (asymmetric) / i = 0 (symmetric) is bit-identical to MinMax, so Mse is never worse than
+// MinMax in L2.4 error. An all-zero group gets scale 1e-8 and z = 0 (symmetric: 2^(b-1)): no NaN.
 #pragma once
 #include <torch/types.h>
 
@@ -63,5 +77,26 @@ struct QuantizedTensor {
 
 /// Codes of RTN with qparams, as a QuantizedTensor.
 QuantizedTensor quantize_rtn(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp);
+
+/// Shape of the grouped view of a [Cout, ...] weight: {Cout, G, g}; K = numel/Cout is the unpadded row length.
+struct GroupLayout {
+  int64_t cout = 0, k = 0, groups = 1, group = 0;
+  /// Shape of scale / zero_point: [1,1,1], [Cout,1,1] or [Cout,G,1].
+  std::vector<int64_t> param_shape(Granularity g) const;
+};
+GroupLayout group_layout(at::IntArrayRef shape, const WeightQuantSpec& spec);
+
+/// Broadcast a grouped-view parameter (scale / zero point shape, see above) to a weight of `shape`
+/// (= [Cout, ...], or its [Cout, K] flattening): element (o, k) gets p[o, k / g]. Exact (a copy).
+torch::Tensor expand_to_weight(const torch::Tensor& p, at::IntArrayRef shape, const WeightQuantSpec& spec);
+/// Adjoint of expand_to_weight: sums a weight-shaped tensor into the parameter shape `param_shape`.
+torch::Tensor reduce_to_param(const torch::Tensor& full, at::IntArrayRef param_shape, const WeightQuantSpec& spec);
+
+/// Throws NumericError if w holds NaN or inf: "<what> [shape] contains N NaN and M inf values ...". The engine
+/// passes the layer name in `what`.
+void check_weight_finite(const torch::Tensor& w, const std::string& what = "weight");
+
+/// Mean |a - b|^p over all elements (p = 2.4 is the search criterion of init_qparams), in float64.
+double lp_error(const torch::Tensor& a, const torch::Tensor& b, double p = 2.4);
 
 }  // namespace flexquant

@@ -4,6 +4,9 @@
 #pragma once
 #include <torch/types.h>
 
+#include <ATen/core/Generator.h>
+
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,14 +49,46 @@ class Rounder {
   virtual double default_lr() const { return 1e-3; }
 };
 
-/// "rtn" | "adaround" | "flexround" | "lrq"; ConfigError listing the valid names otherwise.
+/// "rtn" | "adaround" | "flexround" | "lrq" (or a name added by register_rounder); ConfigError listing the
+/// valid names otherwise.
 std::unique_ptr<Rounder> make_rounder(const std::string& name, const RounderOptions& opts = {});
+/// Registered names, sorted.
 std::vector<std::string> rounder_names();
+using RounderFactory = std::function<std::unique_ptr<Rounder>(const RounderOptions&)>;
+/// Adds (or replaces) a rounder by name. The built-ins are registered by the registry itself (a static
+/// registrar object in a static library would be dropped by the linker).
+void register_rounder(const std::string& name, RounderFactory factory);
+
+/// The FlexRound quantizer (methods.md §1.1) as one fused autograd op, shared by FlexRound and LRQ:
+///   s1    = s1_0 * exp(delta1 - delta1_0)                       (grouped-view parameter shape)
+///   S     = expand(s1) * exp(delta2 [+ delta3] [+ delta4])      (delta3/4 broadcast against w; may be undefined)
+///   q     = clamp(round(w / S), qlo, qhi)                       (qlo = -z, qhi = 2^b-1-z, w's shape)
+///   out   = expand(s1) * q
+/// delta1 is log s1. It enters as exp(delta1 - delta1_0) with delta1_0 = its initial value, so that at step 0
+/// s1 == s1_0 bit for bit (exp(log s) != s in float, which would flip ~1e-6 of the codes against RTN); the value
+/// and every gradient are those of exp(delta1 + ...). Gradients (STE: round is the identity, clamp blocks):
+///   d/d delta2 = -s1 * r * g in range, 0 clamped (r = w/S); delta3/delta4: the same summed over broadcast axes;
+///   d/d delta1 = s1 * (q - r) * g in range, s1 * q * g clamped (both paths), summed into delta1's shape.
+/// w may be [Cout, ...] or its [Cout, K] flattening; `spec` gives the grouping of s1_0/delta1.
+torch::Tensor flexround_quantize(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
+                                 const torch::Tensor& delta1_0, const torch::Tensor& delta2,
+                                 const torch::Tensor& delta3, const torch::Tensor& delta4, const torch::Tensor& qlo,
+                                 const torch::Tensor& qhi, const WeightQuantSpec& spec);
 
 /// Activation quantizer with a learned step (LSQ, methods.md §7.1) used at an ActSite during reconstruction,
 /// or dynamic per-token min/max (no parameters) for LLM W4A8/KV8-style evaluation.
+///
+/// Static mode: x^ = s * clamp(round(x/s), -z, 2^b-1-z) with z fixed at calibration (0 for non-negative sites,
+/// i.e. an unsigned grid) and s learned with LSQ's gradient scale g = 1/sqrt(numel(x) * (2^b-1)) applied as
+/// s*g + (s - s*g).detach(); round and clamp use the STE (x gets gradient in range only). The step is kept
+/// positive as max(|s|, 1e-8). Calibration (L2.4 MSE search, as for weights):
+///   non-negative: 1-D search, 100 clip levels max*i/100, z = 0;
+///   signed: 2-D search, 100 range fractions of (max-min) x every zero point (QDrop / FlexRound LLM code),
+///           scored on a fixed strided subsample of at most 8192 values (the range itself uses every value).
+/// Per-token mode: for every row of the last dim, scale = max((max-min)/(2^b-1), 1e-8) with min <= 0 <= max
+/// forced, z = clamp(round(-min/scale), 0, 2^b-1), no parameters, gradient straight through.
 struct ActQuantSpec {
-  int bits = 8;                 ///< 2..16; 32 = off
+  int bits = 8;                 ///< 2..15 quantize; >= 16 (32 = the recipe's "off") is the identity
   bool per_token = false;       ///< dynamic per-token asymmetric min/max (methods.md §1.5), no learned step
 };
 
@@ -63,8 +98,14 @@ class ActQuantizer {
   /// Static per-tensor grid from calibration samples (L2.4 MSE search; unsigned when non_negative).
   void calibrate(const torch::Tensor& samples);
   /// Fake-quantize x. While training with drop_prob p > 0, each element keeps its FP value with prob. p
-  /// (QDrop); `gen` seeds that draw.
+  /// (QDrop: out = where(U < p, x, x^), U uniform, fresh every call), drawn from the generator given to
+  /// set_generator() or else torch's default generator (the engine seeds it per unit).
+  /// Throws ConfigError when a static quantizer is used before calibrate()/set_grid().
   torch::Tensor forward(const torch::Tensor& x);
+  /// Generator for the QDrop draw (CPU generator for CPU inputs); undefined = torch's default.
+  void set_generator(at::Generator gen) { gen_ = std::move(gen); }
+  /// True when this quantizer passes x through unchanged (bits >= 16).
+  bool is_identity() const { return spec_.bits >= 16; }
   std::vector<torch::Tensor> parameters();  ///< the LSQ step (empty for per-token)
   void set_training(bool on, double drop_prob = 0.0) { training_ = on; drop_prob_ = drop_prob; }
   const ActQuantSpec& spec() const { return spec_; }
@@ -80,6 +121,7 @@ class ActQuantizer {
   torch::Tensor step_;   // log-free positive step, requires_grad
   float zero_point_ = 0;
   bool calibrated_ = false;
+  at::Generator gen_;
 };
 
 }  // namespace flexquant

@@ -27,20 +27,20 @@ constexpr int64_t kGrain = 1 << 15;
 struct Scales {
   const float* scale = nullptr;
   const int32_t* zp = nullptr;  // null: all zero
-  Granularity gran = Granularity::PerTensor;
+  ScaleGranularity gran = ScaleGranularity::PerTensor;
   int64_t n = 0, K = 1, g = 1, G = 1;
   torch::Tensor scale_t, zp_t;  // keep the buffers alive
 
   // Index of the parameters for flat index i; *end = end of the segment sharing them.
   int64_t seg(int64_t i, int64_t* end) const {
     switch (gran) {
-      case Granularity::PerTensor: *end = n; return 0;
-      case Granularity::PerChannel: {
+      case ScaleGranularity::PerTensor: *end = n; return 0;
+      case ScaleGranularity::PerChannel: {
         const int64_t c = i / K;
         *end = (c + 1) * K;
         return c;
       }
-      case Granularity::PerGroup: {
+      case ScaleGranularity::PerGroup: {
         const int64_t c = i / K, j = (i - c * K) / g;
         *end = c * K + std::min((j + 1) * g, K);
         return c * G + j;
@@ -59,27 +59,27 @@ Scales unit_scales(int64_t n) {
   return s;
 }
 
-Scales make_scales(const torch::Tensor& x, const Format& f, const QParams& qp) {
+Scales make_scales(const torch::Tensor& x, const Format& f, const ScaleParams& qp) {
   Scales s;
   s.n = x.numel();
   s.gran = qp.granularity;
-  FQ_CHECK(qp.scale.defined(), ConfigError, "QParams.scale is undefined; hint: use QParams::per_tensor(1.0f)");
+  FQ_CHECK(qp.scale.defined(), ConfigError, "ScaleParams.scale is undefined; hint: use ScaleParams::per_tensor(1.0f)");
   int64_t expect = 1;
-  if (qp.granularity != Granularity::PerTensor) {
-    FQ_CHECK(x.dim() >= 1 && x.size(0) > 0, ConfigError, granularity_name(qp.granularity),
+  if (qp.granularity != ScaleGranularity::PerTensor) {
+    FQ_CHECK(x.dim() >= 1 && x.size(0) > 0, ConfigError, scale_granularity_name(qp.granularity),
              " quantization needs a tensor with an output-channel axis; got shape ", x.sizes());
     s.K = x.numel() / x.size(0);
     expect = x.size(0);
   }
-  if (qp.granularity == Granularity::PerGroup) {
+  if (qp.granularity == ScaleGranularity::PerGroup) {
     FQ_CHECK(qp.group_size >= 1, ConfigError, "group_size ", qp.group_size, " is not valid: allowed >= 1");
     s.g = qp.group_size;
     s.G = (s.K + s.g - 1) / s.g;
     expect = x.size(0) * s.G;
   }
   FQ_CHECK(qp.scale.numel() == expect, ConfigError, "scale has ", qp.scale.numel(), " entries (shape ",
-           qp.scale.sizes(), ") but ", granularity_name(qp.granularity), " on shape ", x.sizes(),
-           (qp.granularity == Granularity::PerGroup ? detail::concat(" with group_size ", qp.group_size) : ""),
+           qp.scale.sizes(), ") but ", scale_granularity_name(qp.granularity), " on shape ", x.sizes(),
+           (qp.granularity == ScaleGranularity::PerGroup ? detail::concat(" with group_size ", qp.group_size) : ""),
            " needs ", expect);
   s.scale_t = qp.scale.detach().to(torch::kFloat).contiguous();
   FQ_CHECK((s.scale_t > 0).all().item<bool>() && torch::isfinite(s.scale_t).all().item<bool>(), NumericError,
@@ -94,7 +94,7 @@ Scales make_scales(const torch::Tensor& x, const Format& f, const QParams& qp) {
     if (!f.is_int())
       FQ_CHECK(zmin == 0 && zmax == 0, ConfigError, "format ", f.name(),
                " takes no zero point (it is symmetric by construction); got zero points in [", zmin, ", ", zmax,
-               "]; hint: leave QParams.zero_point undefined");
+               "]; hint: leave ScaleParams.zero_point undefined");
     else
       FQ_CHECK(zmin >= f.code_min() && zmax <= f.code_max(), ConfigError, "zero_point range [", zmin, ", ", zmax,
                "] is not valid for ", f.name(), ": allowed [", f.code_min(), ", ", f.code_max(), "]");
@@ -354,19 +354,19 @@ torch::Tensor run_decode(const torch::Tensor& codes_in, const Format& f, const S
 torch::Tensor quantize(const torch::Tensor& x, const Format& f, RoundingMode mode, uint64_t seed) {
   return run<Out::Values>(x, f, unit_scales(x.numel()), mode, seed);
 }
-torch::Tensor quantize(const torch::Tensor& x, const Format& f, const QParams& qp, RoundingMode mode, uint64_t seed) {
+torch::Tensor quantize(const torch::Tensor& x, const Format& f, const ScaleParams& qp, RoundingMode mode, uint64_t seed) {
   return run<Out::Values>(x, f, make_scales(x, f, qp), mode, seed);
 }
 torch::Tensor encode(const torch::Tensor& x, const Format& f, RoundingMode mode, uint64_t seed) {
   return run<Out::Codes>(x, f, unit_scales(x.numel()), mode, seed);
 }
-torch::Tensor encode(const torch::Tensor& x, const Format& f, const QParams& qp, RoundingMode mode, uint64_t seed) {
+torch::Tensor encode(const torch::Tensor& x, const Format& f, const ScaleParams& qp, RoundingMode mode, uint64_t seed) {
   return run<Out::Codes>(x, f, make_scales(x, f, qp), mode, seed);
 }
 torch::Tensor decode(const torch::Tensor& codes, const Format& f) {
   return run_decode(codes, f, unit_scales(codes.numel()));
 }
-torch::Tensor decode(const torch::Tensor& codes, const Format& f, const QParams& qp) {
+torch::Tensor decode(const torch::Tensor& codes, const Format& f, const ScaleParams& qp) {
   return run_decode(codes, f, make_scales(codes, f, qp));
 }
 

@@ -1,4 +1,4 @@
-// QParams helpers: granularity names and the min-max (absmax) scale choice that round-to-nearest uses.
+// ScaleParams helpers: granularity names and the min-max (absmax) scale choice that round-to-nearest uses.
 #include <cmath>
 
 #include "flexquant/error.h"
@@ -6,46 +6,46 @@
 
 namespace flexquant {
 
-Granularity parse_granularity(const std::string& name) {
-  if (name == "per_tensor") return Granularity::PerTensor;
-  if (name == "per_channel") return Granularity::PerChannel;
-  if (name == "per_group") return Granularity::PerGroup;
+ScaleGranularity parse_scale_granularity(const std::string& name) {
+  if (name == "per_tensor") return ScaleGranularity::PerTensor;
+  if (name == "per_channel") return ScaleGranularity::PerChannel;
+  if (name == "per_group") return ScaleGranularity::PerGroup;
   throw ConfigError(detail::concat("granularity \"", name,
                                    "\" is not valid: allowed are per_tensor, per_channel, per_group"));
 }
 
-std::string granularity_name(Granularity g) {
+std::string scale_granularity_name(ScaleGranularity g) {
   switch (g) {
-    case Granularity::PerTensor: return "per_tensor";
-    case Granularity::PerChannel: return "per_channel";
-    case Granularity::PerGroup: return "per_group";
+    case ScaleGranularity::PerTensor: return "per_tensor";
+    case ScaleGranularity::PerChannel: return "per_channel";
+    case ScaleGranularity::PerGroup: return "per_group";
   }
   return "?";
 }
 
-QParams QParams::per_tensor(float scale, int32_t zero_point) {
-  QParams q;
+ScaleParams ScaleParams::per_tensor(float scale, int32_t zero_point) {
+  ScaleParams q;
   q.scale = torch::full({1}, scale, torch::kFloat);
   if (zero_point != 0) q.zero_point = torch::full({1}, zero_point, torch::kInt);
   return q;
 }
 
-QParams minmax_qparams(const torch::Tensor& x_in, const Format& f, Granularity g, int64_t group_size,
+ScaleParams minmax_scale_params(const torch::Tensor& x_in, const Format& f, ScaleGranularity g, int64_t group_size,
                        bool symmetric) {
   FQ_CHECK(symmetric || f.is_int(), ConfigError, "asymmetric (zero-point) quantization needs an integer format; ",
            f.name(), " is symmetric by construction; hint: pass symmetric = true");
   torch::Tensor x = x_in.detach().to(torch::kFloat).contiguous();
-  FQ_CHECK(x.numel() > 0, ConfigError, "minmax_qparams: empty tensor");
+  FQ_CHECK(x.numel() > 0, ConfigError, "minmax_scale_params: empty tensor");
   torch::Tensor rows;  // [P, n]: one row per parameter
-  QParams qp;
+  ScaleParams qp;
   qp.granularity = g;
-  if (g == Granularity::PerTensor) {
+  if (g == ScaleGranularity::PerTensor) {
     rows = x.reshape({1, -1});
   } else {
-    FQ_CHECK(x.dim() >= 1, ConfigError, granularity_name(g), " needs a tensor with an output-channel axis");
+    FQ_CHECK(x.dim() >= 1, ConfigError, scale_granularity_name(g), " needs a tensor with an output-channel axis");
     const int64_t C = x.size(0), K = x.numel() / C;
     rows = x.reshape({C, K});
-    if (g == Granularity::PerGroup) {
+    if (g == ScaleGranularity::PerGroup) {
       FQ_CHECK(group_size >= 1, ConfigError, "group_size ", group_size, " is not valid: allowed >= 1");
       qp.group_size = group_size;
       const int64_t G = (K + group_size - 1) / group_size;
@@ -65,7 +65,7 @@ QParams minmax_qparams(const torch::Tensor& x_in, const Format& f, Granularity g
     zp = (qlo - torch::round(lo / scale)).clamp(qlo, qhi).to(torch::kInt);
   }
   scale = torch::where(scale > 0, scale, torch::ones_like(scale));
-  if (g == Granularity::PerGroup) {
+  if (g == ScaleGranularity::PerGroup) {
     const int64_t C = x.size(0);
     scale = scale.reshape({C, -1});
     if (zp.defined()) zp = zp.reshape({C, -1});

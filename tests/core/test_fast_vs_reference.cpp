@@ -32,18 +32,18 @@ torch::Tensor random_input(std::vector<int64_t> shape, uint64_t seed) {
   return x;
 }
 
-int64_t check(const Format& f, const torch::Tensor& x, const QParams* qp, RoundingMode mode, uint64_t seed) {
+int64_t check(const Format& f, const torch::Tensor& x, const ScaleParams* qp, RoundingMode mode, uint64_t seed) {
   const ref::Quantizer R(f);
   const torch::Tensor y = qp ? quantize(x, f, *qp, mode, seed) : quantize(x, f, mode, seed);
-  // Per-element scale and zero point, spelled out from the QParams layout.
+  // Per-element scale and zero point, spelled out from the ScaleParams layout.
   const int64_t n = x.numel(), C = x.size(0), K = n / C;
   torch::Tensor s_el = torch::ones({n}), z_el = torch::zeros({n}, torch::kInt);
   if (qp) {
     const torch::Tensor idx = torch::arange(n);
     torch::Tensor p;
-    if (qp->granularity == Granularity::PerTensor) p = torch::zeros({n}, torch::kLong);
-    if (qp->granularity == Granularity::PerChannel) p = idx.div(K, "floor");
-    if (qp->granularity == Granularity::PerGroup) {
+    if (qp->granularity == ScaleGranularity::PerTensor) p = torch::zeros({n}, torch::kLong);
+    if (qp->granularity == ScaleGranularity::PerChannel) p = idx.div(K, "floor");
+    if (qp->granularity == ScaleGranularity::PerGroup) {
       const int64_t G = (K + qp->group_size - 1) / qp->group_size;
       p = idx.div(K, "floor") * G + (idx % K).div(qp->group_size, "floor");
     }
@@ -92,11 +92,11 @@ TEST(FastVsReference, ScaledEveryGranularity) {
   int64_t checked = 0, configs = 0;
   for (const char* name : {"int4", "uint4", "int8_r", "int3", "fp8_e4m3", "fp4_e2m1", "fp8_e5m2", "pow4_a0.5"}) {
     const Format f = Format::parse(name);
-    for (Granularity g : {Granularity::PerTensor, Granularity::PerChannel, Granularity::PerGroup})
+    for (ScaleGranularity g : {ScaleGranularity::PerTensor, ScaleGranularity::PerChannel, ScaleGranularity::PerGroup})
       for (bool symmetric : {true, false}) {
         if (!symmetric && !f.is_int()) continue;
         const torch::Tensor finite = x.nan_to_num(0, 1e3, -1e3).clamp(-1e3, 1e3);
-        const QParams qp = minmax_qparams(finite, f, g, 16, symmetric);
+        const ScaleParams qp = minmax_scale_params(finite, f, g, 16, symmetric);
         if (!symmetric) ASSERT_TRUE(qp.zero_point.defined());
         for (RoundingMode mode : flexquant::testing::all_modes()) checked += check(f, x, &qp, mode, 7 + checked);
         ++configs;
@@ -109,8 +109,8 @@ TEST(FastVsReference, ScaledEveryGranularity) {
 TEST(FastVsReference, QParamsValidation) {
   const torch::Tensor x = torch::randn({4, 10});
   const Format f = Format::parse("int4");
-  QParams bad;
-  bad.granularity = Granularity::PerChannel;
+  ScaleParams bad;
+  bad.granularity = ScaleGranularity::PerChannel;
   bad.scale = torch::ones({3});
   EXPECT_THROW(quantize(x, f, bad), ConfigError);
   bad.scale = torch::tensor({1.0f, 0.0f, 1.0f, 1.0f});
@@ -120,11 +120,11 @@ TEST(FastVsReference, QParamsValidation) {
   EXPECT_THROW(quantize(x, f, bad), ConfigError);
   bad.zero_point = torch::full({4}, 1, torch::kInt);
   EXPECT_THROW(quantize(x, Format::parse("fp8_e4m3"), bad), ConfigError);
-  bad.granularity = Granularity::PerGroup;
+  bad.granularity = ScaleGranularity::PerGroup;
   bad.group_size = 0;
   EXPECT_THROW(quantize(x, f, bad), ConfigError);
   // An all-zero channel gets scale 1, never NaN.
-  const QParams qp = minmax_qparams(torch::zeros({2, 8}), f, Granularity::PerChannel);
+  const ScaleParams qp = minmax_scale_params(torch::zeros({2, 8}), f, ScaleGranularity::PerChannel);
   EXPECT_TRUE(torch::equal(qp.scale, torch::ones({2})));
   EXPECT_THROW(encode(torch::tensor({NAN}), f), NumericError);
 }
