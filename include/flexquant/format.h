@@ -164,6 +164,11 @@ torch::Tensor quantize(const torch::Tensor& x, const Format& f, RoundingMode mod
 torch::Tensor quantize(const torch::Tensor& x, const Format& f, const ScaleParams& qp,
                        RoundingMode mode = RoundingMode::NearestEven, uint64_t seed = 0);
 
+/// quantize() into a preallocated fp32 tensor `out` of x's shape (contiguous), e.g. to reuse a buffer in a
+/// loop: allocating a fresh 64 MiB result costs as much as the rounding itself.
+void quantize_out(torch::Tensor& out, const torch::Tensor& x, const Format& f, const ScaleParams& qp,
+                  RoundingMode mode = RoundingMode::NearestEven, uint64_t seed = 0);
+
 /// Codes (int32, x's shape) of the levels quantize() would return.
 torch::Tensor encode(const torch::Tensor& x, const Format& f, RoundingMode mode = RoundingMode::NearestEven,
                      uint64_t seed = 0);

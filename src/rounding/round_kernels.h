@@ -12,6 +12,9 @@
 
 namespace flexquant::detail {
 
+// The element functions sit inside per-element loops: force inlining so each mode's loop is specialised.
+#define FQ_INLINE inline __attribute__((always_inline))
+
 inline uint32_t f2u(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
@@ -38,7 +41,7 @@ inline uint64_t splitmix_at(uint64_t key, uint64_t i) { return splitmix_mix(key 
 /// Rounding of a magnitude once the sign is known.
 enum class MagMode { NearestEven, NearestAway, Trunc, Away, Stochastic };
 
-inline MagMode mag_mode(RoundingMode m, bool negative) {
+FQ_INLINE MagMode mag_mode(RoundingMode m, bool negative) {
   switch (m) {
     case RoundingMode::NearestEven: return MagMode::NearestEven;
     case RoundingMode::NearestAway: return MagMode::NearestAway;
@@ -52,7 +55,7 @@ inline MagMode mag_mode(RoundingMode m, bool negative) {
 
 /// Stochastic decision: true iff U < R / 2^d with U = (r >> 11) * 2^-53 (random_uniform()), exactly.
 /// Needs R < 2^24, d >= 1.
-inline bool sr_up(uint32_t R, int d, uint64_t r) {
+FQ_INLINE bool sr_up(uint32_t R, int d, uint64_t r) {
   if (d <= 53) return (r >> (64 - d)) < R;
   const int k = d - 53;  // U < R / 2^k  <=>  (r >> 11) < ceil(R / 2^k)
   const uint64_t thr = k >= 24 ? (R != 0) : (uint64_t(R) + (uint64_t(1) << k) - 1) >> k;
@@ -63,7 +66,7 @@ inline bool sr_up(uint32_t R, int d, uint64_t r) {
 /// r: the element's random bits (Stochastic only). Returns the bit pattern of the result (may be 2^128's
 /// pattern 0x7f800000 only if the caller lets a reach the top binade of fp32 with se = 127 - 23; callers
 /// clamp before that).
-inline uint32_t round_to_step(uint32_t a, int se, MagMode mm, uint64_t r) {
+FQ_INLINE uint32_t round_to_step(uint32_t a, int se, MagMode mm, uint64_t r) {
   const uint32_t field = a >> 23;
   const int ef = int(field ? field : 1) - 127;
   const int d = se - ef + 23;
@@ -100,7 +103,7 @@ inline uint32_t round_to_step(uint32_t a, int se, MagMode mm, uint64_t r) {
 }
 
 /// floor(log2(v)) of the positive finite pattern a != 0, fp32 subnormals included.
-inline int true_exponent(uint32_t a) {
+FQ_INLINE int true_exponent(uint32_t a) {
   const uint32_t field = a >> 23;
   return field ? int(field) - 127 : (31 - __builtin_clz(a)) - 149;
 }
@@ -117,7 +120,7 @@ struct FloatParams {
 
 /// Rounds x onto the minifloat grid (unit scale). NaN -> quiet NaN with x's sign; see format.h for inf and
 /// overflow.
-inline float round_float_grid(float x, const FloatParams& p, RoundingMode mode, uint64_t r) {
+FQ_INLINE float round_float_grid(float x, const FloatParams& p, RoundingMode mode, uint64_t r) {
   const uint32_t b = f2u(x), sign = b & 0x80000000u, a = b & 0x7fffffffu;
   if (a >= 0x7f800000u) {
     if (a > 0x7f800000u) return u2f(sign | 0x7fc00000u);
@@ -138,7 +141,7 @@ inline float round_float_grid(float x, const FloatParams& p, RoundingMode mode, 
 }
 
 /// Rounds t (already clamped to [lo, hi], integers, |t| <= 2^17) to an integer; zero comes out as +0.
-inline float round_int_grid(float t, RoundingMode mode, uint64_t r) {
+FQ_INLINE float round_int_grid(float t, RoundingMode mode, uint64_t r) {
   const uint32_t b = f2u(t), sign = b & 0x80000000u, a = b & 0x7fffffffu;
   if (a > 0x7f800000u) return u2f(sign | 0x7fc00000u);
   const uint32_t res = round_to_step(a, 0, mag_mode(mode, sign != 0), r);
