@@ -1,0 +1,52 @@
+// llama2.c byte-level BPE tokenizer (tokenizer.bin / tok512.bin, exported from SentencePiece).
+//
+// encode(text): [BOS] + (" " if text non-empty: SentencePiece's dummy prefix) + one token per UTF-8
+// character (byte fallback id = byte + 3 when the character is not in the vocabulary), then repeatedly
+// merge the adjacent pair whose concatenation is in the vocabulary with the highest score (leftmost pair on
+// ties) - the result of llama2.c's quadratic loop, computed with a priority queue in O(n log n).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace flexquant {
+
+class Tokenizer {
+ public:
+  static constexpr int32_t kUnk = 0, kBos = 1, kEos = 2;
+
+  /// Reads llama2.c's format: int32 max_token_length, then per id: float32 score, int32 len, len bytes.
+  /// Throws IoError naming the file on a missing/truncated file.
+  static Tokenizer load(const std::string& path);
+
+  /// Token ids of `text`, with BOS first when `bos` (default true) and EOS last when `eos` (default false).
+  std::vector<int32_t> encode(const std::string& text, bool bos = true, bool eos = false) const;
+  /// Text of one token given the previous one: the leading space after BOS is stripped and "<0xXX>" byte
+  /// tokens become the raw byte, as llama2.c prints them.
+  std::string decode_piece(int32_t prev, int32_t token) const;
+  /// Concatenated decode_piece over ids (BOS/EOS print nothing).
+  std::string decode(const std::vector<int32_t>& ids) const;
+
+  int32_t vocab_size() const { return static_cast<int32_t>(vocab_.size()); }
+  const std::string& piece(int32_t id) const { return vocab_.at(id); }
+  float score(int32_t id) const { return scores_.at(id); }
+  /// Id of an exact piece, -1 when absent.
+  int32_t lookup(const std::string& piece) const;
+  /// FNV-1a over the file bytes: identifies the tokenizer in cache keys.
+  uint64_t hash() const { return hash_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::vector<std::string> vocab_;
+  std::vector<float> scores_;
+  std::unordered_map<std::string, int32_t> index_;
+  int32_t max_token_length_ = 0;
+  uint64_t hash_ = 0;
+  std::string path_;
+};
+
+/// FNV-1a 64-bit hash of bytes (used for corpus cache keys).
+uint64_t fnv1a64(const void* data, size_t n, uint64_t seed = 1469598103934665603ull);
+
+}  // namespace flexquant

@@ -1,0 +1,162 @@
+// llama2.c BPE tokenizer (Karpathy, llama2.c run.c: build_tokenizer / encode / decode), with the merge loop
+// done by a priority queue over adjacent pairs (as SentencePiece's bpe_model.cc does) instead of run.c's
+// O(n^2) rescans. Ordering = (score desc, position asc), which is exactly the pair run.c's scan picks
+// (highest score, first one found from the left), so both give the same ids.
+#include "flexquant/tokenizer.h"
+
+#include <cstring>
+#include <fstream>
+#include <queue>
+
+#include "flexquant/error.h"
+
+namespace flexquant {
+
+uint64_t fnv1a64(const void* data, size_t n, uint64_t seed) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  uint64_t h = seed;
+  for (size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+Tokenizer Tokenizer::load(const std::string& path) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  FQ_CHECK(f.good(), IoError, "cannot open tokenizer -> ", path, " -> expected llama2.c tokenizer.bin (e.g. tok512.bin)");
+  std::vector<char> buf(static_cast<size_t>(f.tellg()));
+  f.seekg(0);
+  f.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+  FQ_CHECK(f.good(), IoError, "cannot read tokenizer -> ", path);
+
+  Tokenizer t;
+  t.path_ = path;
+  t.hash_ = fnv1a64(buf.data(), buf.size());
+  size_t pos = 0;
+  auto take = [&](void* dst, size_t n, const char* what) {
+    FQ_CHECK(pos + n <= buf.size(), IoError, "tokenizer truncated -> ", path, " ends at byte ", buf.size(),
+             " while reading ", what, " of token ", t.vocab_.size(), " -> expected llama2.c format "
+             "(int32 max_len, then float score, int32 len, bytes per token)");
+    std::memcpy(dst, buf.data() + pos, n);
+    pos += n;
+  };
+  take(&t.max_token_length_, 4, "max_token_length");
+  while (pos < buf.size()) {
+    float score;
+    int32_t len;
+    take(&score, 4, "score");
+    take(&len, 4, "length");
+    FQ_CHECK(len >= 0 && len <= 4096, IoError, "tokenizer ", path, ": token ", t.vocab_.size(), " has length ", len,
+             " -> allowed 0..4096; hint: not a llama2.c tokenizer.bin");
+    std::string s(static_cast<size_t>(len), '\0');
+    take(s.data(), static_cast<size_t>(len), "bytes");
+    t.index_.emplace(s, static_cast<int32_t>(t.vocab_.size()));  // first id wins on duplicates
+    t.vocab_.push_back(std::move(s));
+    t.scores_.push_back(score);
+  }
+  FQ_CHECK(t.vocab_.size() >= 259, IoError, "tokenizer ", path, " has ", t.vocab_.size(),
+           " tokens -> expected >= 259 (<unk>, <s>, </s>, 256 byte tokens)");
+  return t;
+}
+
+int32_t Tokenizer::lookup(const std::string& piece) const {
+  auto it = index_.find(piece);
+  return it == index_.end() ? -1 : it->second;
+}
+
+std::vector<int32_t> Tokenizer::encode(const std::string& text, bool bos, bool eos) const {
+  std::vector<int32_t> ids;
+  if (!text.empty()) {
+    int32_t sp = lookup(" ");
+    FQ_CHECK(sp >= 0, IoError, "tokenizer ", path_, " has no \" \" piece -> needed for the dummy prefix");
+    ids.push_back(sp);
+  }
+  // One token per UTF-8 character: a byte plus its continuation bytes (at most 4), as run.c groups them.
+  for (size_t i = 0; i < text.size();) {
+    size_t j = i + 1;
+    while (j < text.size() && (static_cast<unsigned char>(text[j]) & 0xC0) == 0x80 && j - i < 4) ++j;
+    int32_t id = lookup(text.substr(i, j - i));
+    if (id >= 0) {
+      ids.push_back(id);
+    } else {
+      for (size_t k = i; k < j; ++k) ids.push_back(static_cast<unsigned char>(text[k]) + 3);
+    }
+    i = j;
+  }
+
+  // Merges: doubly linked list of symbols + max-heap of candidate pairs, invalidated lazily.
+  const int n = static_cast<int>(ids.size());
+  std::vector<int> prev(n), next(n);
+  for (int i = 0; i < n; ++i) {
+    prev[i] = i - 1;
+    next[i] = i + 1 < n ? i + 1 : -1;
+  }
+  struct Cand {
+    float score;
+    int left, right;
+    int32_t left_id, right_id, merged;
+  };
+  auto worse = [](const Cand& a, const Cand& b) {
+    if (a.score != b.score) return a.score < b.score;
+    return a.left > b.left;  // leftmost first on equal scores
+  };
+  std::priority_queue<Cand, std::vector<Cand>, decltype(worse)> heap(worse);
+  auto push = [&](int l) {
+    if (l < 0 || next[l] < 0) return;
+    int r = next[l];
+    int32_t m = lookup(vocab_[ids[l]] + vocab_[ids[r]]);
+    if (m >= 0) heap.push({scores_[m], l, r, ids[l], ids[r], m});
+  };
+  for (int i = 0; i + 1 < n; ++i) push(i);
+  std::vector<char> alive(n, 1);
+  while (!heap.empty()) {
+    Cand c = heap.top();
+    heap.pop();
+    if (!alive[c.left] || !alive[c.right] || next[c.left] != c.right || ids[c.left] != c.left_id ||
+        ids[c.right] != c.right_id)
+      continue;  // stale
+    ids[c.left] = c.merged;
+    alive[c.right] = 0;
+    next[c.left] = next[c.right];
+    if (next[c.right] >= 0) prev[next[c.right]] = c.left;
+    push(prev[c.left]);
+    push(c.left);
+  }
+
+  std::vector<int32_t> out;
+  out.reserve(static_cast<size_t>(n) + 2);
+  if (bos) out.push_back(kBos);
+  for (int i = n > 0 ? 0 : -1; i >= 0; i = next[i]) out.push_back(ids[i]);
+  if (eos) out.push_back(kEos);
+  return out;
+}
+
+std::string Tokenizer::decode_piece(int32_t prev, int32_t token) const {
+  FQ_CHECK(token >= 0 && token < vocab_size(), ConfigError, "token id ", token, " -> allowed [0, ", vocab_size(), ")");
+  const std::string& p = vocab_[token];
+  if (p.size() == 6 && p.compare(0, 3, "<0x") == 0 && p[5] == '>') {
+    auto hex = [](char ch) -> int {
+      if (ch >= '0' && ch <= '9') return ch - '0';
+      if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+      if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+      return -1;
+    };
+    int hi = hex(p[3]), lo = hex(p[4]);
+    if (hi >= 0 && lo >= 0) return std::string(1, static_cast<char>(hi * 16 + lo));
+  }
+  if (prev == kBos && !p.empty() && p[0] == ' ') return p.substr(1);
+  return p;
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  std::string s;
+  int32_t prev = -1;
+  for (int32_t id : ids) {
+    if (id != kBos && id != kEos) s += decode_piece(prev, id);
+    prev = id;
+  }
+  return s;
+}
+
+}  // namespace flexquant
