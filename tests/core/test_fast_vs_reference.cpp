@@ -97,7 +97,9 @@ TEST(FastVsReference, ScaledEveryGranularity) {
         if (!symmetric && !f.is_int()) continue;
         const torch::Tensor finite = x.nan_to_num(0, 1e3, -1e3).clamp(-1e3, 1e3);
         const ScaleParams qp = minmax_scale_params(finite, f, g, 16, symmetric);
-        if (!symmetric) ASSERT_TRUE(qp.zero_point.defined());
+        if (!symmetric) {
+          ASSERT_TRUE(qp.zero_point.defined());
+        }
         for (RoundingMode mode : flexquant::testing::all_modes()) checked += check(f, x, &qp, mode, 7 + checked);
         ++configs;
       }
