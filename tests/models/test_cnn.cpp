@@ -165,12 +165,6 @@ TEST(CnnResnetCifar, Resnet20Top1MatchesReadme) {
   EXPECT_NEAR(r.top1, 81.03, 0.05) << r.correct << " / " << r.count << " in " << r.seconds << " s";
   std::printf("[ resnet20 ] FP32 top-1 %.2f %% (%lld/%lld) in %.2f s\n", r.top1, (long long)r.correct,
               (long long)r.count, r.seconds);
-  // The calibration/evaluation split the benchmarks report on: accuracy over records 1024-9999.
-  auto split = split_calibration(data);
-  const EvalResult e = evaluate_classifier(*m, split.evaluation.images, split.evaluation.labels);
-  EXPECT_EQ(e.count, 8976);
-  EXPECT_GT(e.top1, 79.0);
-  EXPECT_LT(e.top1, 83.0);
 }
 
 TEST(CnnResnetCifar, WeightReplacementAndDevice) {
