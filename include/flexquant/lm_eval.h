@@ -53,7 +53,7 @@ struct PplProtocol {
   int64_t stride = 512;       ///< step between window starts, 1..window
   CorpusRange range;          ///< which paragraphs, BOS layout
   int64_t max_tokens = 0;     ///< use only the first max_tokens tokens of the stream; 0 = all
-  int64_t batch = 8;          ///< windows per forward (memory only; results do not depend on it), >= 1
+  int64_t batch = 1;          ///< windows per forward (memory only; results do not depend on it; 1 is fastest on CPU), >= 1
   /// One line stating the protocol, printed beside every perplexity.
   std::string describe() const;
   void validate() const;      ///< ConfigError on out-of-range fields
