@@ -55,7 +55,15 @@ class TrainContext : public UnitContext {
   bool hard = false;
   bool calibrating = false;
   std::vector<bool> calibrated;
-  torch::Tensor weight(const QuantLayer& layer, int i) override { return rounders.at(i)->forward(hard); }
+  int fp_from = 1 << 30;  // layers with index >= fp_from run FP weights (layer-wise input capture)
+  int capture = -1;       // record the input of this layer
+  std::vector<torch::Tensor> captured;
+  torch::Tensor weight(const QuantLayer& layer, int i) override {
+    return i >= fp_from ? layer.weight : rounders.at(i)->forward(hard);
+  }
+  void observe_input(const QuantLayer& layer, int i, const torch::Tensor& x) override {
+    if (i == capture) captured.push_back(x.detach());
+  }
   torch::Tensor act(const ActSite& site, int j, const torch::Tensor& x) override {
     ActQuantizer* q = acts.at(j);
     if (!q) return x;
@@ -66,6 +74,53 @@ class TrainContext : public UnitContext {
     return q->forward(x);
   }
 };
+
+// FP unit run that records the input of one layer.
+class CaptureContext : public UnitContext {
+ public:
+  explicit CaptureContext(int layer) : layer_(layer) {}
+  std::vector<torch::Tensor> captured;
+  void observe_input(const QuantLayer& layer, int i, const torch::Tensor& x) override {
+    if (i == layer_) captured.push_back(x.detach());
+  }
+
+ private:
+  int layer_;
+};
+
+// Adam over the rounding parameters (group 0, recipe.lr with its schedule) and the LSQ steps (group 1,
+// act.lr, cosine). step_loss(it) returns {reconstruction loss, regulariser (may be undefined)}.
+void run_adam(const std::vector<torch::Tensor>& w_params, const std::vector<torch::Tensor>& a_params, int64_t iters,
+              const Recipe& recipe, const std::string& what,
+              const std::function<std::pair<torch::Tensor, torch::Tensor>(int64_t)>& step_loss,
+              const std::function<void(int64_t, double)>& report) {
+  if (iters <= 0 || (w_params.empty() && a_params.empty())) return;
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  if (!w_params.empty()) groups.emplace_back(w_params, std::make_unique<torch::optim::AdamOptions>(recipe.lr));
+  if (!a_params.empty()) groups.emplace_back(a_params, std::make_unique<torch::optim::AdamOptions>(recipe.act_lr));
+  torch::optim::Adam opt(groups, torch::optim::AdamOptions(recipe.lr));
+  const int64_t report_every = std::max<int64_t>(1, iters / 10);
+  double running = 0;
+  for (int64_t it = 0; it < iters; ++it) {
+    // Cosine to 0 over exactly `iters` steps (FlexRound); activation steps always cosine (QDrop).
+    double cosf = 0.5 * (1 + std::cos(M_PI * it / iters));
+    size_t g = 0;
+    if (!w_params.empty())
+      static_cast<torch::optim::AdamOptions&>(opt.param_groups()[g++].options())
+          .lr(recipe.lr_schedule == "cosine" ? recipe.lr * cosf : recipe.lr);
+    if (!a_params.empty())
+      static_cast<torch::optim::AdamOptions&>(opt.param_groups()[g].options()).lr(recipe.act_lr * cosf);
+    opt.zero_grad();
+    auto [loss, reg] = step_loss(it);
+    (reg.defined() ? loss + reg : loss).backward();
+    opt.step();
+    double lv = loss.item<double>();
+    FQ_CHECK(std::isfinite(lv), NumericError, what, ": loss became ", lv, " at iteration ", it,
+             "; hint: lower recon.lr (now ", recipe.lr, ")");
+    running = it == 0 ? lv : 0.9 * running + 0.1 * lv;
+    if ((it + 1) % report_every == 0 || it + 1 == iters) report(it + 1, running);
+  }
+}
 
 void check_finite(const torch::Tensor& t, const std::string& what, const std::string& hint) {
   FQ_CHECK(torch::isfinite(t).all().item<bool>(), NumericError, what, " contains NaN or inf; hint: ", hint);
@@ -182,58 +237,72 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
     ur.method = recipe.method;
     ur.loss_start = probe_loss();
 
-    std::vector<torch::Tensor> w_params, a_params;
-    for (auto& r : rounders) for (auto& p : r->parameters()) w_params.push_back(p);
-    for (auto& q : acts) if (q) for (auto& p : q->parameters()) a_params.push_back(p);
     // Round-to-nearest is the baseline: grids from calibration only, nothing trained.
-  const int64_t iters = learned ? recipe.iters : 0;
-    if (iters > 0 && (!w_params.empty() || !a_params.empty())) {
-      std::vector<torch::optim::OptimizerParamGroup> groups;
-      if (!w_params.empty())
-        groups.emplace_back(w_params, std::make_unique<torch::optim::AdamOptions>(recipe.lr));
-      if (!a_params.empty())
-        groups.emplace_back(a_params, std::make_unique<torch::optim::AdamOptions>(recipe.act_lr));
-      torch::optim::Adam opt(groups, torch::optim::AdamOptions(recipe.lr));
+    const int64_t iters = learned ? recipe.iters : 0;
+    const int64_t batch = std::min(recipe.batch, n);
+    auto progress_line = [&](const std::string& what, int64_t it, double running) {
+      double el = sw.seconds();
+      say(fmt::format("[{:>2}/{}] {:<10} {} it {:>5}/{} loss {:.3e} (start {:.3e}) {} eta {}", k + 1, units.size(),
+                      what, recipe.method, it, iters, running, ur.loss_start, format_duration(el),
+                      format_duration(el / it * (iters - it))));
+    };
+    auto sample = [&]() { return torch::randint(n, {batch}, gen, torch::kLong).to(x_q.device()); };
+    if (recipe.recon_unit == "block") {
+      std::vector<torch::Tensor> w_params, a_params;
+      for (auto& r : rounders) for (auto& p : r->parameters()) w_params.push_back(p);
+      for (auto& q : acts) if (q) for (auto& p : q->parameters()) a_params.push_back(p);
       ctx.hard = false;
       for (auto& q : acts) if (q) q->set_training(true, recipe.qdrop);
-      const int64_t report_every = std::max<int64_t>(1, iters / 10);
-      double running = 0;
-      for (int64_t it = 0; it < iters; ++it) {
-        // Cosine to 0 over exactly `iters` steps (FlexRound); activation steps always cosine (QDrop).
-        double cosf = 0.5 * (1 + std::cos(M_PI * it / iters));
-        size_t g = 0;
-        if (!w_params.empty())
-          static_cast<torch::optim::AdamOptions&>(opt.param_groups()[g++].options())
-              .lr(recipe.lr_schedule == "cosine" ? recipe.lr * cosf : recipe.lr);
-        if (!a_params.empty())
-          static_cast<torch::optim::AdamOptions&>(opt.param_groups()[g].options()).lr(recipe.act_lr * cosf);
-        auto idx = torch::randint(n, {std::min(recipe.batch, n)}, gen, torch::kLong).to(x_q.device());
-        torch::Tensor xin = x_q.index_select(0, idx);
-        if (recipe.qdrop > 0) {
-          auto keep_fp = torch::rand_like(xin) < recipe.qdrop;
-          xin = torch::where(keep_fp, x_fp.index_select(0, idx), xin);
-        }
-        opt.zero_grad();
-        auto loss = lp_loss(unit.forward(xin, ctx), y_fp.index_select(0, idx));
-        torch::Tensor reg;
-        for (auto& r : rounders) {
-          auto rr = r->regularizer(it, iters);
-          reg = reg.defined() ? reg + rr : rr;
-        }
-        auto total_loss = reg.defined() ? loss + reg : loss;
-        total_loss.backward();
-        opt.step();
-        double lv = loss.item<double>();
-        FQ_CHECK(std::isfinite(lv), NumericError, "unit \"", unit.name(), "\": loss became ", lv, " at iteration ",
-                 it, "; hint: lower recon.lr (now ", recipe.lr, ")");
-        running = it == 0 ? lv : 0.9 * running + 0.1 * lv;
-        if ((it + 1) % report_every == 0 || it + 1 == iters) {
-          double el = sw.seconds();
-          say(fmt::format("[{:>2}/{}] {:<10} {} it {:>5}/{} loss {:.3e} (start {:.3e}) {} eta {}", k + 1,
-                          units.size(), unit.name(), recipe.method, it + 1, iters, running, ur.loss_start,
-                          format_duration(el), format_duration(el / (it + 1) * (iters - it - 1))));
-        }
+      run_adam(w_params, a_params, iters, recipe, "unit \"" + unit.name() + "\"",
+               [&](int64_t it) {
+                 auto idx = sample();
+                 torch::Tensor xin = x_q.index_select(0, idx);
+                 if (recipe.qdrop > 0) {  // QDrop: element-wise mix of quantized and FP inputs
+                   auto keep_fp = torch::rand_like(xin) < recipe.qdrop;
+                   xin = torch::where(keep_fp, x_fp.index_select(0, idx), xin);
+                 }
+                 auto loss = lp_loss(unit.forward(xin, ctx), y_fp.index_select(0, idx));
+                 torch::Tensor reg;
+                 for (auto& r : rounders) {
+                   auto rr = r->regularizer(it, iters);
+                   reg = reg.defined() ? reg + rr : rr;
+                 }
+                 return std::make_pair(loss, reg);
+               },
+               [&](int64_t it, double running) { progress_line(unit.name(), it, running); });
+    } else {
+      // Layer-wise (AdaRound's original setting): layer i sees the input produced by the hardened layers
+      // before it on the quantized path, and matches its own FP output on the FP path.
+      for (auto& q : acts) if (q) q->set_training(false);
+      for (size_t i = 0; i < layers.size(); ++i) {
+        ctx.hard = true;
+        ctx.fp_from = static_cast<int>(i);
+        ctx.capture = static_cast<int>(i);
+        ctx.captured.clear();
+        chunked(x_q, [&](const torch::Tensor& x) { return unit.forward(x, ctx); });
+        torch::Tensor xi_q = torch::cat(ctx.captured, 0);
+        ctx.captured.clear();
+        CaptureContext fpcap(static_cast<int>(i));
+        chunked(x_fp, [&](const torch::Tensor& x) { return unit.forward(x, fpcap); });
+        torch::Tensor xi_fp = torch::cat(fpcap.captured, 0);
+        const QuantLayer& layer = layers[i];
+        torch::Tensor yi_fp = chunked(xi_fp, [&](const torch::Tensor& x) { return layer.apply(x, layer.weight); });
+        Rounder& r = *rounders[i];
+        run_adam(r.parameters(), {}, iters, recipe, "layer \"" + layer.name + "\"",
+                 [&](int64_t it) {
+                   auto idx = sample();
+                   torch::Tensor xin = xi_q.index_select(0, idx);
+                   if (recipe.qdrop > 0) {
+                     auto keep_fp = torch::rand_like(xin) < recipe.qdrop;
+                     xin = torch::where(keep_fp, xi_fp.index_select(0, idx), xin);
+                   }
+                   auto loss = lp_loss(layer.apply(xin, r.forward(false)), yi_fp.index_select(0, idx));
+                   return std::make_pair(loss, r.regularizer(it, iters));
+                 },
+                 [&](int64_t it, double running) { progress_line(layer.name, it, running); });
       }
+      ctx.fp_from = 1 << 30;
+      ctx.capture = -1;
     }
     ur.iters = iters;
 
