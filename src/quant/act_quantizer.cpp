@@ -1,0 +1,126 @@
+// Activation quantizers (conventions in include/flexquant/rounder.h):
+//  - static per-tensor grid with a learned step: LSQ (Esser et al., ICLR 2020; methods.md §7.1) with the
+//    gradient scale g = 1/sqrt(numel·Q_P), initialised by the L2.4 MSE search (QDrop / FlexRound LLM code,
+//    methods.md §10.12), and QDrop's element-wise random keep-FP (Wei et al., ICLR 2022; methods.md §3.2);
+//  - dynamic per-token asymmetric min/max (FlexRound LLM W4A8 evaluation, methods.md §1.5).
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "flexquant/error.h"
+#include "flexquant/rounder.h"
+
+namespace flexquant {
+namespace {
+
+constexpr double kMinStep = 1e-8;
+constexpr double kSearchP = 2.4;
+constexpr int kFractions = 100;
+constexpr int64_t kMaxSearch2d = 8192;  // values scored by the 2-D (range x zero point) search
+
+// A fixed, strided subsample of at most n values (deterministic; the search only scores candidates on it).
+torch::Tensor subsample(const torch::Tensor& flat, int64_t n) {
+  if (flat.numel() <= n) return flat;
+  const int64_t stride = (flat.numel() + n - 1) / n;
+  return flat.slice(0, 0, flat.numel(), stride);
+}
+
+}  // namespace
+
+ActQuantizer::ActQuantizer(const ActQuantSpec& spec, bool non_negative) : spec_(spec), non_negative_(non_negative) {
+  FQ_CHECK(spec.bits >= 2, ConfigError, "activation bits ", spec.bits,
+           " is not valid -> allowed: 2..15, or >= 16 for no quantization");
+}
+
+void ActQuantizer::calibrate(const torch::Tensor& samples) {
+  if (is_identity() || spec_.per_token) return;
+  FQ_CHECK(samples.numel() > 0, ConfigError, "activation calibration got an empty tensor");
+  check_weight_finite(samples, "activation calibration samples");
+  torch::NoGradGuard ng;
+  auto x = samples.detach().to(torch::kFloat).reshape(-1);
+  const double qmax = static_cast<double>((int64_t{1} << spec_.bits) - 1);
+  double best_step = kMinStep, best_zp = 0, best_score = INFINITY;
+  if (non_negative_) {
+    // 1-D: clip at max·i/100, unsigned grid (z = 0). Negative values (there should be none) clamp to 0.
+    const double mx = std::max(0.0, x.max().item<double>());
+    auto xs = subsample(x, int64_t{1} << 18);
+    for (int i = kFractions; i >= 1; --i) {
+      const double step = std::max(mx * i / kFractions / qmax, kMinStep);
+      auto err = (xs - step * torch::clamp(torch::round(xs / step), 0.0, qmax)).abs_().pow_(kSearchP).sum().item<double>();
+      if (err < best_score) best_score = err, best_step = step;
+    }
+    best_zp = 0;
+  } else {
+    const double mn = std::min(0.0, x.min().item<double>()), mx = std::max(0.0, x.max().item<double>());
+    auto xs = subsample(x, kMaxSearch2d).unsqueeze(1);                     // [n, 1]
+    auto zp = torch::arange(static_cast<int64_t>(qmax) + 1, x.options()).unsqueeze(0);  // [1, Z]
+    for (int i = kFractions; i >= 1; --i) {
+      const double step = std::max((mx - mn) * i / kFractions / qmax, kMinStep);
+      auto q = torch::clamp(torch::round(xs / step), -zp, qmax - zp);
+      auto err = (xs - step * q).abs_().pow_(kSearchP).sum(0);           // [Z]
+      auto [score, arg] = err.min(0);
+      if (score.item<double>() < best_score) {
+        best_score = score.item<double>();
+        best_step = step;
+        best_zp = arg.item<double>();
+      }
+    }
+  }
+  set_grid(static_cast<float>(best_step), static_cast<float>(best_zp));
+  step_ = step_.to(samples.device());
+}
+
+void ActQuantizer::set_grid(float step, float zero_point) {
+  FQ_CHECK(std::isfinite(step) && step > 0, NumericError, "activation step ", step,
+           " is not valid -> allowed: finite and > 0");
+  const double qmax = static_cast<double>((int64_t{1} << std::min(spec_.bits, 30)) - 1);
+  FQ_CHECK(zero_point >= 0 && zero_point <= qmax && std::nearbyint(zero_point) == zero_point, ConfigError,
+           "activation zero point ", zero_point, " is not valid -> allowed: an integer in [0, ", qmax, "]");
+  auto dev = step_.defined() ? step_.device() : torch::Device(torch::kCPU);
+  step_ = torch::full({}, step, torch::TensorOptions().dtype(torch::kFloat).device(dev)).requires_grad_(true);
+  zero_point_ = zero_point;
+  calibrated_ = true;
+}
+
+torch::Tensor ActQuantizer::forward(const torch::Tensor& x) {
+  if (is_identity()) return x;
+  const double qmax = static_cast<double>((int64_t{1} << spec_.bits) - 1);
+  torch::Tensor xq;
+  if (spec_.per_token) {
+    torch::NoGradGuard ng;
+    auto xd = x.detach();
+    auto mn = xd.amin(-1, true).clamp_max(0), mx = xd.amax(-1, true).clamp_min(0);
+    auto scale = ((mx - mn) / qmax).clamp_min(kMinStep);
+    auto z = torch::clamp(torch::round(-mn / scale), 0, qmax);
+    xq = scale * torch::clamp(torch::round(xd / scale), -z, qmax - z);
+    return x + (xq - x).detach();  // straight through: the range always covers the row
+  }
+  FQ_CHECK(calibrated_, ConfigError,
+           "static activation quantizer used before calibrate() or set_grid() -> hint: calibrate it on samples");
+  if (step_.device() != x.device()) step_ = step_.detach().to(x.device()).requires_grad_(true);
+  // LSQ: positive step, gradient scaled by g in the backward only.
+  const double g = 1.0 / std::sqrt(static_cast<double>(x.numel()) * qmax);
+  auto s = step_.abs().clamp_min(kMinStep);
+  auto s_eff = s * g + (s - s * g).detach();
+  auto v = x / s_eff;
+  auto v_round = v + (torch::round(v) - v).detach();  // STE round
+  xq = torch::clamp(v_round, -static_cast<double>(zero_point_), qmax - zero_point_) * s_eff;
+  if (training_ && drop_prob_ > 0) {
+    // QDrop: each element keeps its FP value with probability p, fresh draw every call.
+    auto u = gen_.defined() ? at::rand(x.sizes(), gen_, x.options().dtype(torch::kFloat))
+                            : torch::rand(x.sizes(), x.options().dtype(torch::kFloat));
+    xq = torch::where(u < drop_prob_, x, xq);
+  }
+  return xq;
+}
+
+std::vector<torch::Tensor> ActQuantizer::parameters() {
+  if (is_identity() || spec_.per_token || !step_.defined()) return {};
+  return {step_};
+}
+
+float ActQuantizer::step() const { return step_.defined() ? std::max(std::abs(step_.item<float>()), float(kMinStep)) : 0.f; }
+
+float ActQuantizer::zero_point() const { return zero_point_; }
+
+}  // namespace flexquant

@@ -1,0 +1,281 @@
+// Integer weight-quantization primitives: the grouped view, initial grids (MinMax and the L2.4 MSE searches of
+// the FlexRound LLM code and the FlexRound/BRECQ CNN code, methods.md §1.2 and §10.12), round-to-nearest
+// and the QuantizedTensor every rounder exports. Conventions are documented in include/flexquant/quantizer.h.
+#include "flexquant/quantizer.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <sstream>
+
+#include "flexquant/error.h"
+
+namespace flexquant {
+namespace {
+
+constexpr double kMinScale = 1e-8;  // FlexRound LLM code clamps the scale at 1e-8
+constexpr double kSearchP = 2.4;    // L2.4 error of every MSE search
+constexpr int kAsymFractions = 100;
+constexpr int kSymShrinks = 80;
+
+std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << "]";
+  return os.str();
+}
+
+void check_spec(const WeightQuantSpec& spec) {
+  FQ_CHECK(spec.bits >= 2 && spec.bits <= 8, ConfigError, "weight bits ", spec.bits,
+           " is not supported -> allowed: 2..8 -> hint: set weight.bits");
+  FQ_CHECK(spec.granularity != Granularity::PerGroup || spec.group_size >= 1, ConfigError, "weight group size ",
+           spec.group_size, " is not valid -> allowed: >= 1");
+}
+
+// The reduction dims of the grouped view for a granularity: per-tensor reduces everything.
+std::vector<int64_t> reduce_dims(Granularity g) {
+  if (g == Granularity::PerTensor) return {0, 1, 2};
+  return {2};
+}
+
+// Rows of the search: [R, n] where every row shares one grid.
+torch::Tensor search_rows(const torch::Tensor& wg, Granularity g) {
+  if (g == Granularity::PerTensor) return wg.reshape({1, -1});
+  return wg.reshape({wg.size(0) * wg.size(1), wg.size(2)});
+}
+
+// Asymmetric L2.4 2-D search (FlexRound LLM code): for fraction i/100 of the range and every zero point zp,
+// the grid Δ = range*i/100/qmax with clip range [-zp*Δ, (qmax-zp)*Δ]. rows: [R, n]; mn/mx: [R, 1].
+void mse_search_asym(const torch::Tensor& rows, const torch::Tensor& mn, const torch::Tensor& mx, int64_t qmax,
+                     torch::Tensor& best_scale, torch::Tensor& best_zp) {
+  const int64_t R = rows.size(0), n = rows.size(1);
+  auto range = mx - mn;
+  auto zp = torch::arange(qmax + 1, rows.options()).view({1, 1, -1});  // [1,1,Z]
+  auto lo = -zp, hi = qmax - zp;
+  best_scale = torch::empty({R, 1}, rows.options());
+  best_zp = torch::zeros({R, 1}, rows.options());
+  // Rows in chunks so a [rows, n, Z] slab stays around 1M values (cache-friendly, bounded memory).
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, n * (qmax + 1)));
+  for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+    const int64_t r1 = std::min(R, r0 + chunk);
+    auto w = rows.slice(0, r0, r1);
+    auto rg = range.slice(0, r0, r1);
+    auto w3 = w.unsqueeze(2);
+    torch::Tensor bscore = torch::full({r1 - r0, 1}, INFINITY, rows.options());
+    torch::Tensor bscale = torch::empty({r1 - r0, 1}, rows.options());
+    torch::Tensor bzp = torch::zeros({r1 - r0, 1}, rows.options());
+    for (int i = kAsymFractions; i >= 1; --i) {
+      // i = 100 first: Δ = range * 1.0f / qmax is bit-identical to MinMax's scale, and later candidates must be
+      // strictly better, so MinMax's own zero point wins ties.
+      const float frac = static_cast<float>(i) / kAsymFractions;
+      auto delta = (rg * frac / static_cast<double>(qmax)).clamp_min(kMinScale);  // [r,1]
+      auto d3 = delta.unsqueeze(2);
+      auto q0 = torch::round(w3 / d3);                                               // [r,n,1]
+      auto err = (w3 - d3 * torch::clamp(q0, lo, hi)).abs_().pow_(kSearchP).sum(1);  // [r,Z]
+      auto [score, arg] = err.min(1, /*keepdim=*/true);
+      auto better = score < bscore;
+      bscore = torch::where(better, score, bscore);
+      bscale = torch::where(better, delta, bscale);
+      bzp = torch::where(better, arg.to(rows.scalar_type()), bzp);
+    }
+    best_scale.slice(0, r0, r1).copy_(bscale);
+    best_zp.slice(0, r0, r1).copy_(bzp);
+  }
+}
+
+// Symmetric L2.4 shrink search (FlexRound CNN supplementary code / BRECQ): M_i = M(1-0.01i), i = 0..79.
+torch::Tensor mse_search_sym(const torch::Tensor& rows, const torch::Tensor& m, int bits) {
+  const int64_t qmax = (int64_t{1} << bits) - 1;
+  const double lo = -static_cast<double>(int64_t{1} << (bits - 1)), hi = static_cast<double>((int64_t{1} << (bits - 1)) - 1);
+  torch::Tensor bscore = torch::full({rows.size(0), 1}, INFINITY, rows.options());
+  torch::Tensor bscale;
+  for (int i = 0; i < kSymShrinks; ++i) {
+    const float shrink = 1.0f - 0.01f * static_cast<float>(i);
+    auto scale = (m * shrink * 2.0 / static_cast<double>(qmax)).clamp_min(kMinScale);
+    auto err = (rows - scale * torch::clamp(torch::round(rows / scale), lo, hi)).abs_().pow_(kSearchP).sum(1, true);
+    if (i == 0) {
+      bscore = err;
+      bscale = scale;
+      continue;
+    }
+    auto better = err < bscore;
+    bscore = torch::where(better, err, bscore);
+    bscale = torch::where(better, scale, bscale);
+  }
+  return bscale;
+}
+
+}  // namespace
+
+std::string to_string(Granularity g) {
+  switch (g) {
+    case Granularity::PerTensor: return "tensor";
+    case Granularity::PerChannel: return "channel";
+    case Granularity::PerGroup: return "group";
+  }
+  return "?";
+}
+
+Granularity parse_granularity(const std::string& s) {
+  if (s == "tensor") return Granularity::PerTensor;
+  if (s == "channel") return Granularity::PerChannel;
+  if (s == "group") return Granularity::PerGroup;
+  throw ConfigError("weight granularity \"" + s + "\" is not valid -> allowed: tensor | channel | group");
+}
+
+std::string to_string(ScaleInit s) { return s == ScaleInit::Mse ? "mse" : "minmax"; }
+
+ScaleInit parse_scale_init(const std::string& s) {
+  if (s == "mse") return ScaleInit::Mse;
+  if (s == "minmax") return ScaleInit::MinMax;
+  throw ConfigError("weight init \"" + s + "\" is not valid -> allowed: mse | minmax");
+}
+
+std::vector<int64_t> GroupLayout::param_shape(Granularity g) const {
+  switch (g) {
+    case Granularity::PerTensor: return {1, 1, 1};
+    case Granularity::PerChannel: return {cout, 1, 1};
+    case Granularity::PerGroup: return {cout, groups, 1};
+  }
+  return {};
+}
+
+GroupLayout group_layout(at::IntArrayRef shape, const WeightQuantSpec& spec) {
+  FQ_CHECK(!shape.empty() && shape[0] > 0, ConfigError, "weight shape ", shape_str(shape),
+           " cannot be quantized -> allowed: [Cout, ...] with Cout >= 1");
+  GroupLayout l;
+  l.cout = shape[0];
+  l.k = 1;
+  for (size_t i = 1; i < shape.size(); ++i) l.k *= shape[i];
+  FQ_CHECK(l.k > 0, ConfigError, "weight shape ", shape_str(shape), " is empty");
+  if (spec.granularity == Granularity::PerGroup) {
+    FQ_CHECK(spec.group_size >= 1, ConfigError, "weight group size ", spec.group_size, " is not valid -> allowed: >= 1");
+    l.group = std::min(spec.group_size, l.k);
+    l.groups = (l.k + l.group - 1) / l.group;
+  } else {
+    l.group = l.k;
+    l.groups = 1;
+  }
+  return l;
+}
+
+torch::Tensor to_grouped(const torch::Tensor& w, const WeightQuantSpec& spec) {
+  auto l = group_layout(w.sizes(), spec);
+  auto w2 = w.reshape({l.cout, l.k});
+  const int64_t padded = l.groups * l.group;
+  if (padded > l.k) w2 = at::constant_pad_nd(w2, {0, padded - l.k}, 0);
+  return w2.reshape({l.cout, l.groups, l.group});
+}
+
+torch::Tensor from_grouped(const torch::Tensor& wg, at::IntArrayRef shape) {
+  FQ_CHECK(wg.dim() == 3 && !shape.empty() && wg.size(0) == shape[0], ConfigError, "grouped tensor ",
+           shape_str(wg.sizes()), " does not match weight shape ", shape_str(shape));
+  int64_t k = 1;
+  for (size_t i = 1; i < shape.size(); ++i) k *= shape[i];
+  FQ_CHECK(wg.size(1) * wg.size(2) >= k, ConfigError, "grouped tensor ", shape_str(wg.sizes()),
+           " is smaller than weight shape ", shape_str(shape));
+  auto w2 = wg.reshape({wg.size(0), wg.size(1) * wg.size(2)});
+  if (w2.size(1) != k) w2 = w2.narrow(1, 0, k);
+  return w2.reshape(shape);
+}
+
+torch::Tensor expand_to_weight(const torch::Tensor& p, at::IntArrayRef shape, const WeightQuantSpec& spec) {
+  auto l = group_layout(shape, spec);
+  if (p.size(1) == 1) {  // per-tensor / per-channel: a plain broadcast over the input dims
+    std::vector<int64_t> view(shape.size(), 1);
+    view[0] = p.size(0);
+    return p.reshape(view).expand(shape).contiguous();
+  }
+  auto full = p.expand({l.cout, l.groups, l.group});
+  return from_grouped(full, shape).contiguous();
+}
+
+torch::Tensor reduce_to_param(const torch::Tensor& full, at::IntArrayRef param_shape, const WeightQuantSpec& spec) {
+  return to_grouped(full, spec).sum_to_size(param_shape);
+}
+
+void check_weight_finite(const torch::Tensor& w, const std::string& what) {
+  if (!w.is_floating_point()) return;
+  auto finite = torch::isfinite(w);
+  if (finite.all().item<bool>()) return;
+  const int64_t n_nan = torch::isnan(w).sum().item<int64_t>();
+  const int64_t n_inf = torch::isinf(w).sum().item<int64_t>();
+  const int64_t first = (~finite).reshape(-1).nonzero().min().item<int64_t>();
+  throw NumericError(detail::concat(what, " ", shape_str(w.sizes()), " contains ", n_nan, " NaN and ", n_inf,
+                                    " inf values (first at flat index ", first,
+                                    ") -> allowed: finite values only -> hint: the model file or an earlier "
+                                    "step produced them; check the weights before quantizing"));
+}
+
+double lp_error(const torch::Tensor& a, const torch::Tensor& b, double p) {
+  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().pow(p).mean().item<double>();
+}
+
+QParams init_qparams(const torch::Tensor& w_in, const WeightQuantSpec& spec) {
+  check_spec(spec);
+  check_weight_finite(w_in, "weight");
+  torch::NoGradGuard ng;
+  auto w = w_in.detach().to(torch::kFloat);
+  auto l = group_layout(w.sizes(), spec);
+  auto wg = to_grouped(w, spec);
+  const int64_t qmax = (int64_t{1} << spec.bits) - 1;
+  const auto pshape = l.param_shape(spec.granularity);
+  const auto dims = reduce_dims(spec.granularity);
+
+  QParams qp;
+  qp.bits = spec.bits;
+  if (spec.symmetric) {
+    auto m = wg.abs().amax(dims, /*keepdim=*/true);  // param shape
+    if (spec.init == ScaleInit::MinMax) {
+      qp.scale = (m * 2.0 / static_cast<double>(qmax)).clamp_min(kMinScale);
+    } else {
+      auto rows = search_rows(wg, spec.granularity);
+      qp.scale = mse_search_sym(rows, m.reshape({-1, 1}), spec.bits).reshape(pshape);
+    }
+    qp.zero_point = torch::full(pshape, static_cast<float>(int64_t{1} << (spec.bits - 1)), w.options());
+    return qp;
+  }
+  auto mn = wg.amin(dims, true).clamp_max(0);
+  auto mx = wg.amax(dims, true).clamp_min(0);
+  if (spec.init == ScaleInit::MinMax) {
+    qp.scale = ((mx - mn) / static_cast<double>(qmax)).clamp_min(kMinScale);
+    qp.zero_point = torch::clamp(-torch::round(mn / qp.scale), 0, static_cast<double>(qmax));
+    return qp;
+  }
+  auto rows = search_rows(wg, spec.granularity);
+  torch::Tensor scale, zp;
+  mse_search_asym(rows, mn.reshape({-1, 1}), mx.reshape({-1, 1}), qmax, scale, zp);
+  qp.scale = scale.reshape(pshape).contiguous();
+  qp.zero_point = zp.reshape(pshape).contiguous();
+  return qp;
+}
+
+torch::Tensor fake_quant_rtn(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp) {
+  check_weight_finite(w, "weight");
+  auto wg = to_grouped(w.to(torch::kFloat), spec);
+  const double qmax = static_cast<double>(qp.qmax());
+  auto q = torch::clamp(torch::round(wg / qp.scale), -qp.zero_point, qmax - qp.zero_point);
+  return from_grouped(qp.scale * q, w.sizes());
+}
+
+QuantizedTensor quantize_rtn(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp) {
+  check_weight_finite(w, "weight");
+  torch::NoGradGuard ng;
+  auto wg = to_grouped(w.detach().to(torch::kFloat), spec);
+  const double qmax = static_cast<double>(qp.qmax());
+  auto code = torch::clamp(torch::round(wg / qp.scale) + qp.zero_point, 0, qmax);
+  QuantizedTensor t;
+  t.codes = code.to(torch::kUInt8);
+  t.qparams = qp;
+  t.shape = w.sizes().vec();
+  t.spec = spec;
+  return t;
+}
+
+torch::Tensor QuantizedTensor::dequantize() const {
+  auto v = qparams.scale * (codes.to(qparams.scale.scalar_type()) - qparams.zero_point);
+  return from_grouped(v, shape);
+}
+
+}  // namespace flexquant

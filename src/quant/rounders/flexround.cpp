@@ -1,0 +1,183 @@
+// FlexRound (Lee et al., ICML 2023; methods.md §1.1): rounding by element-wise division,
+//   S = s1 ⊙ S2 ⊙ s3 [⊙ s4],  q = clamp(⌊W ⊘ S⌉, -z, 2^b-1-z),  Ŵ = s1·q,
+// every factor learned in log space (delta1..delta4), z fixed from the initial grid. The quantizer is one
+// fused autograd op (forward and all four gradients in one pass, STE for round, clamp blocks), shared by LRQ.
+// Shapes: w [Cout, ...]; delta1 = log s1 in the qparams shape ([1,1,1] / [Cout,1,1] / [Cout,G,1], broadcast
+// through the grouped view); delta2 like w; delta3 [Cout,1,...]; delta4 [1,Cin,1,1] (Conv2d only).
+#include <torch/autograd.h>
+
+#include "flexquant/error.h"
+#include "rounders.h"
+
+namespace flexquant {
+namespace rounders {
+
+FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
+                 const torch::Tensor& delta1_0, const torch::Tensor& delta2, const torch::Tensor& delta3,
+                 const torch::Tensor& delta4, const torch::Tensor& qlo, const torch::Tensor& qhi,
+                 const WeightQuantSpec& spec) {
+  FlexMap m;
+  // exp(delta1 - delta1_0) == 1 exactly at init, so s1 == s1_0 and the step-0 codes are RTN's bit for bit.
+  m.s1p = s1_0 * torch::exp(delta1 - delta1_0);
+  m.s1 = expand_to_weight(m.s1p, w.sizes(), spec);
+  torch::Tensor logs = delta2;
+  if (delta3.defined()) logs = logs + delta3;
+  if (delta4.defined()) logs = logs + delta4;
+  m.r = w / (m.s1 * torch::exp(logs));  // division, as RTN does: w/S must round like w/s1 at init
+  m.q = torch::clamp(torch::round(m.r), qlo, qhi);
+  m.out = m.s1 * m.q;
+  return m;
+}
+
+QuantizedTensor flex_harden(const FlexMap& m, const torch::Tensor& zero_point, at::IntArrayRef shape,
+                            const WeightQuantSpec& spec, int bits, const std::string& who) {
+  const bool s_ok = torch::isfinite(m.s1p).all().item<bool>() && (m.s1p > 0).all().item<bool>();
+  const int64_t bad_q = (~torch::isfinite(m.q)).sum().item<int64_t>();
+  FQ_CHECK(s_ok && bad_q == 0, NumericError, who, ": the learned grid became invalid (s1 finite and > 0: ",
+           s_ok ? "yes" : "no", "; non-finite codes: ", bad_q, " of ", m.q.numel(), ", weight ",
+           c10::IntArrayRef(shape), ") -> allowed: finite, positive divisors -> hint: lower recon.lr");
+  QuantizedTensor t;
+  // Padding codes become z (value 0): q is zero-padded in the grouped view.
+  auto code = to_grouped(m.q.reshape(shape), spec) + zero_point;
+  t.codes = code.to(torch::kUInt8);
+  t.qparams.scale = m.s1p.detach().clone();
+  t.qparams.zero_point = zero_point.clone();
+  t.qparams.bits = bits;
+  t.shape = std::vector<int64_t>(shape.begin(), shape.end());
+  t.spec = spec;
+  return t;
+}
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct FlexRoundFn : public torch::autograd::Function<FlexRoundFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& w, const torch::Tensor& s1_0,
+                               const torch::Tensor& delta1, const torch::Tensor& delta1_0,
+                               const torch::Tensor& delta2, const torch::Tensor& delta3,
+                               const torch::Tensor& delta4, const torch::Tensor& qlo, const torch::Tensor& qhi,
+                               const WeightQuantSpec& spec) {
+    FlexMap m = flex_map(w, s1_0, delta1, delta1_0, delta2, delta3, delta4, qlo, qhi, spec);
+    ctx->save_for_backward({m.s1, m.r, m.q});
+    ctx->saved_data["gran"] = static_cast<int64_t>(spec.granularity);
+    ctx->saved_data["group_size"] = spec.group_size;
+    ctx->saved_data["d1"] = delta1.sizes().vec();
+    ctx->saved_data["d2"] = delta2.sizes().vec();
+    ctx->saved_data["d3"] = delta3.defined() ? delta3.sizes().vec() : std::vector<int64_t>{};
+    ctx->saved_data["d4"] = delta4.defined() ? delta4.sizes().vec() : std::vector<int64_t>{};
+    ctx->saved_data["need"] = std::vector<int64_t>{int64_t{delta1.requires_grad()}, int64_t{delta2.requires_grad()},
+                                                   int64_t{delta3.defined() && delta3.requires_grad()},
+                                                   int64_t{delta4.defined() && delta4.requires_grad()}};
+    return m.out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    const auto& s1 = saved[0];
+    const auto& r = saved[1];
+    const auto& q = saved[2];
+    const auto need = ctx->saved_data["need"].toIntVector();
+    WeightQuantSpec spec;
+    spec.granularity = static_cast<Granularity>(ctx->saved_data["gran"].toInt());
+    spec.group_size = ctx->saved_data["group_size"].toInt();
+
+    variable_list grads(10);  // one per forward argument; the spec gets none
+    const auto& g = grad_out[0];
+    if (!g.defined()) return grads;
+    auto gs = g * s1;
+    // d out/d log S = -s1 * r where round(r) was not clamped (STE), 0 where it was.
+    auto g_logs = (gs * r).neg_().masked_fill_(torch::round(r) != q, 0);
+    if (need[0]) {
+      // log s1 enters twice: in S (-s1 r, in range) and in the outer multiply (s1 q).
+      grads[2] = reduce_to_param(gs * q + g_logs, ctx->saved_data["d1"].toIntVector(), spec);
+    }
+    if (need[1]) grads[4] = g_logs.sum_to_size(ctx->saved_data["d2"].toIntVector());
+    if (need[2]) grads[5] = g_logs.sum_to_size(ctx->saved_data["d3"].toIntVector());
+    if (need[3]) grads[6] = g_logs.sum_to_size(ctx->saved_data["d4"].toIntVector());
+    return grads;
+  }
+};
+
+class FlexRoundRounder : public Rounder {
+ public:
+  explicit FlexRoundRounder(const RounderOptions& o) : opts_(o) {}
+  std::string name() const override { return "flexround"; }
+  double default_lr() const override { return 3e-3; }
+
+  void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp) override {
+    check_weight_finite(w, "weight");
+    torch::NoGradGuard ng;
+    w_ = w.detach().to(torch::kFloat).contiguous();
+    spec_ = spec;
+    bits_ = qp.bits;
+    auto opt = w_.options();
+    s1_0_ = qp.scale.to(opt).contiguous().clone();
+    z_ = qp.zero_point.to(opt).contiguous().clone();
+    delta1_0_ = torch::log(s1_0_);
+    delta1_ = delta1_0_.clone().requires_grad_(opts_.flexround_learn_s1);
+    delta2_ = torch::zeros_like(w_).requires_grad_(true);
+    const int64_t nd = w_.dim();
+    if (opts_.flexround_s3) {
+      std::vector<int64_t> s(nd, 1);
+      s[0] = w_.size(0);
+      delta3_ = torch::zeros(s, opt).requires_grad_(true);
+    }
+    if (opts_.flexround_s4 && nd >= 3) {  // per input channel of a convolution ([1, Cin/groups, 1, 1])
+      std::vector<int64_t> s(nd, 1);
+      s[1] = w_.size(1);
+      delta4_ = torch::zeros(s, opt).requires_grad_(true);
+    }
+    const double qmax = static_cast<double>((int64_t{1} << bits_) - 1);
+    qlo_ = expand_to_weight(-z_, w_.sizes(), spec_);
+    qhi_ = expand_to_weight(qmax - z_, w_.sizes(), spec_);
+  }
+
+  torch::Tensor forward(bool) override {
+    FQ_INTERNAL_ASSERT(w_.defined(), "flexround rounder used before init()");
+    return flexround_quantize(w_, s1_0_, delta1_, delta1_0_, delta2_, delta3_, delta4_, qlo_, qhi_, spec_);
+  }
+
+  std::vector<torch::Tensor> parameters() override {
+    std::vector<torch::Tensor> p;
+    if (opts_.flexround_learn_s1) p.push_back(delta1_);
+    p.push_back(delta2_);
+    if (delta3_.defined()) p.push_back(delta3_);
+    if (delta4_.defined()) p.push_back(delta4_);
+    return p;
+  }
+
+  QuantizedTensor harden() override {
+    FQ_INTERNAL_ASSERT(w_.defined(), "flexround rounder used before init()");
+    torch::NoGradGuard ng;
+    auto m = flex_map(w_, s1_0_, delta1_, delta1_0_, delta2_, delta3_, delta4_, qlo_, qhi_, spec_);
+    return flex_harden(m, z_, w_.sizes(), spec_, bits_, "flexround");
+  }
+
+ private:
+  RounderOptions opts_;
+  WeightQuantSpec spec_;
+  int bits_ = 4;
+  torch::Tensor w_, s1_0_, z_, delta1_0_, delta1_, delta2_, delta3_, delta4_, qlo_, qhi_;
+};
+
+}  // namespace
+
+std::unique_ptr<Rounder> make_flexround(const RounderOptions& opts) {
+  return std::make_unique<FlexRoundRounder>(opts);
+}
+
+}  // namespace rounders
+
+torch::Tensor flexround_quantize(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
+                                 const torch::Tensor& delta1_0, const torch::Tensor& delta2,
+                                 const torch::Tensor& delta3, const torch::Tensor& delta4, const torch::Tensor& qlo,
+                                 const torch::Tensor& qhi, const WeightQuantSpec& spec) {
+  // libtorch 1.13 custom functions reject undefined inputs: an absent factor is a constant log 0 (x + 0 == x).
+  auto absent = [&](const torch::Tensor& t) { return t.defined() ? t : torch::zeros({}, w.options()); };
+  return rounders::FlexRoundFn::apply(w, s1_0, delta1, delta1_0, delta2, absent(delta3), absent(delta4), qlo, qhi,
+                                      spec);
+}
+
+}  // namespace flexquant

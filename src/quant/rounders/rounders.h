@@ -1,0 +1,28 @@
+// Factories of the built-in rounders (internal to fq_quant; the public entry point is make_rounder()).
+#pragma once
+#include <memory>
+
+#include "flexquant/rounder.h"
+
+namespace flexquant::rounders {
+
+std::unique_ptr<Rounder> make_rtn(const RounderOptions& opts);
+std::unique_ptr<Rounder> make_adaround(const RounderOptions& opts);
+std::unique_ptr<Rounder> make_flexround(const RounderOptions& opts);
+std::unique_ptr<Rounder> make_lrq(const RounderOptions& opts);
+
+/// The FlexRound map without autograd (see flexround_quantize): s1p = s1_0*exp(delta1-delta1_0) in the grouped
+/// parameter shape, s1 = s1p broadcast to w, r = w/S, q = clamp(round(r), qlo, qhi), out = s1*q.
+struct FlexMap {
+  torch::Tensor s1p, s1, r, q, out;
+};
+FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
+                 const torch::Tensor& delta1_0, const torch::Tensor& delta2, const torch::Tensor& delta3,
+                 const torch::Tensor& delta4, const torch::Tensor& qlo, const torch::Tensor& qhi,
+                 const WeightQuantSpec& spec);
+
+/// Codes (grouped view, uint8) and grid of a FlexMap; NumericError when s1 or q is not finite.
+QuantizedTensor flex_harden(const FlexMap& m, const torch::Tensor& zero_point, at::IntArrayRef shape,
+                            const WeightQuantSpec& spec, int bits, const std::string& who);
+
+}  // namespace flexquant::rounders
