@@ -42,6 +42,9 @@ struct QuantState {
   std::map<std::string, QuantizedTensor> weights;  ///< by QuantLayer::name
   /// Activation quantizers by site key (see site_key()).
   std::map<std::string, std::shared_ptr<ActQuantizer>> acts;
+  /// SmoothQuant scales divided into norm weights before quantization ("layers.<i>.attention_norm" /
+  /// "layers.<i>.ffn_norm"); saved so a reload re-applies them to the FP model bit for bit.
+  std::map<std::string, torch::Tensor> smooth_scales;
 };
 
 /// Unique key of activation site j of a unit: "<unit>/<site name>".

@@ -12,6 +12,7 @@
 #include "flexquant/llama.h"
 #include "flexquant/lm_eval.h"
 #include "flexquant/runtime.h"
+#include "flexquant/smoothquant.h"
 #include "flexquant/tokenizer.h"
 
 namespace flexquant {
@@ -139,6 +140,14 @@ std::string recipe_label(const Recipe& r) {
 
 QuantizeReport quantize(ModelAdapter& model, const torch::Tensor& calib, const Recipe& recipe, QuantState& state,
                         const ProgressFn& progress) {
+  if (recipe.smooth_alpha > 0) {
+    auto* llama = dynamic_cast<LlamaModel*>(&model);
+    FQ_CHECK(llama != nullptr, ConfigError, "smoothquant.alpha is set but SmoothQuant is implemented for llama models "
+             "only (this model is ", model.arch(), "); set smoothquant.alpha=0");
+    std::vector<torch::Tensor> batches;
+    for (int64_t i = 0; i < calib.size(0); i += 16) batches.push_back(calib.slice(0, i, std::min(i + 16, calib.size(0))));
+    state.smooth_scales = smooth_llama(*llama, collect_act_absmax(model, batches), recipe.smooth_alpha);
+  }
   return quantize_model(model, calib, recipe, state, progress);
 }
 

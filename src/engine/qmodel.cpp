@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "flexquant/error.h"
+#include "flexquant/llama.h"
 #include "flexquant/runtime.h"
 #include "flexquant/safetensors.h"
 
@@ -135,6 +136,7 @@ int64_t save_qmodel(const std::string& path, ModelAdapter& model, const QuantSta
                        {"grouped_shape", q.codes.sizes().vec()},
                        {"spec", spec_to_json(q.spec)}};
   }
+  for (auto& [key, sc] : state.smooth_scales) tensors["smooth." + key] = sc.to(torch::kCPU).contiguous();
   json acts = json::object();
   for (auto& [key, aq] : state.acts) {
     acts[key] = {{"bits", aq->spec().bits}, {"per_token", aq->spec().per_token}};
@@ -171,6 +173,18 @@ QModelInfo load_qmodel(const std::string& path, ModelAdapter& model, QuantState&
   json layers = json::parse(meta_or_throw(f, "layers"));
   json acts = json::parse(meta_or_throw(f, "activations"));
   state = QuantState{};
+  // SmoothQuant first: the norms of the FP model get the same division they got at quantization time.
+  for (const auto& name : f.names) {
+    if (name.rfind("smooth.", 0) != 0) continue;
+    std::string key = name.substr(7);  // layers.<i>.attention_norm | layers.<i>.ffn_norm
+    auto* llama = dynamic_cast<LlamaModel*>(&model);
+    FQ_CHECK(llama != nullptr, ModelError, "\"", path, "\" holds SmoothQuant scales but the model is not a llama");
+    int i = std::stoi(key.substr(7, key.find('.', 7) - 7));
+    auto& layer = llama->layer(i);
+    torch::Tensor& norm = key.find("attention_norm") != std::string::npos ? layer.attention_norm() : layer.ffn_norm();
+    norm.div_(f.at(name).to(norm.device(), norm.scalar_type()));
+    state.smooth_scales[key] = f.at(name);
+  }
   for (QuantLayer* l : model.all_layers()) {
     FQ_CHECK(layers.contains(l->name), ModelError, "\"", path, "\" has no entry for layer \"", l->name,
              "\"; it does not match this model");

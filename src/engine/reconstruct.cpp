@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "flexquant/error.h"
+#include "flexquant/gptq.h"
 #include "flexquant/runtime.h"
 
 namespace flexquant {
@@ -73,6 +74,21 @@ class TrainContext : public UnitContext {
     }
     return q->forward(x);
   }
+};
+
+// A rounder whose codes were decided elsewhere (GPTQ): no parameters, forward = the dequantized codes.
+class FixedRounder : public Rounder {
+ public:
+  explicit FixedRounder(QuantizedTensor q) : q_(std::move(q)), w_(q_.dequantize()) {}
+  std::string name() const override { return "fixed"; }
+  void init(const torch::Tensor&, const WeightQuantSpec&, const QParams&) override {}
+  torch::Tensor forward(bool) override { return w_; }
+  std::vector<torch::Tensor> parameters() override { return {}; }
+  QuantizedTensor harden() override { return q_; }
+
+ private:
+  QuantizedTensor q_;
+  torch::Tensor w_;
 };
 
 // FP unit run that records the input of one layer.
@@ -174,7 +190,6 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
   FQ_CHECK(!units.empty(), ModelError, "model \"", model.arch(), "\" has no reconstruction units");
   const auto specs = layer_specs(model, recipe);
   const bool learned = recipe.method == "adaround" || recipe.method == "flexround" || recipe.method == "lrq";
-  FQ_CHECK(recipe.method != "gptq", ConfigError, "method gptq is handled by quantize_with_gptq()");
   const std::string rounder_name = recipe.method;
 
   torch::Tensor x_fp = chunked(calib_inputs, [&](const torch::Tensor& x) { return model.prologue(x); });
@@ -193,12 +208,30 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
     auto& layers = unit.layers();
     std::vector<std::unique_ptr<Rounder>> rounders;
     TrainContext ctx;
-    for (size_t i = 0; i < layers.size(); ++i) {
-      check_finite(layers[i].weight, "weight of layer \"" + layers[i].name + "\"", "the model file is corrupt");
-      auto r = make_rounder(rounder_name, recipe.rounder);
-      r->init(layers[i].weight, specs[k][i], init_qparams(layers[i].weight, specs[k][i]));
-      ctx.rounders.push_back(r.get());
-      rounders.push_back(std::move(r));
+    for (auto& l : layers)
+      check_finite(l.weight, "weight of layer \"" + l.name + "\"", "the model file is corrupt");
+    if (recipe.method == "gptq") {
+      // Hessians from the quantized-path inputs of this unit (FP weights inside it, as GPTQ's default
+      // non-true-sequential mode), then column-wise error feedback per layer.
+      HessianCollector hc;
+      chunked(x_q, [&](const torch::Tensor& x) { return unit.forward(x, hc); });
+      GptqOptions go;
+      go.damp = recipe.gptq_damp;
+      go.act_order = recipe.gptq_act_order;
+      go.block_size = recipe.gptq_block_size;
+      for (size_t i = 0; i < layers.size(); ++i) {
+        auto r = std::make_unique<FixedRounder>(
+            gptq_quantize(layers[i].weight, hc.at(layers[i].name).hessian(), specs[k][i], go));
+        ctx.rounders.push_back(r.get());
+        rounders.push_back(std::move(r));
+      }
+    } else {
+      for (size_t i = 0; i < layers.size(); ++i) {
+        auto r = make_rounder(rounder_name, recipe.rounder);
+        r->init(layers[i].weight, specs[k][i], init_qparams(layers[i].weight, specs[k][i]));
+        ctx.rounders.push_back(r.get());
+        rounders.push_back(std::move(r));
+      }
     }
     const auto& sites = unit.act_sites();
     std::vector<std::shared_ptr<ActQuantizer>> acts;

@@ -95,3 +95,33 @@ TEST(Engine, LanguageModelEndToEnd) {
   EXPECT_EQ(evaluate_qmodel(*task, path), q.metric);
   std::filesystem::remove(path);
 }
+
+TEST(Engine, GptqAndSmoothQuantOnStories260K) {
+  Workload w;
+  w.model = shared_path("data/lm/stories260K.bin");
+  w.data = shared_path("data/lm/tinystories_valid_first.txt");
+  w.eval_limit = 4000;
+  auto task = make_task(w);
+  Recipe r;
+  r.method = "gptq";
+  r.weight_bits = 3;
+  r.weight_granularity = "channel";
+  r.weight_symmetric = false;
+  r.calib_samples = 32;
+  r.calib_seq_len = 256;
+  Recipe rtn = r;
+  rtn.method = "rtn";
+  auto q_rtn = run_method(*task, rtn);
+  auto q = run_method(*task, r);
+  EXPECT_LT(q.metric, q_rtn.metric) << "GPTQ W3 ppl " << q.metric << " vs RTN " << q_rtn.metric;
+
+  // W8A8 per-tensor static with SmoothQuant: the .fqz must carry the norm scaling to reproduce exactly.
+  Recipe sq = rtn;
+  sq.weight_bits = 8;
+  sq.act_bits = 8;
+  sq.smooth_alpha = 0.5;
+  auto path = (std::filesystem::temp_directory_path() / "fq_test_sq.fqz").string();
+  auto q_sq = run_method(*task, sq, path);
+  EXPECT_EQ(evaluate_qmodel(*task, path), q_sq.metric);
+  std::filesystem::remove(path);
+}
