@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
 SHARED=${FLEXQUANT_SHARED:-../shared}
-ITERS=${RECON_ITERS:-500}
+ITERS=${RECON_ITERS:-2000}
 ./build/flexquant compare \
   --model "$SHARED/data/cifar10/resnet20.safetensors" --arch resnet_cifar --data "cifar10:$SHARED/data/cifar10" \
   --recipe recipes/rtn-w4a4.json,recipes/adaround-w4a4.json,recipes/flexround-w4a4.json \
