@@ -81,7 +81,7 @@ TEST(SmoothQuant, RmsNormLinearPairUnchanged) {
 // (alpha 0.5 and 0.85), and the logits stay the same; the smoothed activations' channel ranges are flatter.
 TEST(SmoothQuant, RealStoriesModelUnchanged) {
   torch::Tensor tokens = story_tokens();
-  int checked = 0;
+  int checked = 0, flatter = 0;
   for (double alpha : {0.5, 0.85}) {
     auto model = fq::load_llama2c(shared_path("data/lm/stories260K.bin"));
     torch::NoGradGuard ng;
@@ -99,7 +99,9 @@ TEST(SmoothQuant, RealStoriesModelUnchanged) {
         const std::string& name = model->layer(static_cast<int>(i)).layers()[idx].name;
         torch::Tensor m0 = before.at(name), m1 = after.at(name);
         const double r0 = (m0.max() / m0.min()).item<double>(), r1 = (m1.max() / m1.min()).item<double>();
-        EXPECT_LT(r1, r0) << name << " alpha " << alpha;
+        // Not a per-layer guarantee: the new range is sqrt(max|X_j| max|W_j|) at alpha 0.5, whose spread
+        // can exceed X's when the weight maxima vary more than the activation maxima (layers.4 wq does).
+        flatter += r1 < r0;
         if (alpha == 0.5) {  // max|X'_j| = max|W'_j| = sqrt(max|X_j| max|W_j|)
           auto& ls = model->layer(static_cast<int>(i)).layers();
           torch::Tensor wmax = idx == fq::LlamaDecoderLayer::Wq
@@ -113,6 +115,7 @@ TEST(SmoothQuant, RealStoriesModelUnchanged) {
     }
   }
   EXPECT_EQ(checked, 2 * 5 * 2);
+  EXPECT_GE(flatter, 16) << "SmoothQuant should flatten most layers' activation channel ranges";
 }
 
 TEST(SmoothQuant, MissingStatsAndBadScalesThrow) {
