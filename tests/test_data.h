@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <exception>
+#include <initializer_list>
 #include <filesystem>
 #include <string>
 
@@ -20,6 +22,20 @@ inline std::string shared_path(const std::string& rel) {
                      "(or set FLEXQUANT_SHARED=/path/to/shared)";
   }
   return p.string();
+}
+
+/// Expects `fn` to throw error type E whose message contains every string in `parts`.
+template <typename E, typename F>
+inline void expect_error(F fn, std::initializer_list<std::string> parts) {
+  try {
+    fn();
+    ADD_FAILURE() << "no exception thrown";
+  } catch (const E& e) {
+    std::string msg = e.what();
+    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message lacks \"" << p << "\": " << msg;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type: " << e.what();
+  }
 }
 
 }  // namespace flexquant::testing

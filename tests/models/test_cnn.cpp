@@ -18,22 +18,12 @@
 
 using namespace flexquant;
 
+using flexquant::testing::expect_error;
+
 namespace {
 
 std::string r20_path() { return flexquant::testing::shared_path("data/cifar10/resnet20.safetensors"); }
 
-template <typename E, typename F>
-void expect_error(F fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const E& e) {
-    std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message lacks \"" << p << "\": " << msg;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
 
 // Unfolded CIFAR ResNet forward straight from the checkpoint tensors (conv, eval BatchNorm, option-A
 // shortcut via cat with zeros): an independent reference for the adapter.

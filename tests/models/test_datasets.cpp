@@ -15,6 +15,8 @@
 namespace fs = std::filesystem;
 using namespace flexquant;
 
+using flexquant::testing::expect_error;
+
 namespace {
 
 const char* kFashionDir = "/usr/share/datasets/fashion-mnist";
@@ -29,18 +31,6 @@ std::string cifar_dir() {
   return fs::path(flexquant::testing::shared_path("data/cifar10/cifar10_test_00.bin")).parent_path().string();
 }
 
-template <typename E, typename F>
-void expect_error(F fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const E& e) {
-    std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message lacks \"" << p << "\": " << msg;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
 
 }  // namespace
 

@@ -13,6 +13,8 @@
 namespace fs = std::filesystem;
 using namespace flexquant;
 
+using flexquant::testing::expect_error;
+
 namespace {
 
 fs::path temp_dir() {
@@ -32,19 +34,6 @@ std::string write_raw(const std::string& name, const std::string& header, const 
   return p.string();
 }
 
-// Expects `fn` to throw error type E whose message contains every string in `parts`.
-template <typename E, typename F>
-void expect_error(F fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const E& e) {
-    std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message lacks \"" << p << "\": " << msg;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
 
 }  // namespace
 

@@ -11,21 +11,15 @@
 #include "flexquant/quantizer.h"
 #include "flexquant/runtime.h"
 #include "flexquant/safetensors.h"
+#include "quant/quant_test_util.h"
 #include "test_data.h"
 
 namespace fq = flexquant;
 
+using flexquant::testing::make_spec;
+
 namespace {
 
-fq::WeightQuantSpec make_spec(int bits, bool sym, fq::Granularity g, int64_t gs, fq::ScaleInit init) {
-  fq::WeightQuantSpec s;
-  s.bits = bits;
-  s.symmetric = sym;
-  s.granularity = g;
-  s.group_size = gs;
-  s.init = init;
-  return s;
-}
 
 // Every conv / linear weight of the real ResNet-20 (CIFAR-10), in file order.
 const std::vector<std::pair<std::string, torch::Tensor>>& resnet20_weights() {

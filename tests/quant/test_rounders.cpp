@@ -22,21 +22,15 @@
 #include "flexquant/rounder.h"
 #include "flexquant/runtime.h"
 #include "flexquant/safetensors.h"
+#include "quant/quant_test_util.h"
 #include "test_data.h"
 
 namespace fq = flexquant;
 
+using flexquant::testing::make_spec;
+
 namespace {
 
-fq::WeightQuantSpec make_spec(int bits, bool sym, fq::Granularity g, int64_t gs, fq::ScaleInit init) {
-  fq::WeightQuantSpec s;
-  s.bits = bits;
-  s.symmetric = sym;
-  s.granularity = g;
-  s.group_size = gs;
-  s.init = init;
-  return s;
-}
 
 const fq::SafeTensorsFile& resnet20() {
   static fq::SafeTensorsFile f = fq::load_safetensors(fq::testing::shared_path("data/cifar10/resnet20.safetensors"));
