@@ -77,6 +77,10 @@ double evaluate_qmodel(const Task& task, const std::string& fqz_path);
 /// Markdown table: FP row then one row per result (metric, delta vs FP, size, time).
 std::string results_table(const Task& task, double fp_metric, const std::vector<MethodResult>& rows);
 
+/// Markdown table of the cost per reconstruction unit: a row per unit, a column per method that trained
+/// (RTN/GPTQ rows have no iterations): unit seconds, training ms per iteration, peak RSS while it ran.
+std::string unit_cost_table(const std::vector<MethodResult>& rows);
+
 /// A short label for a recipe: "<method> W<b>A<b>[ +qdrop]".
 std::string recipe_label(const Recipe& r);
 

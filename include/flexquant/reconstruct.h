@@ -25,8 +25,9 @@ struct UnitReport {
   int64_t iters = 0;
   double loss_start = 0;  ///< reconstruction loss of the initial (RTN) grid on the first batch
   double loss_end = 0;    ///< loss of the hardened unit on the same batch
-  double seconds = 0;
-  double ms_per_iter = 0;
+  double seconds = 0;           ///< whole unit: grid init, calibration, training, propagation
+  double ms_per_iter = 0;       ///< training loop only (Adam steps), per iteration
+  long long peak_rss_bytes = 0; ///< process peak RSS while this unit ran (0 where the kernel cannot tell)
 };
 
 struct QuantizeReport {

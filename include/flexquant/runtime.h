@@ -40,8 +40,13 @@ class Stopwatch {
   std::chrono::steady_clock::time_point t0_;
 };
 
-/// Peak resident set size of this process in bytes (from /proc/self/status VmHWM).
+/// Peak resident set size of this process in bytes since start (VmHWM, folded over reset_peak_rss calls).
 long long peak_rss_bytes();
+
+/// Starts a new peak-RSS window (Linux clear_refs "5"); returns false where the kernel does not allow it.
+/// window_peak_rss_bytes() then reads the peak since this call; peak_rss_bytes() still covers the whole run.
+bool reset_peak_rss();
+long long window_peak_rss_bytes();
 
 /// Formats seconds as "12.3s" / "4m05s".
 std::string format_duration(double seconds);

@@ -7,6 +7,8 @@
 #include <ATen/Parallel.h>
 
 #include <cstdio>
+#include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <iostream>
 #include <mutex>
@@ -74,13 +76,29 @@ std::string init_runtime(int threads) {
   return info;
 }
 
-long long peak_rss_bytes() {
+namespace {
+std::atomic<long long> g_peak_before_reset{0};
+}  // namespace
+
+long long window_peak_rss_bytes() {
   std::ifstream f("/proc/self/status");
   std::string line;
   while (std::getline(f, line)) {
     if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
   }
   return 0;
+}
+
+long long peak_rss_bytes() { return std::max(g_peak_before_reset.load(), window_peak_rss_bytes()); }
+
+bool reset_peak_rss() {
+  long long p = peak_rss_bytes();
+  long long prev = g_peak_before_reset.load();
+  while (p > prev && !g_peak_before_reset.compare_exchange_weak(prev, p)) {}
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  f.flush();
+  return f.good();
 }
 
 std::string format_duration(double s) {

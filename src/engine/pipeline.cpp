@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <torch/types.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "flexquant/cnn.h"
@@ -214,6 +215,30 @@ std::string results_table(const Task& task, double fp, const std::vector<MethodR
     t += fmt::format("| {} | {:.2f} | {} | {} | {} | {} |\n", r.label, r.metric, delta,
                      r.size_bytes ? std::to_string(r.size_bytes) : "-", format_duration(r.seconds),
                      n ? fmt::format("{:.1f}", ms / n) : "-");
+  }
+  return t;
+}
+
+std::string unit_cost_table(const std::vector<MethodResult>& rows) {
+  std::vector<const MethodResult*> trained;
+  for (auto& r : rows)
+    if (std::any_of(r.report.units.begin(), r.report.units.end(), [](const UnitReport& u) { return u.iters > 0; }))
+      trained.push_back(&r);
+  if (trained.empty()) return "";
+  std::string t = "| unit |";
+  std::string rule = "|---|";
+  for (auto* r : trained) t += " " + r->label + " |", rule += "---|";
+  t += "\n" + rule + "\n";
+  const size_t n_units = trained.front()->report.units.size();
+  for (size_t k = 0; k < n_units; ++k) {
+    t += "| " + trained.front()->report.units[k].name + " |";
+    for (auto* r : trained) {
+      if (k >= r->report.units.size()) { t += " - |"; continue; }
+      const UnitReport& u = r->report.units[k];
+      std::string mem = u.peak_rss_bytes > 0 ? fmt::format("{} MiB", u.peak_rss_bytes >> 20) : "peak n/a";
+      t += fmt::format(" {}, {:.1f} ms/it, {} |", format_duration(u.seconds), u.ms_per_iter, mem);
+    }
+    t += "\n";
   }
   return t;
 }

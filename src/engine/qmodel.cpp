@@ -226,7 +226,8 @@ std::string report_to_json(const QuantizeReport& r) {
   json units = json::array();
   for (auto& u : r.units)
     units.push_back({{"unit", u.name}, {"method", u.method}, {"iters", u.iters}, {"loss_start", u.loss_start},
-                     {"loss_end", u.loss_end}, {"seconds", u.seconds}, {"ms_per_iter", u.ms_per_iter}});
+                     {"loss_end", u.loss_end}, {"seconds", u.seconds}, {"ms_per_iter", u.ms_per_iter},
+                     {"peak_rss_bytes", u.peak_rss_bytes}});
   return json{{"units", units}, {"seconds", r.seconds}, {"peak_rss_bytes", r.peak_rss_bytes},
               {"calib_samples", r.calib_samples}}
       .dump();

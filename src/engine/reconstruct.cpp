@@ -199,6 +199,7 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
 
   for (size_t k = 0; k < units.size(); ++k) {
     Unit& unit = *units[k];
+    const bool mem_window = reset_peak_rss();
     Stopwatch sw;
     torch::manual_seed(recipe.seed + k);  // QDrop masks and LRQ init: reproducible per unit
     UnitContext fp_ctx;
@@ -280,6 +281,7 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
                       format_duration(el / it * (iters - it))));
     };
     auto sample = [&]() { return torch::randint(n, {batch}, gen, torch::kLong).to(x_q.device()); };
+    Stopwatch train_sw;
     if (recipe.recon_unit == "block") {
       std::vector<torch::Tensor> w_params, a_params;
       for (auto& r : rounders) for (auto& p : r->parameters()) w_params.push_back(p);
@@ -338,6 +340,7 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
       ctx.capture = -1;
     }
     ur.iters = iters;
+    const double train_seconds = train_sw.seconds();
 
     // Harden: codes are what the last hard forward used; layers now hold the dequantized weights.
     for (size_t i = 0; i < layers.size(); ++i) {
@@ -365,7 +368,8 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
     x_q = chunked(x_q, [&](const torch::Tensor& x) { return unit.forward(x, qctx); });
     x_fp = y_fp;
     ur.seconds = sw.seconds();
-    ur.ms_per_iter = iters > 0 ? 1000.0 * ur.seconds / iters : 0;
+    ur.ms_per_iter = iters > 0 ? 1000.0 * train_seconds / iters : 0;
+    ur.peak_rss_bytes = mem_window ? window_peak_rss_bytes() : 0;
     say(fmt::format("[{:>2}/{}] {:<10} done: loss {:.3e} -> {:.3e}, {}", k + 1, units.size(), unit.name(),
                     ur.loss_start, ur.loss_end, format_duration(ur.seconds)));
     report.units.push_back(ur);

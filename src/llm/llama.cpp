@@ -96,10 +96,12 @@ torch::Tensor LlamaDecoderLayer::forward(const torch::Tensor& x, UnitContext& ct
     k = k.repeat_interleave(nh / nkv, 1);
     v = v.repeat_interleave(nh / nkv, 1);
   }
-  torch::Tensor scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));  // [B,nh,T,T]
-  torch::Tensor mask = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(x.device())).triu(1);
-  scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-  torch::Tensor att = torch::matmul(torch::softmax(scores, -1), v);         // [B,nh,T,hd]
+  // One baddbmm does QK^T, the 1/sqrt(hd) scale and the causal mask: on CPU the [B,nh,T,T] passes of a
+  // separate divide and masked_fill (and their backward) cost more than the tiny matmuls themselves.
+  torch::Tensor causal = torch::full({T, T}, -std::numeric_limits<float>::infinity(), q.options()).triu(1);
+  torch::Tensor scores = torch::baddbmm(causal, q.reshape({B * nh, T, hd}), k.reshape({B * nh, T, hd}).transpose(1, 2),
+                                        /*beta=*/1, /*alpha=*/1.0 / std::sqrt(static_cast<double>(hd)));
+  torch::Tensor att = torch::bmm(torch::softmax(scores, -1), v.reshape({B * nh, T, hd})).view({B, nh, T, hd});
   att = att.transpose(1, 2).reshape({B, T, nh * hd});
   att = ctx.act(sites_[AttnOut], AttnOut, att);
   torch::Tensor y = x + ctx.run(layers_[Wo], Wo, att);

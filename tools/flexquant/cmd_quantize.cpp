@@ -109,6 +109,9 @@ struct CompareCmd {
       std::cerr << fmt::format("{}: {} = {:.2f}\n", rows.back().label, task->metric_name(), rows.back().metric);
     }
     std::string table = results_table(*task, fp, rows);
+    std::string costs = unit_cost_table(rows);
+    if (!costs.empty())
+      table += "\nPer unit: wall time, training ms per iteration, process peak RSS while the unit ran.\n\n" + costs;
     std::cout << "\n" << table << fmt::format("total time {}, peak memory {} MiB\n", format_duration(sw.seconds()),
                                             peak_rss_bytes() / (1 << 20));
     if (!markdown.empty()) {
