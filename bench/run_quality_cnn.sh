@@ -1,39 +1,52 @@
 #!/usr/bin/env bash
-# CNN quality benchmark (issue #3): ResNet-20/32/44 on CIFAR-10, per-tensor weights, for each bit setting
-# RTN, AdaRound, FlexRound and FlexRound+QDrop on one table. Calibration: records 0-1023; evaluation:
-# records 1024-9999 (8,976 images). Writes docs/RESULTS.md section "CNN quality".
-# Usage: bench/run_quality_cnn.sh [build-dir] [iters] [models...]   (the papers use 20000 iters per block)
+# CNN quality benchmark (issue #3): ResNet-20/32/44 on CIFAR-10, per-tensor weights; each row runs RTN,
+# AdaRound, FlexRound and FlexRound+QDrop on one table. Calibration: records 0-1023; evaluation: records
+# 1024-9999 (8,976 images). Each row writes out/bench_cnn/<model>-w<W>a<A>.{md,log,cmd}; the docs/RESULTS.md
+# section "CNN quality" is assembled from every row file present, so rows can run in separate processes.
+# Usage: bench/run_quality_cnn.sh [build-dir] [iters] [models] [settings]
+#   models: "resnet20 resnet32 resnet44" (default), settings: "w4a32 w3a32 w2a32 w4a4 w2a4" (default)
+# The papers use 20000 iterations per block.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD=${1:-build}; ITERS=${2:-20000}; shift 2 || true
-MODELS=${*:-resnet20 resnet32 resnet44}
+BUILD=${1:-build}; ITERS=${2:-20000}
+MODELS=${3:-resnet20 resnet32 resnet44}
+SETTINGS=${4:-w4a32 w3a32 w2a32 w4a4 w2a4}
+ALL_MODELS="resnet20 resnet32 resnet44"; ALL_SETTINGS="w4a32 w3a32 w2a32 w4a4 w2a4"
 SHARED=${FLEXQUANT_SHARED:-../shared}
 OUT=out/bench_cnn; mkdir -p "$OUT"
+R=recipes/rtn-w4a4.json,recipes/adaround-w4a4.json,recipes/flexround-w4a4.json,recipes/flexround-qdrop-w4a4.json
+for m in $MODELS; do
+  for s in $SETTINGS; do
+    [[ $s =~ ^w([0-9]+)a([0-9]+)$ ]] || { echo "bad setting '$s' -> expected w<bits>a<bits>, e.g. w4a4" >&2; exit 2; }
+    W=${BASH_REMATCH[1]}; A=${BASH_REMATCH[2]}
+    row="$m-$s"
+    cmd="./$BUILD/flexquant ${FLEXQUANT_ARGS:-} compare --model $SHARED/data/cifar10/$m.safetensors --arch resnet_cifar --data cifar10:$SHARED/data/cifar10 --recipe $R --set weight.bits=$W --set act.bits=$A --set recon.iters=$ITERS --markdown $OUT/$row.md"
+    echo "$(date -u '+%F %H:%M UTC'), commit $(git rev-parse --short HEAD): \`$cmd\`" > "$OUT/$row.cmd"
+    $cmd > "$OUT/$row.log" 2>&1
+    echo "done $row"
+  done
+done
+
 SECTION="$OUT/section.md"
 {
   echo "## CNN quality (issue #3)"
   echo
-  echo "Date: $(date -u +%F). Machine: 2 vCPU (AVX2-bound by OPENBLAS_CORETYPE), CPU only. Command:"
-  echo "\`bench/run_quality_cnn.sh $BUILD $ITERS $MODELS\`. Calibration: CIFAR-10 test records 0-1023;"
-  echo "evaluation: records 1024-9999 (8,976 images, disjoint). Per-tensor symmetric weights (MSE grid), first and"
-  echo "last layer 8-bit, LSQ activations where A < 32, block reconstruction, **$ITERS iterations per block**"
-  echo "(the papers: 20,000), batch 32, seed 1005."
+  echo "Machine: 2 vCPU (AVX2-bound by OPENBLAS_CORETYPE), CPU only. Script: \`bench/run_quality_cnn.sh <build> <iters>"
+  echo "[models] [settings]\`; each row's exact command and date is under it. Calibration: CIFAR-10 test records"
+  echo "0-1023; evaluation: records 1024-9999 (8,976 images, disjoint). Per-tensor symmetric weights (MSE grid), first"
+  echo "and last layer 8-bit, LSQ activations where A < 32, block reconstruction, batch 32, seed 1005. The papers run"
+  echo "20,000 iterations per block; rows say how many they ran."
   echo
-} > "$SECTION"
-for m in $MODELS; do
-  for wa in "4 32" "3 32" "2 32" "4 4" "2 4"; do
-    set -- $wa; W=$1; A=$2
-    log="$OUT/$m-w${W}a${A}.log"
-    ./"$BUILD"/flexquant ${FLEXQUANT_ARGS:-} compare --model "$SHARED/data/cifar10/$m.safetensors" --arch resnet_cifar \
-      --data "cifar10:$SHARED/data/cifar10" \
-      --recipe recipes/rtn-w4a4.json,recipes/adaround-w4a4.json,recipes/flexround-w4a4.json,recipes/flexround-qdrop-w4a4.json \
-      --set weight.bits=$W --set act.bits=$A --set recon.iters=$ITERS --markdown "$OUT/$m-w${W}a${A}.md" > "$log" 2>&1
-    {
-      echo "### $m W${W}A${A}"; echo; cat "$OUT/$m-w${W}a${A}.md"
-      grep -E "^total time" "$log" | sed 's/^/\n/'
+  for m in $ALL_MODELS; do
+    for s in $ALL_SETTINGS; do
+      row="$m-$s"
+      [[ -f "$OUT/$row.md" ]] || continue
+      echo "### $m ${s^^}"; echo
+      echo "Run $(cat "$OUT/$row.cmd")"; echo
+      cat "$OUT/$row.md"
+      grep -E "^total time" "$OUT/$row.log" | sed 's/^/\n/'
       echo
-    } >> "$SECTION"
-    echo "done $m W${W}A${A}"
+    done
   done
-done
+} > "$SECTION"
 python3 bench/update_results.py "CNN quality (issue #3)" "$SECTION"

@@ -7,6 +7,8 @@
 #pragma once
 #include <torch/types.h>
 
+#include "flexquant/error.h"
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,6 +53,42 @@ class UnitContext {
     observe_input(layer, i, x);
     return layer.apply(x, weight(layer, i));
   }
+};
+
+/// A context that only watches layer inputs (GPTQ Hessians, SmoothQuant maxima). Weights, activation sites
+/// and begin_unit go to `inner` (FP when null), so statistics can ride along any engine path.
+class ObservingContext : public UnitContext {
+ public:
+  explicit ObservingContext(UnitContext* inner = nullptr) : inner_(inner) {}
+  void begin_unit(const class Unit& unit) override {
+    if (inner_) inner_->begin_unit(unit);
+  }
+  torch::Tensor weight(const QuantLayer& layer, int i) override { return inner_ ? inner_->weight(layer, i) : layer.weight; }
+  torch::Tensor act(const ActSite& site, int j, const torch::Tensor& x) override {
+    return inner_ ? inner_->act(site, j, x) : x;
+  }
+  void observe_input(const QuantLayer& layer, int i, const torch::Tensor& x) final {
+    if (inner_) inner_->observe_input(layer, i, x);
+    observe(layer, i, x);
+  }
+
+ protected:
+  virtual void observe(const QuantLayer& layer, int i, const torch::Tensor& x) = 0;
+  /// The entry of `layer_name` in a per-layer map; ModelError listing the observed layers when absent.
+  template <class Map>
+  static const typename Map::mapped_type& observed(const Map& m, const std::string& layer_name, const char* who) {
+    auto it = m.find(layer_name);
+    if (it == m.end()) {
+      std::string known;
+      for (const auto& kv : m) known += (known.empty() ? "" : ", ") + kv.first;
+      throw ModelError(detail::concat(who, ": no inputs were observed for layer '", layer_name, "' -> observed: [",
+                                      known, "]; hint: run the forward with this context"));
+    }
+    return it->second;
+  }
+
+ private:
+  UnitContext* inner_;
 };
 
 /// A reconstruction unit (a ResNet BasicBlock, a stem conv, a Llama decoder layer, ...).

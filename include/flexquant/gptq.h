@@ -76,20 +76,19 @@ class HessianAccumulator {
 
 /// A UnitContext that accumulates one Hessian per layer name from observe_input(). Weights and
 /// activation sites are delegated to `inner` (FP when none), so it can ride along any engine context.
-class HessianCollector : public UnitContext {
+class HessianCollector : public ObservingContext {
  public:
-  explicit HessianCollector(UnitContext* inner = nullptr) : inner_(inner) {}
-  torch::Tensor weight(const QuantLayer& layer, int i) override;
-  void observe_input(const QuantLayer& layer, int i, const torch::Tensor& x) override;
-  torch::Tensor act(const ActSite& site, int j, const torch::Tensor& x) override;
+  using ObservingContext::ObservingContext;
 
   /// The accumulator of a layer; ModelError naming the known layers when it was never observed.
   const HessianAccumulator& at(const std::string& layer_name) const;
   bool contains(const std::string& layer_name) const { return acc_.count(layer_name) > 0; }
   void clear() { acc_.clear(); }
 
+ protected:
+  void observe(const QuantLayer& layer, int i, const torch::Tensor& x) override;
+
  private:
-  UnitContext* inner_;
   std::map<std::string, HessianAccumulator> acc_;
 };
 

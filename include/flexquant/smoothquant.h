@@ -36,20 +36,19 @@ class ActAbsMaxObserver {
 
 /// A UnitContext that records max|x| per input channel of every layer it sees, keyed by layer name.
 /// Weights and activation sites are delegated to `inner` (FP when none).
-class ActAbsMaxCollector : public UnitContext {
+class ActAbsMaxCollector : public ObservingContext {
  public:
-  explicit ActAbsMaxCollector(UnitContext* inner = nullptr) : inner_(inner) {}
-  torch::Tensor weight(const QuantLayer& layer, int i) override;
-  void observe_input(const QuantLayer& layer, int i, const torch::Tensor& x) override;
-  torch::Tensor act(const ActSite& site, int j, const torch::Tensor& x) override;
+  using ObservingContext::ObservingContext;
 
   /// Input max|x| [C] of a layer; ModelError naming the observed layers when it was never seen.
   const torch::Tensor& at(const std::string& layer_name) const;
   bool contains(const std::string& layer_name) const { return obs_.count(layer_name) > 0; }
   const std::map<std::string, ActAbsMaxObserver>& observers() const { return obs_; }
 
+ protected:
+  void observe(const QuantLayer& layer, int i, const torch::Tensor& x) override;
+
  private:
-  UnitContext* inner_;
   std::map<std::string, ActAbsMaxObserver> obs_;
 };
 

@@ -75,30 +75,14 @@ torch::Tensor HessianAccumulator::hessian() const {
   return h_.defined() ? h_ : torch::zeros({cols_, cols_}, torch::kFloat);
 }
 
-torch::Tensor HessianCollector::weight(const QuantLayer& layer, int i) {
-  return inner_ ? inner_->weight(layer, i) : layer.weight;
-}
-
-void HessianCollector::observe_input(const QuantLayer& layer, int i, const torch::Tensor& x) {
-  if (inner_) inner_->observe_input(layer, i, x);
+void HessianCollector::observe(const QuantLayer& layer, int i, const torch::Tensor& x) {
   auto it = acc_.find(layer.name);
   if (it == acc_.end()) it = acc_.emplace(layer.name, HessianAccumulator(layer)).first;
   it->second.add(x);
 }
 
-torch::Tensor HessianCollector::act(const ActSite& site, int j, const torch::Tensor& x) {
-  return inner_ ? inner_->act(site, j, x) : x;
-}
-
 const HessianAccumulator& HessianCollector::at(const std::string& layer_name) const {
-  auto it = acc_.find(layer_name);
-  if (it == acc_.end()) {
-    std::string known;
-    for (const auto& kv : acc_) known += (known.empty() ? "" : ", ") + kv.first;
-    throw ModelError(detail::concat("HessianCollector: no inputs were observed for layer '", layer_name,
-                                    "' -> observed: [", known, "]; hint: run the unit's forward with this context"));
-  }
-  return it->second;
+  return observed(acc_, layer_name, "HessianCollector");
 }
 
 // ---------------------------------------------------------------------------------------------------

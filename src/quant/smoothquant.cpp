@@ -26,28 +26,12 @@ void ActAbsMaxObserver::add(const torch::Tensor& x) {
   n_ += x.numel() / c;
 }
 
-torch::Tensor ActAbsMaxCollector::weight(const QuantLayer& layer, int i) {
-  return inner_ ? inner_->weight(layer, i) : layer.weight;
-}
-
-void ActAbsMaxCollector::observe_input(const QuantLayer& layer, int i, const torch::Tensor& x) {
-  if (inner_) inner_->observe_input(layer, i, x);
+void ActAbsMaxCollector::observe(const QuantLayer& layer, int i, const torch::Tensor& x) {
   obs_[layer.name].add(x);
 }
 
-torch::Tensor ActAbsMaxCollector::act(const ActSite& site, int j, const torch::Tensor& x) {
-  return inner_ ? inner_->act(site, j, x) : x;
-}
-
 const torch::Tensor& ActAbsMaxCollector::at(const std::string& layer_name) const {
-  auto it = obs_.find(layer_name);
-  if (it == obs_.end()) {
-    std::string known;
-    for (const auto& kv : obs_) known += (known.empty() ? "" : ", ") + kv.first;
-    throw ModelError(detail::concat("ActAbsMaxCollector: no inputs were observed for layer '", layer_name,
-                                    "' -> observed: [", known, "]; hint: run the model's forward with this context"));
-  }
-  return it->second.absmax();
+  return observed(obs_, layer_name, "ActAbsMaxCollector").absmax();
 }
 
 torch::Tensor smooth_scales(const torch::Tensor& act_absmax, const std::vector<torch::Tensor>& weights,

@@ -17,6 +17,7 @@
 #include "flexquant/runtime.h"
 #include "flexquant/safetensors.h"
 #include "flexquant/tokenizer.h"
+#include "quant_test_util.h"
 #include "test_data.h"
 
 namespace fq = flexquant;
@@ -24,15 +25,10 @@ using fq::testing::shared_path;
 
 namespace {
 
+// GPTQ's usual case first: asymmetric min-max, group 128 unless given.
 fq::WeightQuantSpec make_spec(int bits, fq::Granularity gran, int64_t group = 128, bool sym = false,
                               fq::ScaleInit init = fq::ScaleInit::MinMax) {
-  fq::WeightQuantSpec s;
-  s.bits = bits;
-  s.granularity = gran;
-  s.group_size = group;
-  s.symmetric = sym;
-  s.init = init;
-  return s;
+  return fq::testing::make_spec(bits, sym, gran, group, init);
 }
 
 double rtn_error(const torch::Tensor& W, const torch::Tensor& H, const fq::WeightQuantSpec& spec) {

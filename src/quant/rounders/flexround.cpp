@@ -111,12 +111,8 @@ class FlexRoundRounder : public Rounder {
     torch::NoGradGuard ng;
     w_ = w.detach().to(torch::kFloat).contiguous();
     spec_ = spec;
-    bits_ = qp.bits;
     auto opt = w_.options();
-    s1_0_ = qp.scale.to(opt).contiguous().clone();
-    z_ = qp.zero_point.to(opt).contiguous().clone();
-    delta1_0_ = torch::log(s1_0_);
-    delta1_ = delta1_0_.clone().requires_grad_(opts_.flexround_learn_s1);
+    g_.init(w_.sizes(), opt, spec, qp, opts_.flexround_learn_s1);
     delta2_ = torch::zeros_like(w_).requires_grad_(true);
     const int64_t nd = w_.dim();
     if (opts_.flexround_s3) {
@@ -129,19 +125,16 @@ class FlexRoundRounder : public Rounder {
       s[1] = w_.size(1);
       delta4_ = torch::zeros(s, opt).requires_grad_(true);
     }
-    const double qmax = static_cast<double>((int64_t{1} << bits_) - 1);
-    qlo_ = expand_to_weight(-z_, w_.sizes(), spec_);
-    qhi_ = expand_to_weight(qmax - z_, w_.sizes(), spec_);
   }
 
   torch::Tensor forward(bool) override {
     FQ_INTERNAL_ASSERT(w_.defined(), "flexround rounder used before init()");
-    return flexround_quantize(w_, s1_0_, delta1_, delta1_0_, delta2_, delta3_, delta4_, qlo_, qhi_, spec_);
+    return flexround_quantize(w_, g_.s1_0, g_.delta1, g_.delta1_0, delta2_, delta3_, delta4_, g_.qlo, g_.qhi, spec_);
   }
 
   std::vector<torch::Tensor> parameters() override {
     std::vector<torch::Tensor> p;
-    if (opts_.flexround_learn_s1) p.push_back(delta1_);
+    if (opts_.flexround_learn_s1) p.push_back(g_.delta1);
     p.push_back(delta2_);
     if (delta3_.defined()) p.push_back(delta3_);
     if (delta4_.defined()) p.push_back(delta4_);
@@ -151,18 +144,31 @@ class FlexRoundRounder : public Rounder {
   QuantizedTensor harden() override {
     FQ_INTERNAL_ASSERT(w_.defined(), "flexround rounder used before init()");
     torch::NoGradGuard ng;
-    auto m = flex_map(w_, s1_0_, delta1_, delta1_0_, delta2_, delta3_, delta4_, qlo_, qhi_, spec_);
-    return flex_harden(m, z_, w_.sizes(), spec_, bits_, "flexround");
+    auto m = flex_map(w_, g_.s1_0, g_.delta1, g_.delta1_0, delta2_, delta3_, delta4_, g_.qlo, g_.qhi, spec_);
+    return flex_harden(m, g_.z, w_.sizes(), spec_, g_.bits, "flexround");
   }
 
  private:
   RounderOptions opts_;
   WeightQuantSpec spec_;
-  int bits_ = 4;
-  torch::Tensor w_, s1_0_, z_, delta1_0_, delta1_, delta2_, delta3_, delta4_, qlo_, qhi_;
+  FlexGrid g_;
+  torch::Tensor w_, delta2_, delta3_, delta4_;
 };
 
 }  // namespace
+
+void FlexGrid::init(at::IntArrayRef weight_shape, const torch::TensorOptions& opt, const WeightQuantSpec& spec,
+                    const QParams& qp, bool learn_s1) {
+  torch::NoGradGuard ng;
+  bits = qp.bits;
+  s1_0 = qp.scale.to(opt).contiguous().clone();
+  z = qp.zero_point.to(opt).contiguous().clone();
+  delta1_0 = torch::log(s1_0);
+  delta1 = delta1_0.clone().requires_grad_(learn_s1);
+  const double qmax = static_cast<double>((int64_t{1} << bits) - 1);
+  qlo = expand_to_weight(-z, weight_shape, spec);
+  qhi = expand_to_weight(qmax - z, weight_shape, spec);
+}
 
 std::unique_ptr<Rounder> make_flexround(const RounderOptions& opts) {
   return std::make_unique<FlexRoundRounder>(opts);

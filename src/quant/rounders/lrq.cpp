@@ -27,12 +27,8 @@ class LrqRounder : public Rounder {
     const int64_t cout = w.size(0), k = w.numel() / cout;
     w2_ = w.detach().to(torch::kFloat).reshape({cout, k}).contiguous();
     spec_ = spec;
-    bits_ = qp.bits;
     auto opt = w2_.options();
-    s1_0_ = qp.scale.to(opt).contiguous().clone();
-    z_ = qp.zero_point.to(opt).contiguous().clone();
-    delta1_0_ = torch::log(s1_0_);
-    delta1_ = delta1_0_.clone().requires_grad_(opts_.flexround_learn_s1);
+    g_.init(w2_.sizes(), opt, spec, qp, opts_.flexround_learn_s1);
     const int64_t r = std::min({opts_.lrq_rank, cout, k});
     delta2_ = torch::zeros({cout, r}, opt).requires_grad_(true);
     delta3_ = torch::empty({r, k}, opt);
@@ -40,21 +36,18 @@ class LrqRounder : public Rounder {
     delta3_.requires_grad_(true);
     delta4_ = torch::zeros({cout, 1}, opt).requires_grad_(true);
     delta5_ = torch::zeros({1, k}, opt).requires_grad_(true);
-    const double qmax = static_cast<double>((int64_t{1} << bits_) - 1);
-    qlo_ = expand_to_weight(-z_, w2_.sizes(), spec_);
-    qhi_ = expand_to_weight(qmax - z_, w2_.sizes(), spec_);
   }
 
   torch::Tensor forward(bool) override {
     FQ_INTERNAL_ASSERT(w2_.defined(), "lrq rounder used before init()");
-    return flexround_quantize(w2_, s1_0_, delta1_, delta1_0_, delta2_.mm(delta3_), delta4_, delta5_, qlo_, qhi_,
-                              spec_)
+    return flexround_quantize(w2_, g_.s1_0, g_.delta1, g_.delta1_0, delta2_.mm(delta3_), delta4_, delta5_, g_.qlo,
+                              g_.qhi, spec_)
         .reshape(shape_);
   }
 
   std::vector<torch::Tensor> parameters() override {
     std::vector<torch::Tensor> p;
-    if (opts_.flexround_learn_s1) p.push_back(delta1_);
+    if (opts_.flexround_learn_s1) p.push_back(g_.delta1);
     for (auto* t : {&delta2_, &delta3_, &delta4_, &delta5_}) p.push_back(*t);
     return p;
   }
@@ -62,16 +55,17 @@ class LrqRounder : public Rounder {
   QuantizedTensor harden() override {
     FQ_INTERNAL_ASSERT(w2_.defined(), "lrq rounder used before init()");
     torch::NoGradGuard ng;
-    auto m = flex_map(w2_, s1_0_, delta1_, delta1_0_, delta2_.mm(delta3_), delta4_, delta5_, qlo_, qhi_, spec_);
-    return flex_harden(m, z_, shape_, spec_, bits_, "lrq");
+    auto m = flex_map(w2_, g_.s1_0, g_.delta1, g_.delta1_0, delta2_.mm(delta3_), delta4_, delta5_, g_.qlo, g_.qhi,
+                      spec_);
+    return flex_harden(m, g_.z, shape_, spec_, g_.bits, "lrq");
   }
 
  private:
   RounderOptions opts_;
   WeightQuantSpec spec_;
-  int bits_ = 4;
+  FlexGrid g_;
   std::vector<int64_t> shape_;
-  torch::Tensor w2_, s1_0_, z_, delta1_0_, delta1_, delta2_, delta3_, delta4_, delta5_, qlo_, qhi_;
+  torch::Tensor w2_, delta2_, delta3_, delta4_, delta5_;
 };
 
 }  // namespace

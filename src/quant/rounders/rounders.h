@@ -21,6 +21,15 @@ FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch:
                  const torch::Tensor& delta4, const torch::Tensor& qlo, const torch::Tensor& qhi,
                  const WeightQuantSpec& spec);
 
+/// The common grid s1 = s1_0 * exp(delta1 - delta1_0) that FlexRound and LRQ learn (delta1 = log s1 starts at
+/// the initial grid), the zero point and the code bounds [qlo, qhi] broadcast to the weight's shape.
+struct FlexGrid {
+  int bits = 4;
+  torch::Tensor s1_0, z, delta1_0, delta1, qlo, qhi;
+  void init(at::IntArrayRef weight_shape, const torch::TensorOptions& opt, const WeightQuantSpec& spec,
+            const QParams& qp, bool learn_s1);
+};
+
 /// Codes (grouped view, uint8) and grid of a FlexMap; NumericError when s1 or q is not finite.
 QuantizedTensor flex_harden(const FlexMap& m, const torch::Tensor& zero_point, at::IntArrayRef shape,
                             const WeightQuantSpec& spec, int bits, const std::string& who);
