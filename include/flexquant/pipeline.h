@@ -66,7 +66,7 @@ MethodResult run_method(const Task& task, const Recipe& recipe, const std::strin
 /// Quantizes the model with the recipe (dispatching GPTQ and SmoothQuant where asked); the library-level
 /// equivalent of the engine for every method.
 QuantizeReport quantize(ModelAdapter& model, const torch::Tensor& calib, const Recipe& recipe, QuantState& state,
-                        const ProgressFn& progress = {});
+                        const ProgressFn& progress = {}, int64_t max_units = 0);
 
 /// FP metric of the task's model.
 double evaluate_fp(const Task& task);

@@ -70,15 +70,11 @@ torch::Tensor quantized_forward(ModelAdapter& model, const QuantState& state, co
 /// Progress callback: unit index, unit count, and a one-line status.
 using ProgressFn = std::function<void(const std::string& line)>;
 
-/// Optional hooks for weight methods that are not gradient-based (GPTQ): given a unit and the inputs its
-/// layers see on the quantized path, return the hardened weights. Installed by the engine for method=gptq.
-using LayerQuantizerFn = std::function<std::vector<QuantizedTensor>(
-    Unit& unit, const torch::Tensor& x_q, const std::vector<WeightQuantSpec>& specs)>;
-
 /// Quantizes `model` in place (layers get the dequantized weights) from calibration inputs (images
-/// [N,3,H,W] or tokens [N,T]) under `recipe`; fills `state`.
+/// [N,3,H,W] or tokens [N,T]) under `recipe`; fills `state`. `max_units` > 0 stops after that many units and
+/// leaves the rest FP (tests, or looking at one slow unit).
 QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_inputs, const Recipe& recipe,
-                              QuantState& state, const ProgressFn& progress = {});
+                              QuantState& state, const ProgressFn& progress = {}, int64_t max_units = 0);
 
 /// The per-layer weight spec the recipe gives a layer (first/last-layer policy for CNNs).
 std::vector<std::vector<WeightQuantSpec>> layer_specs(ModelAdapter& model, const Recipe& recipe);

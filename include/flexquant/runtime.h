@@ -9,8 +9,8 @@ namespace flexquant {
 /// Library version string, e.g. "0.1.0".
 const char* version();
 
-/// Call once at start-up. Sets torch's intra-op thread count (0 = all cores; libtorch's default is
-/// half of them), and checks which BLAS is loaded: warns loudly if it is the reference BLAS or the
+/// Call once at start-up. Sets torch's intra-op thread count (0 = $FLEXQUANT_THREADS if set, else all cores;
+/// libtorch's default is half of them), and checks which BLAS is loaded: warns loudly if it is the reference BLAS or the
 /// pthread OpenBLAS. Returns a one-line description of the BLAS in use.
 std::string init_runtime(int threads = 0);
 

@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <algorithm>
 #include <atomic>
 #include <fstream>
@@ -56,7 +57,13 @@ std::string init_runtime(int threads) {
   static std::once_flag once;
   static std::string info;
   std::call_once(once, [&] {
-    int n = threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
+    int n = threads;
+    // FLEXQUANT_THREADS lets a test run or a second job on a shared machine stay off the busy cores:
+    // OpenMP threads that wait on a descheduled sibling make small-op workloads several times slower.
+    if (n <= 0) {
+      if (const char* env = std::getenv("FLEXQUANT_THREADS")) n = std::atoi(env);
+    }
+    if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
     if (n < 1) n = 1;
     at::set_num_threads(n);
     // glibc returns every large freed tensor to the OS and page-faults it back on the next allocation;

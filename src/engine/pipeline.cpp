@@ -140,7 +140,7 @@ std::string recipe_label(const Recipe& r) {
 }
 
 QuantizeReport quantize(ModelAdapter& model, const torch::Tensor& calib, const Recipe& recipe, QuantState& state,
-                        const ProgressFn& progress) {
+                        const ProgressFn& progress, int64_t max_units) {
   if (recipe.smooth_alpha > 0) {
     auto* llama = dynamic_cast<LlamaModel*>(&model);
     FQ_CHECK(llama != nullptr, ConfigError, "smoothquant.alpha is set but SmoothQuant is implemented for llama models "
@@ -149,7 +149,7 @@ QuantizeReport quantize(ModelAdapter& model, const torch::Tensor& calib, const R
     for (int64_t i = 0; i < calib.size(0); i += 16) batches.push_back(calib.slice(0, i, std::min(i + 16, calib.size(0))));
     state.smooth_scales = smooth_llama(*llama, collect_act_absmax(model, batches), recipe.smooth_alpha);
   }
-  return quantize_model(model, calib, recipe, state, progress);
+  return quantize_model(model, calib, recipe, state, progress, max_units);
 }
 
 MethodResult run_method(const Task& task, const Recipe& recipe, const std::string& out_path,

@@ -177,7 +177,7 @@ std::vector<std::vector<WeightQuantSpec>> layer_specs(ModelAdapter& model, const
 }
 
 QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_inputs, const Recipe& recipe,
-                              QuantState& state, const ProgressFn& progress) {
+                              QuantState& state, const ProgressFn& progress, int64_t max_units) {
   recipe.validate();
   Stopwatch total;
   QuantizeReport report;
@@ -188,6 +188,9 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
   };
   auto units = model.units();
   FQ_CHECK(!units.empty(), ModelError, "model \"", model.arch(), "\" has no reconstruction units");
+  FQ_CHECK(max_units >= 0, ConfigError, "max_units ", max_units, " -> allowed >= 0 (0 = all units)");
+  const size_t n_all = units.size();  // the first/last-unit policies look at the whole model
+  if (max_units > 0 && max_units < static_cast<int64_t>(units.size())) units.resize(max_units);
   const auto specs = layer_specs(model, recipe);
   const bool learned = recipe.method == "adaround" || recipe.method == "flexround" || recipe.method == "lrq";
   const std::string rounder_name = recipe.method;
@@ -237,7 +240,7 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
     const auto& sites = unit.act_sites();
     std::vector<std::shared_ptr<ActQuantizer>> acts;
     for (const ActSite& s : sites) {
-      int bits = site_bits(model, k, units.size(), s, recipe);
+      int bits = site_bits(model, k, n_all, s, recipe);
       std::shared_ptr<ActQuantizer> q;
       if (bits < 32) {
         ActQuantSpec as;

@@ -154,7 +154,7 @@ TEST(Engine, EveryMethodBeatsNearestOnARealDecoderLayer) {
       y_fp = unit.forward(x, fp);
     }
     QuantState state;
-    quantize(*model, train, r, state, [](const std::string&) {});
+    quantize(*model, train, r, state, [](const std::string&) {}, /*max_units=*/1);
     QuantizedContext q(state);
     q.begin_unit(unit);
     torch::NoGradGuard ng;

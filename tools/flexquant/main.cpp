@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int threads = 0;
   bool quiet = false, verbose = false;
-  app.add_option("--threads", threads, "Worker threads (default: all cores)");
+  app.add_option("--threads", threads, "Worker threads (default: $FLEXQUANT_THREADS, else all cores)");
   app.add_flag("-q,--quiet", quiet, "Only warnings and errors");
   app.add_flag("-v,--verbose", verbose, "Debug output");
   for (auto& e : cli::registry()) e.setup(*app.add_subcommand(e.name, e.help));
