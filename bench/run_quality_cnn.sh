@@ -44,7 +44,7 @@ SECTION="$OUT/section.md"
       echo "### $m ${s^^}"; echo
       echo "Run $(cat "$OUT/$row.cmd")"; echo
       cat "$OUT/$row.md"
-      grep -E "^total time" "$OUT/$row.log" | sed 's/^/\n/'
+      grep -E "^total time" "$OUT/$row.log" | sed 's/^/\n/' || true
       echo
     done
   done

@@ -3,7 +3,7 @@
 # paragraphs 0-1999, evaluation = paragraphs 2000- (first 60,000 tokens, windows of 512). Each row writes
 # out/bench_lm/<row>.{md,log,cmd}; the docs/RESULTS.md section "LM quality" is then assembled from every row
 # file present, so rows can run in separate processes (e.g. one per core with FLEXQUANT_ARGS="--threads 1").
-# Usage: bench/run_quality_lm.sh [build-dir] [iters] [row ...]
+# Usage: bench/run_quality_lm.sh [build-dir] [iters] [row ...]     (row "none": only reassemble the section)
 #   rows: w4ch w3ch w4g32 w3g32 w8a8 w4a8kv8 (default all)
 # FlexRound's released LLM code runs 5000 iterations per decoder layer.
 set -euo pipefail
@@ -24,6 +24,7 @@ declare -A ARGS=([w4ch]="--recipe $R" [w3ch]="--recipe $R --set weight.bits=3" [
                  [w8a8]="--recipe $W,recipes/llm-smoothquant-w8a8.json --set weight.bits=8 --set act.bits=8"
                  [w4a8kv8]="--recipe recipes/llm-rtn-w4.json,recipes/llm-gptq-w4.json,recipes/llm-flexround-w4.json --set act.bits=8 --set act.per_token=true --set act.kv_bits=8")
 for row in $ROWS; do
+  [[ $row == none ]] && continue
   [[ -n "${ARGS[$row]:-}" ]] || { echo "unknown row '$row' -> allowed: ${!ARGS[*]}" >&2; exit 2; }
   cmd="./$BUILD/flexquant ${FLEXQUANT_ARGS:-} compare --model $SHARED/data/lm/stories260K.bin --data $SHARED/data/lm/tinystories_valid_first.txt --calib-paragraphs 2000 ${ARGS[$row]} --set calib.samples=512 --set recon.iters=$ITERS --markdown $OUT/$row.md"
   echo "$(date -u '+%F %H:%M UTC'), commit $(git rev-parse --short HEAD): \`$cmd\`" > "$OUT/$row.cmd"
@@ -50,7 +51,7 @@ SECTION="$OUT/section.md"
     if [[ -f "$OUT/$row.md" ]]; then
       echo "Run $(cat "$OUT/$row.cmd")"; echo
       cat "$OUT/$row.md"
-      grep -E "^total time" "$OUT/$row.log" | sed 's/^/\n/'
+      grep -E "^total time" "$OUT/$row.log" | sed 's/^/\n/' || true
     else
       echo "Not run."
     fi
