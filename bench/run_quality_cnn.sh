@@ -3,7 +3,7 @@
 # AdaRound, FlexRound and FlexRound+QDrop on one table. Calibration: records 0-1023; evaluation: records
 # 1024-9999 (8,976 images). Each row writes out/bench_cnn/<model>-w<W>a<A>.{md,log,cmd}; the docs/RESULTS.md
 # section "CNN quality" is assembled from every row file present, so rows can run in separate processes.
-# Usage: bench/run_quality_cnn.sh [build-dir] [iters] [models] [settings]
+# Usage: bench/run_quality_cnn.sh [build-dir] [iters] [models] [settings]   (models "none": only reassemble)
 #   models: "resnet20 resnet32 resnet44" (default), settings: "w4a32 w3a32 w2a32 w4a4 w2a4" (default)
 # The papers use 20000 iterations per block.
 set -euo pipefail
@@ -16,6 +16,7 @@ SHARED=${FLEXQUANT_SHARED:-../shared}
 OUT=out/bench_cnn; mkdir -p "$OUT"
 R=recipes/rtn-w4a4.json,recipes/adaround-w4a4.json,recipes/flexround-w4a4.json,recipes/flexround-qdrop-w4a4.json
 for m in $MODELS; do
+  [[ $m == none ]] && continue  # "none": only reassemble the section
   for s in $SETTINGS; do
     [[ $s =~ ^w([0-9]+)a([0-9]+)$ ]] || { echo "bad setting '$s' -> expected w<bits>a<bits>, e.g. w4a4" >&2; exit 2; }
     W=${BASH_REMATCH[1]}; A=${BASH_REMATCH[2]}
