@@ -6,6 +6,7 @@
 # Usage: bench/run_quality_cnn.sh [build-dir] [iters] [models] [settings]   (models "none": only reassemble)
 #   models: "resnet20 resnet32 resnet44" (default), settings: "w4a32 w3a32 w2a32 w4a4 w2a4" (default)
 # The papers use 20000 iterations per block.
+# Reassembling rewrites the whole section: the hand-written "Against the issue's targets" paragraph must be redone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}; ITERS=${2:-20000}

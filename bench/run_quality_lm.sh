@@ -6,6 +6,7 @@
 # Usage: bench/run_quality_lm.sh [build-dir] [iters] [row ...]     (row "none": only reassemble the section)
 #   rows: w4ch w3ch w4g32 w3g32 w8a8 w4a8kv8 (default all)
 # FlexRound's released LLM code runs 5000 iterations per decoder layer.
+# Reassembling rewrites the whole section: the hand-written "Against the issue's targets" paragraph must be redone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}; ITERS=${2:-5000}; shift 2 || true
