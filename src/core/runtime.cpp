@@ -61,7 +61,10 @@ std::string init_runtime(int threads) {
     // FLEXQUANT_THREADS lets a test run or a second job on a shared machine stay off the busy cores:
     // OpenMP threads that wait on a descheduled sibling make small-op workloads several times slower.
     if (n <= 0) {
-      if (const char* env = std::getenv("FLEXQUANT_THREADS")) n = std::atoi(env);
+      if (const char* env = std::getenv("FLEXQUANT_THREADS")) {
+        n = std::atoi(env);
+        if (n <= 0) log_warn(std::string("FLEXQUANT_THREADS=\"") + env + "\" is not a positive integer; using all cores");
+      }
     }
     if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
     if (n < 1) n = 1;

@@ -35,6 +35,16 @@ std::unique_ptr<Task> stories_task() {
   w.eval_limit = 4000;
   return make_task(w);
 }
+
+// The LM tests' common setting: weight-only 3-bit per-channel asymmetric (what separates the methods most).
+Recipe lm_w3_recipe(const std::string& method) {
+  Recipe r;
+  r.method = method;
+  r.weight_bits = 3;
+  r.weight_granularity = "channel";
+  r.weight_symmetric = false;
+  return r;
+}
 }  // namespace
 
 TEST(Engine, FlexRoundBeatsNearestOnRealResNet20Blocks) {
@@ -81,11 +91,7 @@ TEST(Engine, SavedModelReproducesFakeQuantAccuracyExactly) {
 TEST(Engine, LanguageModelEndToEnd) {
   auto task = stories_task();
   double fp = evaluate_fp(*task);
-  Recipe r;
-  r.method = "flexround";
-  r.weight_bits = 3;
-  r.weight_granularity = "channel";
-  r.weight_symmetric = false;
+  Recipe r = lm_w3_recipe("flexround");
   r.iters = 30;
   r.batch = 4;
   r.calib_samples = 16;
@@ -103,11 +109,7 @@ TEST(Engine, LanguageModelEndToEnd) {
 
 TEST(Engine, GptqAndSmoothQuantOnStories260K) {
   auto task = stories_task();
-  Recipe r;
-  r.method = "gptq";
-  r.weight_bits = 3;
-  r.weight_granularity = "channel";
-  r.weight_symmetric = false;
+  Recipe r = lm_w3_recipe("gptq");
   r.calib_samples = 32;
   r.calib_seq_len = 256;
   Recipe rtn = r;
@@ -132,10 +134,7 @@ TEST(Engine, GptqAndSmoothQuantOnStories260K) {
 // The error is measured on 16 held-back calibration sequences that the optimiser never samples.
 TEST(Engine, EveryMethodBeatsNearestOnARealDecoderLayer) {
   auto task = stories_task();
-  Recipe base;
-  base.weight_bits = 3;
-  base.weight_granularity = "channel";
-  base.weight_symmetric = false;
+  Recipe base = lm_w3_recipe("rtn");
   base.iters = 60;
   base.batch = 4;
   base.lr = 3e-3;
@@ -160,8 +159,7 @@ TEST(Engine, EveryMethodBeatsNearestOnARealDecoderLayer) {
     torch::NoGradGuard ng;
     return (unit.forward(x, q) - y_fp).pow(2).mean().item<double>();
   };
-  Recipe rtn = base;
-  rtn.method = "rtn";
+  const Recipe rtn = base;  // lm_w3_recipe("rtn")
   const double e_rtn = layer0_error(rtn);
   for (std::string m : {"gptq", "adaround", "flexround", "lrq"}) {
     Recipe r = base;
