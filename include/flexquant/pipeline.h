@@ -21,6 +21,9 @@ struct Workload {
   std::string data;
   std::string tokenizer;      ///< LM: tok512.bin-style tokenizer; default: tok512.bin beside the model
   int64_t eval_limit = 0;     ///< CNN: at most this many evaluation images; LM: tokens (0 = all / 60000)
+  /// Skip this many evaluation images / tokens first: a validation slice for choosing hyperparameters that
+  /// leaves the reported test slice untouched (e.g. --eval-skip 60000 --eval-limit 60000 for an LM).
+  int64_t eval_skip = 0;
   int64_t calib_paragraphs = 200;  ///< LM: paragraphs [0, n) calibrate, [n, end) evaluate (disjoint)
 };
 

@@ -36,6 +36,7 @@ struct Recipe {
   double lr = 3e-3;                           // learning rate of the rounding parameters
   std::string lr_schedule = "cosine";         // cosine | constant
   double qdrop = 0.0;                         // probability of keeping FP at each dropped site (0 = off, 0.5 = QDrop)
+  bool dynamic_acts_in_loop = false;          // per-token quantizers on while training (released LLM code: off)
   RounderOptions rounder;
 
   // calibration
@@ -88,6 +89,7 @@ void visit(Recipe& r, V&& v) {
   v("recon.lr", r.lr, "Adam learning rate of the rounding parameters.");
   v("recon.lr_schedule", r.lr_schedule, "cosine (to 0 over recon.iters) | constant.");
   v("recon.qdrop", r.qdrop, "QDrop probability of keeping FP values at unit inputs and activation sites; 0 = off.");
+  v("recon.dynamic_acts_in_loop", r.dynamic_acts_in_loop, "Keep dynamic per-token (and KV) activation quantizers on while training; off = weight-only reconstruction, as FlexRound's released W4A8 code.");
   v("adaround.lambda", r.rounder.adaround_lambda, "AdaRound rounding-regulariser weight.");
   v("adaround.warmup", r.rounder.adaround_warmup, "Fraction of iterations before the regulariser starts.");
   v("adaround.beta_start", r.rounder.adaround_beta_start, "Regulariser beta at the end of warm-up.");

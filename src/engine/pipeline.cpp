@@ -53,9 +53,12 @@ class ImageTask : public Task {
   }
  private:
   std::pair<int64_t, int64_t> eval_range() const {
+    const int64_t b = eval_start_ + workload_.eval_skip;
+    FQ_CHECK(workload_.eval_skip >= 0 && b < data_.size(), ConfigError, "--eval-skip ", workload_.eval_skip,
+             " leaves no evaluation images (", data_.size() - eval_start_, " after calibration) -> lower it");
     int64_t e = data_.size();
-    if (workload_.eval_limit > 0) e = std::min(e, eval_start_ + workload_.eval_limit);
-    return {eval_start_, e};
+    if (workload_.eval_limit > 0) e = std::min(e, b + workload_.eval_limit);
+    return {b, e};
   }
   ImageDataset data_;
   // Evaluation always starts after the largest calibration set (1,024 images, the papers' setting), so
@@ -98,6 +101,7 @@ class LanguageTask : public Task {
     p.stride = max_seq_len_;
     p.range.first_paragraph = workload_.calib_paragraphs;
     p.max_tokens = workload_.eval_limit > 0 ? workload_.eval_limit : 60000;
+    p.skip_tokens = workload_.eval_skip;
     return p;
   }
   std::string evaluation_description() const override {

@@ -36,8 +36,10 @@ torch::Tensor chunked(const torch::Tensor& x, const std::function<torch::Tensor(
   return torch::cat(outs, 0);
 }
 
-bool is_kv_site(const ActSite& s) { return s.name == "k" || s.name == "v" || s.name.size() > 2 &&
-                                     (s.name.substr(s.name.size() - 2) == ".k" || s.name.substr(s.name.size() - 2) == ".v"); }
+bool is_kv_site(const ActSite& s) {
+  return s.name == "k" || s.name == "v" ||
+         (s.name.size() > 2 && (s.name.substr(s.name.size() - 2) == ".k" || s.name.substr(s.name.size() - 2) == ".v"));
+}
 
 // Bits for activation site j of unit k (32 = off). The classifier input of a CNN stays at 8 bits (QDrop).
 int site_bits(ModelAdapter& model, size_t k, size_t n_units, const ActSite& s, const Recipe& r) {
@@ -291,6 +293,12 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
       for (auto& q : acts) if (q) for (auto& p : q->parameters()) a_params.push_back(p);
       ctx.hard = false;
       for (auto& q : acts) if (q) q->set_training(true, recipe.qdrop);
+      // Dynamic per-token quantizers learn nothing; with them off the rounders fit the weights alone
+      // (FlexRound's released W4A8 code), which measured better than training through their noise.
+      const auto acts_on = ctx.acts;
+      if (!recipe.dynamic_acts_in_loop)
+        for (size_t j = 0; j < acts.size(); ++j)
+          if (acts[j] && acts[j]->spec().per_token) ctx.acts[j] = nullptr;
       run_adam(w_params, a_params, iters, recipe, "unit \"" + unit.name() + "\"",
                [&](int64_t it) {
                  auto idx = sample();
@@ -308,6 +316,7 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
                  return std::make_pair(loss, reg);
                },
                [&](int64_t it, double running) { progress_line(unit.name(), it, running); });
+      ctx.acts = acts_on;
     } else {
       // Layer-wise (AdaRound's original setting): layer i sees the input produced by the hardened layers
       // before it on the quantized path, and matches its own FP output on the FP path.

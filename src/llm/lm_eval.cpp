@@ -166,6 +166,7 @@ std::string PplProtocol::describe() const {
   s << "window " << window << ", stride " << stride << ", "
     << (range.bos_per_paragraph ? "BOS per paragraph" : "one BOS at start") << ", paragraphs [" << range.first_paragraph
     << ", " << (range.last_paragraph < 0 ? std::string("end") : std::to_string(range.last_paragraph)) << "), "
+    << (skip_tokens > 0 ? "after skipping " + std::to_string(skip_tokens) + " tokens, " : std::string())
     << (max_tokens > 0 ? "first " + std::to_string(max_tokens) + " tokens" : std::string("all tokens"))
     << ", mean next-token NLL over tokens with context in their window";
   return s.str();
@@ -175,6 +176,7 @@ void PplProtocol::validate() const {
   FQ_CHECK(window >= 2, ConfigError, "ppl window ", window, " -> allowed >= 2");
   FQ_CHECK(stride >= 1 && stride <= window, ConfigError, "ppl stride ", stride, " -> allowed 1..window (", window, ")");
   FQ_CHECK(max_tokens >= 0, ConfigError, "ppl max_tokens ", max_tokens, " -> allowed >= 0 (0 = all)");
+  FQ_CHECK(skip_tokens >= 0, ConfigError, "ppl skip_tokens ", skip_tokens, " -> allowed >= 0");
   FQ_CHECK(batch >= 1, ConfigError, "ppl batch ", batch, " -> allowed >= 1");
 }
 
@@ -184,6 +186,9 @@ PplResult perplexity(ModelAdapter& model, const torch::Tensor& stream_in, const 
            " -> expected a 1-D token stream of >= 2 tokens");
   torch::NoGradGuard no_grad;
   torch::Tensor stream = stream_in.to(torch::kLong);
+  FQ_CHECK(stream.size(0) - protocol.skip_tokens >= 2, ConfigError, "the evaluation text has ", stream.size(0),
+           " tokens, and skipping ", protocol.skip_tokens, " leaves fewer than 2 -> lower the skip (--eval-skip)");
+  stream = stream.slice(0, protocol.skip_tokens);
   if (protocol.max_tokens > 0 && stream.size(0) > protocol.max_tokens) stream = stream.slice(0, 0, protocol.max_tokens);
   const int64_t N = stream.size(0);
 

@@ -180,3 +180,37 @@ TEST(Engine, EveryMethodBeatsNearestOnARealDecoderLayer) {
   EXPECT_LT(e_sq, e_a8) << "smoothquant";
 }
 
+
+TEST(Engine, PerTokenActivationsReconstructWeightOnlyByDefault) {
+  // FlexRound's released W4A8 code trains with activations FP: layer 0 (whose input is the same on both
+  // paths) must then learn exactly the codes of the weight-only run, and different ones when the dynamic
+  // quantizers stay in the loop.
+  auto task = stories_task();
+  Recipe r = lm_w3_recipe("flexround");
+  r.iters = 40;
+  r.batch = 4;
+  r.calib_samples = 8;
+  r.calib_seq_len = 64;
+  auto layer0_codes = [&](const Recipe& rr) {
+    auto model = task->load_model();
+    QuantState state;
+    quantize(*model, task->calibration(rr), rr, state, [](const std::string&) {}, /*max_units=*/1);
+    EXPECT_FALSE(state.weights.empty());
+    return state.weights;
+  };
+  const auto w_only = layer0_codes(r);
+  Recipe a8 = r;
+  a8.act_bits = 8;
+  a8.act_per_token = true;
+  a8.kv_bits = 8;
+  const auto default_a8 = layer0_codes(a8);
+  a8.dynamic_acts_in_loop = true;
+  const auto in_loop = layer0_codes(a8);
+  int differ = 0;
+  for (const auto& [name, qt] : w_only) {
+    ASSERT_TRUE(default_a8.count(name) && in_loop.count(name)) << name;
+    EXPECT_TRUE(torch::equal(qt.codes, default_a8.at(name).codes)) << name;
+    differ += !torch::equal(qt.codes, in_loop.at(name).codes);
+  }
+  EXPECT_GT(differ, 0) << "the per-token quantizers never reached the loss";
+}

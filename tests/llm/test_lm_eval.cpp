@@ -166,6 +166,20 @@ TEST(LmEval, ProtocolInvariancesAndRanges) {
   EXPECT_LT(rc.nll, ra.nll + 1e-6);
   EXPECT_THROW(perplexity(*model, stream, PplProtocol{/*window=*/1, /*stride=*/1, {}, 0, 1}, fp), ConfigError);
 
+  // skip_tokens: the slice after the skipped tokens, exactly as if the stream started there
+  PplProtocol d = a;
+  d.skip_tokens = 300;
+  d.max_tokens = 600;
+  PplResult rd = perplexity(*model, stream, d, fp);
+  PplProtocol e = a;
+  e.max_tokens = 600;
+  PplResult re = perplexity(*model, stream.slice(0, 300), e, fp);
+  EXPECT_EQ(rd.nll, re.nll);
+  EXPECT_EQ(rd.stream_tokens, 600);
+  EXPECT_NE(rd.protocol.find("skipping 300"), std::string::npos) << rd.protocol;
+  d.skip_tokens = stream.size(0) - 1;  // one token left: nothing to predict
+  EXPECT_THROW(perplexity(*model, stream, d, fp), ConfigError);
+
   // paragraph ranges: BOS per paragraph, ranges tile the file
   const auto& paras = tokenize_paragraphs(text_path(), tok());
   torch::Tensor r1 = corpus_tokens(text_path(), tok(), {0, 3});

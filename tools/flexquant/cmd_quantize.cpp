@@ -24,6 +24,8 @@ void add_workload(CLI::App& app, Workload& w, bool model_required = true) {
   app.add_option("--data", w.data, "Data: cifar10:<dir>, fashion-mnist:<dir>, or a text file for LMs")->required();
   app.add_option("--tokenizer", w.tokenizer, "LM tokenizer (default: tok512.bin beside the model)");
   app.add_option("--eval-limit", w.eval_limit, "Evaluate on at most N images (CNN) or tokens (LM; default 60000)");
+  app.add_option("--eval-skip", w.eval_skip,
+                 "Skip the first N evaluation images/tokens: a validation slice for tuning (default 0)");
   app.add_option("--calib-paragraphs", w.calib_paragraphs, "LM: paragraphs [0,N) calibrate, the rest evaluate");
 }
 
