@@ -73,4 +73,9 @@ TEST(CliQuantize, BadInputGetsClearErrors) {
   EXPECT_NE(r.out.find("weight.bits 9"), std::string::npos) << r.out;
   r = run_cli("eval --model recipes/rtn-w4a4.json --data cifar10:/tmp");
   EXPECT_NE(r.code, 0);
+  // A validation slice past the end of the evaluation text is refused, naming the flag.
+  r = run_cli("--threads 1 compare --model " + shared_path("data/lm/stories260K.bin") + " --data " +
+              shared_path("data/lm/tinystories_valid_first.txt") + " --recipe recipes/llm-rtn-w4.json --eval-skip 10000000");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--eval-skip"), std::string::npos) << r.out;
 }
