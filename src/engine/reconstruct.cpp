@@ -56,6 +56,7 @@ class TrainContext : public UnitContext {
   std::vector<Rounder*> rounders;
   std::vector<ActQuantizer*> acts;  // null where the site is not quantized
   bool hard = false;
+  bool dynamic_acts = true;  // false: per-token (dynamic) quantizers pass x through, for weight-only training
   bool calibrating = false;
   std::vector<bool> calibrated;
   int fp_from = 1 << 30;  // layers with index >= fp_from run FP weights (layer-wise input capture)
@@ -69,7 +70,7 @@ class TrainContext : public UnitContext {
   }
   torch::Tensor act(const ActSite& site, int j, const torch::Tensor& x) override {
     ActQuantizer* q = acts.at(j);
-    if (!q) return x;
+    if (!q || (!dynamic_acts && q->spec().per_token)) return x;
     if (calibrating && !calibrated[j]) {
       q->calibrate(x.detach());
       calibrated[j] = true;
@@ -295,10 +296,7 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
       for (auto& q : acts) if (q) q->set_training(true, recipe.qdrop);
       // Dynamic per-token quantizers learn nothing; with them off the rounders fit the weights alone
       // (FlexRound's released W4A8 code), which measured better than training through their noise.
-      const auto acts_on = ctx.acts;
-      if (!recipe.dynamic_acts_in_loop)
-        for (size_t j = 0; j < acts.size(); ++j)
-          if (acts[j] && acts[j]->spec().per_token) ctx.acts[j] = nullptr;
+      ctx.dynamic_acts = recipe.dynamic_acts_in_loop;
       run_adam(w_params, a_params, iters, recipe, "unit \"" + unit.name() + "\"",
                [&](int64_t it) {
                  auto idx = sample();
@@ -316,7 +314,7 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
                  return std::make_pair(loss, reg);
                },
                [&](int64_t it, double running) { progress_line(unit.name(), it, running); });
-      ctx.acts = acts_on;
+      ctx.dynamic_acts = true;
     } else {
       // Layer-wise (AdaRound's original setting): layer i sees the input produced by the hardened layers
       // before it on the quantized path, and matches its own FP output on the FP path.
