@@ -54,7 +54,7 @@ class ImageTask : public Task {
  private:
   std::pair<int64_t, int64_t> eval_range() const {
     const int64_t b = eval_start_ + workload_.eval_skip;
-    FQ_CHECK(workload_.eval_skip >= 0 && b < data_.size(), ConfigError, "--eval-skip ", workload_.eval_skip,
+    FQ_CHECK(b < data_.size(), ConfigError, "--eval-skip ", workload_.eval_skip,
              " leaves no evaluation images (", data_.size() - eval_start_, " after calibration) -> lower it");
     int64_t e = data_.size();
     if (workload_.eval_limit > 0) e = std::min(e, b + workload_.eval_limit);
@@ -128,6 +128,7 @@ bool is_language_model_path(const std::string& p) {
 std::unique_ptr<Task> make_task(const Workload& w) {
   FQ_CHECK(!w.model.empty(), ConfigError, "no model given: pass --model <file>");
   FQ_CHECK(fs::exists(w.model), IoError, "model \"", w.model, "\" does not exist");
+  FQ_CHECK(w.eval_skip >= 0, ConfigError, "--eval-skip ", w.eval_skip, " -> allowed >= 0 (evaluation items to skip)");
   std::string arch = w.arch;
   if (arch == "auto" && is_language_model_path(w.model)) arch = "llama";
   if (arch == "llama") return std::make_unique<LanguageTask>(w);

@@ -78,4 +78,8 @@ TEST(CliQuantize, BadInputGetsClearErrors) {
               shared_path("data/lm/tinystories_valid_first.txt") + " --recipe recipes/llm-rtn-w4.json --eval-skip 10000000");
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("--eval-skip"), std::string::npos) << r.out;
+  r = run_cli("compare --model " + shared_path("data/lm/stories260K.bin") + " --data " +
+              shared_path("data/lm/tinystories_valid_first.txt") + " --recipe recipes/llm-rtn-w4.json --eval-skip -5");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--eval-skip -5 -> allowed >= 0"), std::string::npos) << r.out;
 }
