@@ -4,15 +4,15 @@
 # Usage: bench/run_bench_quantize.sh [build-dir]   (default: build; builds the bench target first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 BUILD=${1:-build}
 REPS=${REPS:-5}
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$BUILD" --target bench_quantize -j2 >/dev/null
-CMD="$BUILD/bench_quantize --benchmark_repetitions=$REPS --benchmark_report_aggregates_only=true --benchmark_min_time=0.5"
+bench_binary "$BUILD" bench_quantize
+CMD="$BENCH_BIN --benchmark_repetitions=$REPS --benchmark_report_aggregates_only=true --benchmark_min_time=0.5"
 JSON=$(mktemp)
 trap 'rm -f "$JSON"' EXIT
 $CMD --benchmark_format=json >"$JSON"
-/usr/bin/python3 - "$JSON" "$CMD" <<'PY'
+/usr/bin/python3 - "$JSON" "$CMD" "$BENCH_PROVENANCE" <<'PY'
 import json, sys, datetime, subprocess, re, os
 data = json.load(open(sys.argv[1]))
 cmd = sys.argv[2]
@@ -33,10 +33,10 @@ rows = [
     ("BM_CopyClone", "copy into a new tensor: x.clone()", "-"),
     ("BM_Fp8E4M3_NearestEven_Alloc", "fp8_e4m3, allocating quantize()", "nearest_even"),
 ]
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+provenance = sys.argv[3]
 ctx = data.get("context", {})
 out = ["## Quantize throughput", "",
-       f"Measured {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC at commit {commit}; machine: 2 vCPU "
+       f"Measured {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {provenance}; machine: 2 vCPU "
        f"({ctx.get('num_cpus', '?')} CPUs seen, {ctx.get('mhz_per_cpu', '?')} MHz), AVX2-bound by OPENBLAS_CORETYPE, "
        f"shared with other jobs (expect +-15-25 % between runs). Command:", "",
        "```", f"bench/run_bench_quantize.sh   # runs: {cmd}", "```", "",

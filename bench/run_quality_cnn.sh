@@ -9,6 +9,7 @@
 # Reassembling rewrites the whole section: the hand-written "Against the issue's targets" paragraph must be redone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 BUILD=${1:-build}; ITERS=${2:-20000}
 MODELS=${3:-resnet20 resnet32 resnet44}
 SETTINGS=${4:-w4a32 w3a32 w2a32 w4a4 w2a4}
@@ -16,14 +17,15 @@ ALL_MODELS="resnet20 resnet32 resnet44"; ALL_SETTINGS="w4a32 w3a32 w2a32 w4a4 w2
 SHARED=${FLEXQUANT_SHARED:-../shared}
 OUT=out/bench_cnn; mkdir -p "$OUT"
 R=recipes/rtn-w4a4.json,recipes/adaround-w4a4.json,recipes/flexround-w4a4.json,recipes/flexround-qdrop-w4a4.json
+[[ "$MODELS" == none ]] || bench_binary "$BUILD"
 for m in $MODELS; do
   [[ $m == none ]] && continue  # "none": only reassemble the section
   for s in $SETTINGS; do
     [[ $s =~ ^w([0-9]+)a([0-9]+)$ ]] || { echo "bad setting '$s' -> expected w<bits>a<bits>, e.g. w4a4" >&2; exit 2; }
     W=${BASH_REMATCH[1]}; A=${BASH_REMATCH[2]}
     row="$m-$s"
-    cmd="./$BUILD/flexquant ${FLEXQUANT_ARGS:-} compare --model $SHARED/data/cifar10/$m.safetensors --arch resnet_cifar --data cifar10:$SHARED/data/cifar10 --recipe $R --set weight.bits=$W --set act.bits=$A --set recon.iters=$ITERS --markdown $OUT/$row.md"
-    echo "$(date -u '+%F %H:%M UTC'), commit $(git rev-parse --short HEAD): \`$cmd\`" > "$OUT/$row.cmd"
+    cmd="$BENCH_BIN ${FLEXQUANT_ARGS:-} compare --model $SHARED/data/cifar10/$m.safetensors --arch resnet_cifar --data cifar10:$SHARED/data/cifar10 --recipe $R --set weight.bits=$W --set act.bits=$A --set recon.iters=$ITERS --markdown $OUT/$row.md"
+    bench_cmd_line "$OUT/$row.cmd" "$cmd"
     $cmd > "$OUT/$row.log" 2>&1
     echo "done $row"
   done

@@ -9,6 +9,7 @@
 # Reassembling rewrites the whole section: the hand-written "Against the issue's targets" paragraph must be redone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 BUILD=${1:-build}; ITERS=${2:-5000}; shift 2 || true
 ROWS=${*:-w4ch w3ch w4g32 w3g32 w8a8 w4a8kv8}
 ALL_ROWS="w4ch w3ch w4g32 w3g32 w8a8 w4a8kv8"
@@ -26,11 +27,12 @@ declare -A ARGS=([w4ch]="--recipe $R" [w3ch]="--recipe $R --set weight.bits=3" [
                  [w3g32]="--recipe $RG --set weight.bits=3 $G32"
                  [w8a8]="--recipe $W,recipes/llm-smoothquant-w8a8.json --set weight.bits=8 --set act.bits=8"
                  [w4a8kv8]="--recipe recipes/llm-rtn-w4.json,recipes/llm-gptq-w4.json,recipes/llm-flexround-w4.json --set act.bits=8 --set act.per_token=true --set act.kv_bits=8")
+[[ "$ROWS" == none ]] || bench_binary "$BUILD"
 for row in $ROWS; do
   [[ $row == none ]] && continue
   [[ -n "${ARGS[$row]:-}" ]] || { echo "unknown row '$row' -> allowed: ${!ARGS[*]}" >&2; exit 2; }
-  cmd="./$BUILD/flexquant ${FLEXQUANT_ARGS:-} compare --model $SHARED/data/lm/stories260K.bin --data $SHARED/data/lm/tinystories_valid_first.txt --calib-paragraphs 2000 ${ARGS[$row]} --set calib.samples=512 --set recon.iters=$ITERS --markdown $OUT/$row.md"
-  echo "$(date -u '+%F %H:%M UTC'), commit $(git rev-parse --short HEAD): \`$cmd\`" > "$OUT/$row.cmd"
+  cmd="$BENCH_BIN ${FLEXQUANT_ARGS:-} compare --model $SHARED/data/lm/stories260K.bin --data $SHARED/data/lm/tinystories_valid_first.txt --calib-paragraphs 2000 ${ARGS[$row]} --set calib.samples=512 --set recon.iters=$ITERS --markdown $OUT/$row.md"
+  bench_cmd_line "$OUT/$row.cmd" "$cmd"
   $cmd > "$OUT/$row.log" 2>&1
   echo "done $row"
 done

@@ -9,6 +9,10 @@ namespace flexquant {
 /// Library version string, e.g. "0.1.0".
 const char* version();
 
+/// `git describe --always --dirty` of the source tree this library was built from (refreshed at every build), so a
+/// result can name its code: "4e6d53c1a2b3", "4e6d53c1a2b3-dirty", or "unknown (...)" outside a git checkout.
+const char* build_commit();
+
 /// Call once at start-up. Sets torch's intra-op thread count (0 = $FLEXQUANT_THREADS if set, else all cores;
 /// libtorch's default is half of them), and checks which BLAS is loaded: warns loudly if it is the reference BLAS or the
 /// pthread OpenBLAS. Returns a one-line description of the BLAS in use.

@@ -149,6 +149,7 @@ int64_t save_qmodel(const std::string& path, ModelAdapter& model, const QuantSta
       {"format", "flexquant.qmodel"},
       {"format_version", std::to_string(kQModelFormatVersion)},
       {"flexquant_version", version()},
+      {"build_commit", build_commit()},
       {"arch", info.arch},
       {"source_model", info.source_model},
       {"source_hash", info.source_hash},

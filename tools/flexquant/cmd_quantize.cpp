@@ -1,4 +1,5 @@
 // `flexquant quantize | eval | compare | recipe`: thin wrappers over include/flexquant/pipeline.h.
+#include <ATen/Parallel.h>
 #include <fmt/format.h>
 
 #include <filesystem>
@@ -34,6 +35,8 @@ std::shared_ptr<ProgressFn> progress_printer() {
 }
 
 void print_header(const Task& task, const Recipe& r) {
+  std::cout << "flexquant:   " << version() << " built from " << build_commit() << ", " << at::get_num_threads()
+            << " threads\n";
   std::cout << "calibration: " << task.calibration_description(r) << "\n";
   std::cout << "evaluation:  " << task.evaluation_description() << "\n";
 }

@@ -29,7 +29,7 @@ bool register_command(const std::string& name, const std::string& help, std::fun
 int main(int argc, char** argv) {
   using namespace flexquant;
   CLI::App app{"flexquant: post-training quantization (FlexRound, AdaRound, GPTQ, ...) for CNNs and LLMs"};
-  app.set_version_flag("--version", std::string("flexquant ") + version());
+  app.set_version_flag("--version", std::string("flexquant ") + version() + " (built from " + build_commit() + ")");
   app.require_subcommand(1);
   int threads = 0;
   bool quiet = false, verbose = false;
