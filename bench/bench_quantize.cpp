@@ -7,6 +7,8 @@
 #include <cstring>
 
 #include "flexquant/format.h"
+#include "flexquant/quantizer.h"
+#include "flexquant/rounder.h"
 #include "flexquant/runtime.h"
 
 namespace {
@@ -22,7 +24,7 @@ struct Data {
     torch::manual_seed(0);
     x = torch::randn({kRows, kCols});
     y = torch::empty_like(x);
-    per_channel_int4 = minmax_scale_params(x, Format::parse("int4"), ScaleGranularity::PerChannel);
+    per_channel_int4 = minmax_scale_params(x, Format::parse("int4"), Granularity::PerChannel);
     unit = ScaleParams::per_tensor(1.0f);
     y.copy_(x);  // touch the output pages once
   }
@@ -90,6 +92,34 @@ void BM_Fp8E4M3_NearestEven_Alloc(benchmark::State& st) {
   finish(st);
 }
 
+// The engine's path: a weight grid (WeightQuantSpec) through WeightLevels, as every rounder and GPTQ round.
+// These allocate their result, so they compare with clone() above.
+WeightQuantSpec engine_spec(const char* fmt, bool symmetric) {
+  WeightQuantSpec s;
+  s.format = std::string(fmt) == "int" ? int_weight_format(4) : Format::parse(fmt);
+  s.symmetric = symmetric;
+  s.granularity = Granularity::PerChannel;
+  s.init = ScaleInit::MinMax;
+  return s;
+}
+void run_engine_rtn(benchmark::State& st, const WeightQuantSpec& spec) {
+  auto& d = data();
+  const QParams qp = init_qparams(d.x, spec);
+  for (auto _ : st) benchmark::DoNotOptimize(fake_quant_rtn(d.x, spec, qp));
+  finish(st);
+}
+void BM_Engine_RtnUint4PerChannel(benchmark::State& st) { run_engine_rtn(st, engine_spec("int", false)); }
+void BM_Engine_RtnFp4E2M1PerChannel(benchmark::State& st) { run_engine_rtn(st, engine_spec("fp4_e2m1", true)); }
+void BM_Engine_FlexRoundFp4E2M1Forward(benchmark::State& st) {
+  auto& d = data();
+  const auto spec = engine_spec("fp4_e2m1", true);
+  auto r = make_rounder("flexround");
+  r->init(d.x, spec, init_qparams(d.x, spec));
+  torch::NoGradGuard ng;
+  for (auto _ : st) benchmark::DoNotOptimize(r->forward(true));
+  finish(st);
+}
+
 BENCHMARK(BM_CopyMemcpy)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_CopyAtCopy)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Int4PerChannel_NearestEven)->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -98,6 +128,9 @@ BENCHMARK(BM_Int4PerChannel_Stochastic)->Unit(benchmark::kMillisecond)->UseRealT
 BENCHMARK(BM_Fp8E4M3_Stochastic)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_CopyClone)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Fp8E4M3_NearestEven_Alloc)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Engine_RtnUint4PerChannel)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Engine_RtnFp4E2M1PerChannel)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Engine_FlexRoundFp4E2M1Forward)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 

@@ -35,8 +35,17 @@ bench_binary() {
   BENCH_PROVENANCE="built from commit $want ($exe sha256 $sha...)"
 }
 
-# bench_cmd_line FILE CMD...: records when and from what CMD ran, verbatim, for the table assembled later.
-bench_cmd_line() {
-  local file=$1; shift
-  echo "$(date -u '+%F %H:%M UTC'), $BENCH_PROVENANCE: \`$*\`" > "$file"
+# bench_run CMDFILE LOG CMD...: runs CMD (output to LOG) and only then writes CMDFILE: the start date, the
+# provenance and CMD verbatim. Written after the run and checked against the commit the program printed in its
+# own log, so a table line can only describe the run that produced the table beside it.
+bench_run() {
+  local cmdfile=$1 log=$2; shift 2
+  local start; start=$(date -u '+%F %H:%M UTC')
+  rm -f "$cmdfile"
+  "$@" > "$log" 2>&1 || { tail -5 "$log" >&2; bench_die "failed: $* (log: $log)"; }
+  local commit=${BENCH_PROVENANCE#built from commit }; commit=${commit%% *}
+  if grep -q '^flexquant:' "$log" && ! grep -q "^flexquant: .* built from $commit," "$log"; then
+    bench_die "$log names another build than $commit: $(grep -m1 '^flexquant:' "$log")"
+  fi
+  echo "$start, $BENCH_PROVENANCE: \`$*\`" > "$cmdfile"
 }

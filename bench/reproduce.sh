@@ -21,9 +21,8 @@ run_row() {  # run_row ROW -> out/reproduce/ROW.md (the results table), .log, .c
   [[ -n "$args" ]] || bench_die "unknown row '$row' -> rows: $(all_rows | tr '\n' ' ')"
   args=${args//\$SHARED/$SHARED}
   local cmd="$BENCH_BIN $args --markdown $OUT/$row.md"
-  bench_cmd_line "$OUT/$row.cmd" "$cmd"
   echo "[reproduce] $row: $cmd" >&2
-  $cmd > "$OUT/$row.log" 2>&1 || { tail -5 "$OUT/$row.log" >&2; bench_die "row '$row' failed (log: $OUT/$row.log)"; }
+  bench_run "$OUT/$row.cmd" "$OUT/$row.log" $cmd
 }
 
 # table_values MD: "label<TAB>value" for every row of a results table.

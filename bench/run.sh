@@ -12,6 +12,5 @@ NAME=$1; shift
 OUT=out/runs; mkdir -p "$OUT"
 bench_binary "${BENCH_BUILD:-build-bench}"
 cmd="$BENCH_BIN $* --markdown $OUT/$NAME.md"
-bench_cmd_line "$OUT/$NAME.cmd" "$cmd"
-$cmd > "$OUT/$NAME.log" 2>&1
+bench_run "$OUT/$NAME.cmd" "$OUT/$NAME.log" $cmd
 cat "$OUT/$NAME.md"

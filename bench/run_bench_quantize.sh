@@ -32,6 +32,9 @@ rows = [
     ("BM_Fp8E4M3_Stochastic", "fp8_e4m3 (OCP), unit scale", "stochastic"),
     ("BM_CopyClone", "copy into a new tensor: x.clone()", "-"),
     ("BM_Fp8E4M3_NearestEven_Alloc", "fp8_e4m3, allocating quantize()", "nearest_even"),
+    ("BM_Engine_RtnUint4PerChannel", "engine: fake_quant_rtn, uint4 per-channel asymmetric", "nearest_even"),
+    ("BM_Engine_RtnFp4E2M1PerChannel", "engine: fake_quant_rtn, fp4_e2m1 per-channel", "nearest_even"),
+    ("BM_Engine_FlexRoundFp4E2M1Forward", "engine: FlexRound hard forward, fp4_e2m1 per-channel", "nearest_even"),
 ]
 provenance = sys.argv[3]
 ctx = data.get("context", {})
@@ -44,8 +47,11 @@ out = ["## Quantize throughput", "",
        f"{len([b for b in data['benchmarks'] if b.get('aggregate_name') == 'median'])} benchmarks x "
        f"{os.environ.get('REPS', '5')} repetitions. "
        f"\"% of copy\" is against the faster copy of the same run ({copy:.1f} GB/s). Quantize rows write into a "
-       "preallocated output (`quantize_out`); the last two rows include allocating and first-touching a fresh "
-       "64 MiB tensor, which costs far more than the rounding.", "",
+       "preallocated output (`quantize_out`); the rows from clone() on include allocating and first-touching a "
+       "fresh 64 MiB tensor, which costs far more than the rounding. The \"engine\" rows time what the "
+       "reconstruction engine runs: a weight grid (WeightQuantSpec) rounded through WeightLevels (integers: "
+       "ATen round/clamp; minifloats: the format kernel above), and FlexRound's hard forward (division by S, "
+       "rounding, rescale), each allocating its result.", "",
        "| what | rounding | ms / call | GB/s | % of copy |", "|---|---|---:|---:|---:|"]
 for key, what, mode in rows:
     if key in med:

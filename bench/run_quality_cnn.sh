@@ -25,8 +25,8 @@ for m in $MODELS; do
     W=${BASH_REMATCH[1]}; A=${BASH_REMATCH[2]}
     row="$m-$s"
     cmd="$BENCH_BIN ${FLEXQUANT_ARGS:-} compare --model $SHARED/data/cifar10/$m.safetensors --arch resnet_cifar --data cifar10:$SHARED/data/cifar10 --recipe $R --set weight.bits=$W --set act.bits=$A --set recon.iters=$ITERS --markdown $OUT/$row.md"
-    bench_cmd_line "$OUT/$row.cmd" "$cmd"
-    $cmd > "$OUT/$row.log" 2>&1
+    rm -f "$OUT/$row.md"
+  bench_run "$OUT/$row.cmd" "$OUT/$row.log" $cmd
     echo "done $row"
   done
 done
@@ -44,7 +44,7 @@ SECTION="$OUT/section.md"
   for m in $ALL_MODELS; do
     for s in $ALL_SETTINGS; do
       row="$m-$s"
-      [[ -f "$OUT/$row.md" ]] || continue
+      [[ -f "$OUT/$row.md" && -f "$OUT/$row.cmd" ]] || continue
       echo "### $m ${s^^}"; echo
       echo "Run $(cat "$OUT/$row.cmd")"; echo
       cat "$OUT/$row.md"

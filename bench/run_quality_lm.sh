@@ -32,8 +32,8 @@ for row in $ROWS; do
   [[ $row == none ]] && continue
   [[ -n "${ARGS[$row]:-}" ]] || { echo "unknown row '$row' -> allowed: ${!ARGS[*]}" >&2; exit 2; }
   cmd="$BENCH_BIN ${FLEXQUANT_ARGS:-} compare --model $SHARED/data/lm/stories260K.bin --data $SHARED/data/lm/tinystories_valid_first.txt --calib-paragraphs 2000 ${ARGS[$row]} --set calib.samples=512 --set recon.iters=$ITERS --markdown $OUT/$row.md"
-  bench_cmd_line "$OUT/$row.cmd" "$cmd"
-  $cmd > "$OUT/$row.log" 2>&1
+  rm -f "$OUT/$row.md"
+  bench_run "$OUT/$row.cmd" "$OUT/$row.log" $cmd
   echo "done $row"
 done
 
@@ -55,7 +55,7 @@ SECTION="$OUT/section.md"
   echo
   for row in $ALL_ROWS; do
     echo "### ${TITLE[$row]}"; echo
-    if [[ -f "$OUT/$row.md" ]]; then
+    if [[ -f "$OUT/$row.md" && -f "$OUT/$row.cmd" ]]; then
       echo "Run $(cat "$OUT/$row.cmd")"; echo
       cat "$OUT/$row.md"
       grep -E "^total time" "$OUT/$row.log" | sed 's/^/\n/' || true

@@ -2,7 +2,7 @@
 //
 // Weights are [out, in, ...]: axis 0 is the output channel and the "input dimension" is the flattened
 // remainder (K = numel / size(0)), as in torchao's PerTensor / PerAxis(0) / PerGroup.
-// (Named ScaleParams / ScaleGranularity so they do not collide with the integer-weight QParams /
+// (Named ScaleParams / Granularity so they do not collide with the integer-weight QParams /
 // Granularity of flexquant/quantizer.h, which use unsigned codes in a grouped view.)
 #pragma once
 #include <torch/types.h>
@@ -15,15 +15,16 @@ namespace flexquant {
 class Format;
 
 /// Which elements share one scale / zero point.
-enum class ScaleGranularity {
+enum class Granularity {
   PerTensor,   ///< one scale for the whole tensor
   PerChannel,  ///< one scale per output channel (axis 0)
   PerGroup,    ///< one scale per group of group_size consecutive elements along the flattened input dims
 };
 
-/// Parses "per_tensor", "per_channel", "per_group"; throws ConfigError otherwise.
-ScaleGranularity parse_scale_granularity(const std::string& name);
-std::string scale_granularity_name(ScaleGranularity g);
+/// Parses "tensor" | "channel" | "group" (also spelled "per_tensor" ...); throws ConfigError otherwise.
+Granularity parse_granularity(const std::string& name);
+/// "tensor" | "channel" | "group" (what the recipe's weight.granularity takes).
+std::string to_string(Granularity g);
 
 /// Scale and (optional) zero point of an affine quantizer: code q = clamp(round(x / scale) + zero_point,
 /// qmin, qmax), value = (q - zero_point) * scale. Shapes for x with C = x.size(0), K = x.numel() / C:
@@ -37,7 +38,7 @@ struct ScaleParams {
   /// Only integer formats take a non-zero zero point; it must lie in [qmin, qmax] of the format.
   torch::Tensor zero_point;
   /// Default PerTensor.
-  ScaleGranularity granularity = ScaleGranularity::PerTensor;
+  Granularity granularity = Granularity::PerTensor;
   /// Group size for PerGroup, >= 1; ignored otherwise. Default 0.
   int64_t group_size = 0;
 
@@ -49,7 +50,7 @@ struct ScaleParams {
 /// Symmetric: scale = max|x| / f.max_value(). Asymmetric (integer formats only):
 /// scale = (max(x,0) - min(x,0)) / (qmax - qmin), zero_point = clamp(qmin - round(min(x,0) / scale)).
 /// An all-zero slice gets scale 1 (so it never produces NaN). group_size is used for PerGroup only.
-ScaleParams minmax_scale_params(const torch::Tensor& x, const Format& f, ScaleGranularity g, int64_t group_size = 0,
+ScaleParams minmax_scale_params(const torch::Tensor& x, const Format& f, Granularity g, int64_t group_size = 0,
                        bool symmetric = true);
 
 }  // namespace flexquant

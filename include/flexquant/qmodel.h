@@ -10,7 +10,7 @@
 
 namespace flexquant {
 
-constexpr int kQModelFormatVersion = 1;
+constexpr int kQModelFormatVersion = 2;  // 2: layer specs name their weight format
 
 struct QModelInfo {
   std::string arch;

@@ -1,10 +1,12 @@
-// Integer weight-quantization primitives shared by every weight method (RTN, AdaRound, FlexRound, LRQ, GPTQ).
+// Weight-quantization primitives shared by every weight method (RTN, AdaRound, FlexRound, LRQ, GPTQ), on any
+// grid a Format describes: integers (with a per-group zero point), minifloats ExMy and power grids (symmetric).
 //
 // One weight->code map for training and export (methods.md §10.4): a weight W of shape [Cout, ...] is seen in
 // its *grouped view* Wg = [Cout, G, g] (the input dims flattened and zero-padded to G*g; per-tensor and
 // per-channel use G = 1, g = numel/Cout). Scales and zero points broadcast against Wg:
 //   per-tensor [1,1,1], per-channel [Cout,1,1], per-group [Cout,G,1].
-// Codes are unsigned, code in [0, 2^b-1], value = scale * (code - zero_point). Symmetric grids use the constant
+// Every method rounds through WeightLevels (below): value = scale * level, with the format's levels at unit scale.
+// Integer codes are unsigned, code in [0, 2^b-1], value = scale * (code - zero_point). Symmetric grids use the constant
 // zero_point 2^(b-1) (so q = code - z spans -2^(b-1) .. 2^(b-1)-1). Zero padding is exact because 0 is always
 // on the grid (the range is forced to contain 0).
 //
@@ -21,6 +23,8 @@
 //   symmetric  Mse: 80 shrink steps M(1-0.01i), i = 0..79 (FlexRound CNN code / BRECQ), L2.4 error.
 // The candidate i = 100 (asymmetric) / i = 0 (symmetric) is bit-identical to MinMax, so Mse is never worse than
 // MinMax in L2.4 error. An all-zero group gets scale 1e-8 and z = 0 (symmetric: 2^(b-1)): no NaN.
+// Minifloat and power grids (symmetric only, zero point 0): MinMax scale = max|w| / max_value (the largest
+// level lands on max|w|); Mse = the same 80 shrink steps M(1-0.01i) / max_value scored by L2.4 error.
 #pragma once
 #include <torch/types.h>
 
@@ -28,32 +32,75 @@
 #include <string>
 #include <vector>
 
+#include "flexquant/format.h"
+
 namespace flexquant {
 
-enum class Granularity { PerTensor, PerChannel, PerGroup };
 enum class ScaleInit { MinMax, Mse };
 
-std::string to_string(Granularity g);
-Granularity parse_granularity(const std::string& s);  ///< "tensor" | "channel" | "group"; ConfigError otherwise
 std::string to_string(ScaleInit s);
 ScaleInit parse_scale_init(const std::string& s);     ///< "minmax" | "mse"
 
 /// How one weight tensor is quantized.
 struct WeightQuantSpec {
-  int bits = 4;                                   ///< 2..8
-  bool symmetric = false;                         ///< false: per-group zero point (asymmetric)
+  /// The level set: integers as uint<b> (b = 2..8; codes 0..2^b-1 with a zero point), or a minifloat / power
+  /// grid of at most 8 bits (fp4_e2m1, fp6_e3m2, fp8_e4m3, pow4_a0.5, ...), which is symmetric.
+  Format format = Format(IntFormat{4, false});
+  bool symmetric = false;                         ///< false: per-group zero point (asymmetric; integers only)
   Granularity granularity = Granularity::PerChannel;
   int64_t group_size = 128;                       ///< PerGroup only; capped at the row length
   ScaleInit init = ScaleInit::Mse;                ///< L2.4 search (methods.md §1.2 / §10.12) or plain min/max
+  int bits() const { return format.bits(); }
+  bool integer() const { return format.is_int(); }
 };
 
-/// Grid parameters in the grouped view. q_lo = -zero_point, q_hi = 2^b-1-zero_point bound q = round(w/scale).
+/// The integer format of `bits`-bit weight codes (uint<bits>: codes 0..2^bits-1 around a zero point).
+Format int_weight_format(int bits);
+
+/// Grid parameters in the grouped view (the format is the spec's). Integers: q_lo = -zero_point,
+/// q_hi = 2^b-1-zero_point bound q = round(w/scale); other formats: zero_point is 0.
 struct QParams {
   torch::Tensor scale;       ///< fp32, > 0
   torch::Tensor zero_point;  ///< fp32, integer-valued, in [0, 2^b-1]
-  int bits = 4;
-  int64_t qmax() const { return (int64_t{1} << bits) - 1; }
 };
+
+/// The levels a weight is rounded onto, at unit scale (value = scale * level), for values of any shape that
+/// the zero point broadcasts against (the weight's shape, the grouped view, a column):
+///   integers: the integers [-z, 2^b-1-z] (z the zero point); code = level + z;
+///   minifloats and power grids: the format's levels, saturating at +-max; code = the format's encoding
+///   (power grids: index + qmax, so that codes are unsigned).
+/// Every method rounds through it: nearest() is round-to-nearest-even (RTN, FlexRound, GPTQ), below()/above()
+/// the neighbouring pair AdaRound chooses from, passes() the straight-through mask of a rounding.
+class WeightLevels {
+ public:
+  WeightLevels(Format format, torch::Tensor zero_point);
+  const Format& format() const { return format_; }
+  torch::Tensor nearest(const torch::Tensor& r) const;
+  /// The level at or below r (integers: floor(r), not clamped: clamp() bounds the final choice).
+  torch::Tensor below(const torch::Tensor& r) const;
+  /// The next level above `level` (integers: level + 1; the largest level stays).
+  torch::Tensor above(const torch::Tensor& level) const;
+  torch::Tensor clamp(const torch::Tensor& level) const;
+  /// 1 where round-to-nearest-even of r, before saturation, picks above(lower) over lower = below(r).
+  torch::Tensor rounds_up(const torch::Tensor& r, const torch::Tensor& lower) const;
+  /// 1 where q = nearest(r) was not saturated (the STE passes the gradient), 0 where it was.
+  torch::Tensor passes(const torch::Tensor& r, const torch::Tensor& q) const;
+  torch::Tensor to_codes(const torch::Tensor& level) const;   ///< uint8
+  torch::Tensor from_codes(const torch::Tensor& codes) const; ///< fp32 levels
+  /// Integers: -z and 2^b-1-z (undefined for other formats), for tests and exports.
+  torch::Tensor lowest() const;
+  torch::Tensor highest() const;
+
+ private:
+  double qmax() const { return static_cast<double>(format_.code_max()); }
+  Format format_;
+  torch::Tensor z_;  // integers only
+};
+
+/// The levels of a weight of `shape` (zero points broadcast to the weight).
+WeightLevels weight_levels(const WeightQuantSpec& spec, const QParams& qp, at::IntArrayRef shape);
+/// The levels in the grouped view (zero points in the parameter shape).
+WeightLevels grouped_levels(const WeightQuantSpec& spec, const QParams& qp);
 
 /// [Cout, ...] -> [Cout, G, g] (zero-padded) for the spec's granularity.
 torch::Tensor to_grouped(const torch::Tensor& w, const WeightQuantSpec& spec);
@@ -66,13 +113,13 @@ QParams init_qparams(const torch::Tensor& w, const WeightQuantSpec& spec);
 /// Round-to-nearest-even fake quantization of W with fixed qparams (returns W's shape).
 torch::Tensor fake_quant_rtn(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp);
 
-/// A hardened weight: integer codes plus the grid. dequantize() is what the model runs with.
+/// A hardened weight: codes plus the grid. dequantize() is what the model runs with.
 struct QuantizedTensor {
   torch::Tensor codes;       ///< uint8 (bits <= 8), grouped view [Cout, G, g]
   QParams qparams;
   std::vector<int64_t> shape;  ///< original weight shape
   WeightQuantSpec spec;
-  torch::Tensor dequantize() const;  ///< fp32, original shape; scale * (code - zero_point)
+  torch::Tensor dequantize() const;  ///< fp32, original shape; scale * level(code)
 };
 
 /// Codes of RTN with qparams, as a QuantizedTensor.

@@ -17,6 +17,7 @@ struct Recipe {
 
   // weights
   int weight_bits = 4;
+  std::string weight_format = "int";          // int (integers at weight_bits) | a minifloat / power format name
   std::string weight_granularity = "tensor";  // tensor | channel | group
   int64_t weight_group_size = 128;
   bool weight_symmetric = true;
@@ -56,6 +57,7 @@ struct Recipe {
   std::string to_json(int indent = 2) const;
   /// Applies "key=value" overrides (keys as in JSON, dotted).
   void set(const std::string& key, const std::string& value);
+  /// The weight grid of a layer; bits_override > 0 gives an integer grid of that width (first/last layers).
   WeightQuantSpec weight_spec(int bits_override = 0) const;
 };
 
@@ -73,7 +75,8 @@ void visit(Recipe& r, V&& v) {
   v("version", r.version, "Recipe format version (1).");
   v("method", r.method, "Weight method: rtn | adaround | flexround | lrq | gptq.");
   v("seed", r.seed, "Seed for sampling, QDrop masks and initialisation.");
-  v("weight.bits", r.weight_bits, "Weight bits, 2..8.");
+  v("weight.bits", r.weight_bits, "Weight bits of the integer grid, 2..8.");
+  v("weight.format", r.weight_format, "Weight grid: int (integers at weight.bits) or a minifloat / power format of at most 8 bits (fp8_e4m3, fp8_e5m2, fp6_e3m2, fp6_e2m3, fp4_e2m1, pow4_a0.5, ...; `flexquant formats` lists them), which needs weight.symmetric=true. The first/last-layer override stays integer.");
   v("weight.granularity", r.weight_granularity, "Weight scale sharing: tensor | channel | group.");
   v("weight.group_size", r.weight_group_size, "Group size along the input dim (granularity=group), capped at the row length.");
   v("weight.symmetric", r.weight_symmetric, "Symmetric grid (no zero point) instead of asymmetric.");

@@ -62,18 +62,20 @@ void register_rounder(const std::string& name, RounderFactory factory);
 /// The FlexRound quantizer (methods.md §1.1) as one fused autograd op, shared by FlexRound and LRQ:
 ///   s1    = s1_0 * exp(delta1 - delta1_0)                       (grouped-view parameter shape)
 ///   S     = expand(s1) * exp(delta2 [+ delta3] [+ delta4])      (delta3/4 broadcast against w; may be undefined)
-///   q     = clamp(round(w / S), qlo, qhi)                       (qlo = -z, qhi = 2^b-1-z, w's shape)
+///   q     = levels.nearest(w / S)                                 (integers: clamp(round(w/S), -z, 2^b-1-z);
+///                                                                   minifloat / power grids: nearest level)
 ///   out   = expand(s1) * q
 /// delta1 is log s1. It enters as exp(delta1 - delta1_0) with delta1_0 = its initial value, so that at step 0
 /// s1 == s1_0 bit for bit (exp(log s) != s in float, which would flip ~1e-6 of the codes against RTN); the value
 /// and every gradient are those of exp(delta1 + ...). Gradients (STE: round is the identity, clamp blocks):
-///   d/d delta2 = -s1 * r * g in range, 0 clamped (r = w/S); delta3/delta4: the same summed over broadcast axes;
+///   d/d delta2 = -s1 * r * g in range, 0 clamped (r = w/S; levels.passes); delta3/delta4: the same summed over
+///   broadcast axes;
 ///   d/d delta1 = s1 * (q - r) * g in range, s1 * q * g clamped (both paths), summed into delta1's shape.
 /// w may be [Cout, ...] or its [Cout, K] flattening; `spec` gives the grouping of s1_0/delta1.
 torch::Tensor flexround_quantize(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
                                  const torch::Tensor& delta1_0, const torch::Tensor& delta2,
-                                 const torch::Tensor& delta3, const torch::Tensor& delta4, const torch::Tensor& qlo,
-                                 const torch::Tensor& qhi, const WeightQuantSpec& spec);
+                                 const torch::Tensor& delta3, const torch::Tensor& delta4, const WeightLevels& levels,
+                                 const WeightQuantSpec& spec);
 
 /// Activation quantizer with a learned step (LSQ, methods.md §7.1) used at an ActSite during reconstruction,
 /// or dynamic per-token min/max (no parameters) for LLM W4A8/KV8-style evaluation.

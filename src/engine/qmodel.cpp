@@ -17,9 +17,10 @@ namespace {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
+// Version 1 files name only "bits" (integers); version 2 names the format.
 WeightQuantSpec spec_from_json(const json& j) {
   WeightQuantSpec s;
-  s.bits = j.at("bits");
+  s.format = j.contains("format") ? Format::parse(j.at("format").get<std::string>()) : int_weight_format(j.at("bits"));
   s.symmetric = j.at("symmetric");
   s.granularity = parse_granularity(j.at("granularity"));
   s.group_size = j.at("group_size");
@@ -28,7 +29,7 @@ WeightQuantSpec spec_from_json(const json& j) {
 }
 
 json spec_to_json(const WeightQuantSpec& s) {
-  return {{"bits", s.bits}, {"symmetric", s.symmetric}, {"granularity", to_string(s.granularity)},
+  return {{"format", s.format.name()}, {"bits", s.bits()}, {"symmetric", s.symmetric}, {"granularity", to_string(s.granularity)},
           {"group_size", s.group_size}, {"init", to_string(s.init)}};
 }
 
@@ -128,7 +129,7 @@ int64_t save_qmodel(const std::string& path, ModelAdapter& model, const QuantSta
     auto it = state.weights.find(l->name);
     FQ_CHECK(it != state.weights.end(), InternalError, "layer \"", l->name, "\" has no quantized weight");
     const QuantizedTensor& q = it->second;
-    tensors[l->name + ".codes"] = pack_codes(q.codes, q.qparams.bits);
+    tensors[l->name + ".codes"] = pack_codes(q.codes, q.spec.bits());
     tensors[l->name + ".scale"] = q.qparams.scale.to(torch::kCPU).to(torch::kFloat).contiguous();
     tensors[l->name + ".zero_point"] = q.qparams.zero_point.to(torch::kCPU).to(torch::kFloat).contiguous();
     if (l->bias.defined()) tensors[l->name + ".bias"] = l->bias.to(torch::kCPU).contiguous();
@@ -198,8 +199,7 @@ QModelInfo load_qmodel(const std::string& path, ModelAdapter& model, QuantState&
     auto gshape = lj.at("grouped_shape").get<std::vector<int64_t>>();
     int64_t count = 1;
     for (auto d : gshape) count *= d;
-    q.codes = unpack_codes(f.at(l->name + ".codes"), q.spec.bits, count).view(gshape);
-    q.qparams.bits = q.spec.bits;
+    q.codes = unpack_codes(f.at(l->name + ".codes"), q.spec.bits(), count).view(gshape);
     q.qparams.scale = f.at(l->name + ".scale");
     q.qparams.zero_point = f.at(l->name + ".zero_point");
     auto dev = l->weight.device();

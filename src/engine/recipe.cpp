@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "flexquant/error.h"
+#include "flexquant/format.h"
 
 namespace flexquant {
 namespace {
@@ -136,6 +137,15 @@ void Recipe::validate() const {
   FQ_CHECK(version == 1, ConfigError, "recipe version ", version, " is not supported: this flexquant reads version 1");
   FQ_CHECK(in(method, kMethods), ConfigError, "method \"", method, "\" is not valid: use ", join(kMethods));
   FQ_CHECK(weight_bits >= 2 && weight_bits <= 8, ConfigError, "weight.bits ", weight_bits, " is not valid: use 2..8");
+  if (weight_format != "int") {
+    const Format f = Format::parse(weight_format);  // ConfigError listing the presets for an unknown name
+    FQ_CHECK(!f.is_int(), ConfigError, "weight.format \"", weight_format,
+             "\" is an integer format -> use weight.format=int with weight.bits=", f.bits());
+    FQ_CHECK(f.bits() <= 8, ConfigError, "weight.format \"", weight_format, "\" has ", f.bits(),
+             "-bit codes -> allowed: at most 8 bits (fp8_e4m3, fp8_e5m2, fp6_e3m2, fp6_e2m3, fp4_e2m1, pow<b>_a<x>)");
+    FQ_CHECK(weight_symmetric, ConfigError, "weight.format \"", weight_format,
+             "\" has no zero point -> hint: set weight.symmetric=true");
+  }
   FQ_CHECK(in(weight_granularity, {"tensor", "channel", "group"}), ConfigError, "weight.granularity \"",
            weight_granularity, "\" is not valid: use tensor | channel | group");
   FQ_CHECK(weight_group_size >= 1, ConfigError, "weight.group_size ", weight_group_size, " must be >= 1");
@@ -228,7 +238,8 @@ void Recipe::set(const std::string& key, const std::string& value) {
 
 WeightQuantSpec Recipe::weight_spec(int bits_override) const {
   WeightQuantSpec s;
-  s.bits = bits_override > 0 ? bits_override : weight_bits;
+  if (bits_override > 0) s.format = int_weight_format(bits_override);
+  else s.format = weight_format == "int" ? int_weight_format(weight_bits) : Format::parse(weight_format);
   s.symmetric = weight_symmetric;
   s.granularity = parse_granularity(weight_granularity);
   s.group_size = weight_group_size;

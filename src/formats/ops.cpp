@@ -27,20 +27,20 @@ constexpr int64_t kGrain = 1 << 15;
 struct Scales {
   const float* scale = nullptr;
   const int32_t* zp = nullptr;  // null: all zero
-  ScaleGranularity gran = ScaleGranularity::PerTensor;
+  Granularity gran = Granularity::PerTensor;
   int64_t n = 0, K = 1, g = 1, G = 1;
   torch::Tensor scale_t, zp_t;  // keep the buffers alive
 
   // Index of the parameters for flat index i; *end = end of the segment sharing them.
   int64_t seg(int64_t i, int64_t* end) const {
     switch (gran) {
-      case ScaleGranularity::PerTensor: *end = n; return 0;
-      case ScaleGranularity::PerChannel: {
+      case Granularity::PerTensor: *end = n; return 0;
+      case Granularity::PerChannel: {
         const int64_t c = i / K;
         *end = (c + 1) * K;
         return c;
       }
-      case ScaleGranularity::PerGroup: {
+      case Granularity::PerGroup: {
         const int64_t c = i / K, j = (i - c * K) / g;
         *end = c * K + std::min((j + 1) * g, K);
         return c * G + j;
@@ -65,21 +65,21 @@ Scales make_scales(const torch::Tensor& x, const Format& f, const ScaleParams& q
   s.gran = qp.granularity;
   FQ_CHECK(qp.scale.defined(), ConfigError, "ScaleParams.scale is undefined; hint: use ScaleParams::per_tensor(1.0f)");
   int64_t expect = 1;
-  if (qp.granularity != ScaleGranularity::PerTensor) {
-    FQ_CHECK(x.dim() >= 1 && x.size(0) > 0, ConfigError, scale_granularity_name(qp.granularity),
+  if (qp.granularity != Granularity::PerTensor) {
+    FQ_CHECK(x.dim() >= 1 && x.size(0) > 0, ConfigError, to_string(qp.granularity),
              " quantization needs a tensor with an output-channel axis; got shape ", x.sizes());
     s.K = x.numel() / x.size(0);
     expect = x.size(0);
   }
-  if (qp.granularity == ScaleGranularity::PerGroup) {
+  if (qp.granularity == Granularity::PerGroup) {
     FQ_CHECK(qp.group_size >= 1, ConfigError, "group_size ", qp.group_size, " is not valid: allowed >= 1");
     s.g = qp.group_size;
     s.G = (s.K + s.g - 1) / s.g;
     expect = x.size(0) * s.G;
   }
   FQ_CHECK(qp.scale.numel() == expect, ConfigError, "scale has ", qp.scale.numel(), " entries (shape ",
-           qp.scale.sizes(), ") but ", scale_granularity_name(qp.granularity), " on shape ", x.sizes(),
-           (qp.granularity == ScaleGranularity::PerGroup ? detail::concat(" with group_size ", qp.group_size) : ""),
+           qp.scale.sizes(), ") but ", to_string(qp.granularity), " on shape ", x.sizes(),
+           (qp.granularity == Granularity::PerGroup ? detail::concat(" with group_size ", qp.group_size) : ""),
            " needs ", expect);
   s.scale_t = qp.scale.detach().to(torch::kFloat).contiguous();
   FQ_CHECK((s.scale_t > 0).all().item<bool>() && torch::isfinite(s.scale_t).all().item<bool>(), NumericError,

@@ -6,19 +6,19 @@
 
 namespace flexquant {
 
-ScaleGranularity parse_scale_granularity(const std::string& name) {
-  if (name == "per_tensor") return ScaleGranularity::PerTensor;
-  if (name == "per_channel") return ScaleGranularity::PerChannel;
-  if (name == "per_group") return ScaleGranularity::PerGroup;
-  throw ConfigError(detail::concat("granularity \"", name,
-                                   "\" is not valid: allowed are per_tensor, per_channel, per_group"));
+Granularity parse_granularity(const std::string& name) {
+  const std::string n = name.rfind("per_", 0) == 0 ? name.substr(4) : name;
+  if (n == "tensor") return Granularity::PerTensor;
+  if (n == "channel") return Granularity::PerChannel;
+  if (n == "group") return Granularity::PerGroup;
+  throw ConfigError(detail::concat("granularity \"", name, "\" is not valid -> allowed: tensor | channel | group"));
 }
 
-std::string scale_granularity_name(ScaleGranularity g) {
+std::string to_string(Granularity g) {
   switch (g) {
-    case ScaleGranularity::PerTensor: return "per_tensor";
-    case ScaleGranularity::PerChannel: return "per_channel";
-    case ScaleGranularity::PerGroup: return "per_group";
+    case Granularity::PerTensor: return "tensor";
+    case Granularity::PerChannel: return "channel";
+    case Granularity::PerGroup: return "group";
   }
   return "?";
 }
@@ -30,7 +30,7 @@ ScaleParams ScaleParams::per_tensor(float scale, int32_t zero_point) {
   return q;
 }
 
-ScaleParams minmax_scale_params(const torch::Tensor& x_in, const Format& f, ScaleGranularity g, int64_t group_size,
+ScaleParams minmax_scale_params(const torch::Tensor& x_in, const Format& f, Granularity g, int64_t group_size,
                        bool symmetric) {
   FQ_CHECK(symmetric || f.is_int(), ConfigError, "asymmetric (zero-point) quantization needs an integer format; ",
            f.name(), " is symmetric by construction; hint: pass symmetric = true");
@@ -39,13 +39,13 @@ ScaleParams minmax_scale_params(const torch::Tensor& x_in, const Format& f, Scal
   torch::Tensor rows;  // [P, n]: one row per parameter
   ScaleParams qp;
   qp.granularity = g;
-  if (g == ScaleGranularity::PerTensor) {
+  if (g == Granularity::PerTensor) {
     rows = x.reshape({1, -1});
   } else {
-    FQ_CHECK(x.dim() >= 1, ConfigError, scale_granularity_name(g), " needs a tensor with an output-channel axis");
+    FQ_CHECK(x.dim() >= 1, ConfigError, to_string(g), " needs a tensor with an output-channel axis");
     const int64_t C = x.size(0), K = x.numel() / C;
     rows = x.reshape({C, K});
-    if (g == ScaleGranularity::PerGroup) {
+    if (g == Granularity::PerGroup) {
       FQ_CHECK(group_size >= 1, ConfigError, "group_size ", group_size, " is not valid: allowed >= 1");
       qp.group_size = group_size;
       const int64_t G = (K + group_size - 1) / group_size;
@@ -65,7 +65,7 @@ ScaleParams minmax_scale_params(const torch::Tensor& x_in, const Format& f, Scal
     zp = (qlo - torch::round(lo / scale)).clamp(qlo, qhi).to(torch::kInt);
   }
   scale = torch::where(scale > 0, scale, torch::ones_like(scale));
-  if (g == ScaleGranularity::PerGroup) {
+  if (g == Granularity::PerGroup) {
     const int64_t C = x.size(0);
     scale = scale.reshape({C, -1});
     if (zp.defined()) zp = zp.reshape({C, -1});

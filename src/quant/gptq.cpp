@@ -129,7 +129,6 @@ QuantizedTensor gptq_quantize(const torch::Tensor& W, const torch::Tensor& H, co
 
   const bool per_group = spec.granularity == Granularity::PerGroup;
   const bool static_groups = per_group && (opts.static_groups || opts.act_order);
-  const int64_t qmax = (int64_t{1} << spec.bits) - 1;
 
   // Grid of the original W (per tensor / per channel), found before dead-column handling as the reference.
   QParams qp = init_qparams(Wf, spec);  // per-group: used only for its shape (or as the static groups, below)
@@ -181,7 +180,7 @@ QuantizedTensor gptq_quantize(const torch::Tensor& W, const torch::Tensor& H, co
   col_spec.granularity = Granularity::PerChannel;
   torch::Tensor s_cur = qp.scale.reshape({-1}), z_cur = qp.zero_point.reshape({-1});
 
-  torch::Tensor Qint = torch::zeros({rows, cols}, Wf.options());  // q = code - zero_point, processing order
+  torch::Tensor Qint = torch::zeros({rows, cols}, Wf.options());  // levels (integers: code - zero_point), processing order
   torch::Tensor loss = torch::zeros({}, Wf.options().dtype(torch::kDouble));
   const int64_t B = opts.block_size;
   using torch::indexing::Slice;
@@ -217,8 +216,7 @@ QuantizedTensor gptq_quantize(const torch::Tensor& W, const torch::Tensor& H, co
         zero_all.index_put_({Slice(), j / g, 0}, z_cur);
       }
       torch::Tensor w = W1.index({Slice(), i});
-      torch::Tensor q = torch::round(w / s_cur);
-      q = torch::max(torch::min(q, qmax - z_cur), -z_cur);
+      torch::Tensor q = WeightLevels(spec.format, z_cur).nearest(w / s_cur);
       torch::Tensor deq = s_cur * q;
       Qint.index_put_({Slice(), j}, q);
       torch::Tensor d = U1.index({i, i});
@@ -232,13 +230,11 @@ QuantizedTensor gptq_quantize(const torch::Tensor& W, const torch::Tensor& H, co
   }
 
   if (opts.act_order) Qint = Qint.index_select(1, invperm);
-  // Exact integer codes in the grouped view; the zero padding maps to code = zero_point (value 0).
-  torch::Tensor qg = to_grouped(Qint, spec);
+  // Exact codes in the grouped view; the zero padding is level 0 (integers: code = zero_point).
   QuantizedTensor out;
   out.qparams.scale = scale_all;
   out.qparams.zero_point = zero_all;
-  out.qparams.bits = spec.bits;
-  out.codes = (qg + zero_all).clamp(0, static_cast<double>(qmax)).to(torch::kUInt8);
+  out.codes = grouped_levels(spec, out.qparams).to_codes(to_grouped(Qint, spec));
   out.shape = W.sizes().vec();
   out.spec = spec;
 

@@ -1,11 +1,12 @@
-// Integer weight-quantization primitives: the grouped view, initial grids (MinMax and the L2.4 MSE searches of
-// the FlexRound LLM code and the FlexRound/BRECQ CNN code, methods.md §1.2 and §10.12), round-to-nearest
-// and the QuantizedTensor every rounder exports. Conventions are documented in include/flexquant/quantizer.h.
+// Weight-quantization primitives: the grouped view, the levels every method rounds onto (WeightLevels), initial
+// grids (MinMax and the L2.4 MSE searches of the FlexRound LLM code and the FlexRound/BRECQ CNN code,
+// methods.md §1.2 and §10.12), round-to-nearest and the QuantizedTensor every rounder exports. Conventions are documented in include/flexquant/quantizer.h.
 #include "flexquant/quantizer.h"
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <functional>
 #include <sstream>
 
 #include "flexquant/error.h"
@@ -27,8 +28,16 @@ std::string shape_str(at::IntArrayRef s) {
 }
 
 void check_spec(const WeightQuantSpec& spec) {
-  FQ_CHECK(spec.bits >= 2 && spec.bits <= 8, ConfigError, "weight bits ", spec.bits,
-           " is not supported -> allowed: 2..8 -> hint: set weight.bits");
+  if (spec.integer()) {
+    const IntFormat& f = spec.format.as_int();
+    FQ_CHECK(f.bits >= 2 && f.bits <= 8 && !f.is_signed, ConfigError, "weight format ", spec.format.name(),
+             " is not supported -> allowed: uint2..uint8 (weight.bits 2..8) -> hint: set weight.bits");
+  } else {
+    FQ_CHECK(spec.bits() <= 8, ConfigError, "weight format ", spec.format.name(), " has ", spec.bits(),
+             "-bit codes -> allowed: at most 8 bits (fp4_e2m1, fp6_e3m2, fp6_e2m3, fp8_e4m3, fp8_e5m2, pow<b>_a<x>)");
+    FQ_CHECK(spec.symmetric, ConfigError, "weight format ", spec.format.name(),
+             " has no zero point -> hint: set weight.symmetric=true");
+  }
   FQ_CHECK(spec.granularity != Granularity::PerGroup || spec.group_size >= 1, ConfigError, "weight group size ",
            spec.group_size, " is not valid -> allowed: >= 1");
 }
@@ -84,16 +93,16 @@ void mse_search_asym(const torch::Tensor& rows, const torch::Tensor& mn, const t
   }
 }
 
-// Symmetric L2.4 shrink search (FlexRound CNN supplementary code / BRECQ): M_i = M(1-0.01i), i = 0..79.
-torch::Tensor mse_search_sym(const torch::Tensor& rows, const torch::Tensor& m, int bits) {
-  const int64_t qmax = (int64_t{1} << bits) - 1;
-  const double lo = -static_cast<double>(int64_t{1} << (bits - 1)), hi = static_cast<double>((int64_t{1} << (bits - 1)) - 1);
-  torch::Tensor bscore = torch::full({rows.size(0), 1}, INFINITY, rows.options());
-  torch::Tensor bscale;
+// Symmetric L2.4 shrink search (FlexRound CNN supplementary code / BRECQ): M_i = M(1-0.01i), i = 0..79, the
+// grid's scale for M_i from scale_of(M_i) and its rounding from nearest(); the first candidate wins ties.
+torch::Tensor shrink_search(const torch::Tensor& rows, const torch::Tensor& m,
+                            const std::function<torch::Tensor(const torch::Tensor&)>& scale_of,
+                            const std::function<torch::Tensor(const torch::Tensor&)>& nearest) {
+  torch::Tensor bscore, bscale;
   for (int i = 0; i < kSymShrinks; ++i) {
     const float shrink = 1.0f - 0.01f * static_cast<float>(i);
-    auto scale = (m * shrink * 2.0 / static_cast<double>(qmax)).clamp_min(kMinScale);
-    auto err = (rows - scale * torch::clamp(torch::round(rows / scale), lo, hi)).abs_().pow_(kSearchP).sum(1, true);
+    auto scale = scale_of(m * shrink).clamp_min(kMinScale);
+    auto err = (rows - scale * nearest(rows / scale)).abs_().pow_(kSearchP).sum(1, true);
     if (i == 0) {
       bscore = err;
       bscale = scale;
@@ -106,22 +115,91 @@ torch::Tensor mse_search_sym(const torch::Tensor& rows, const torch::Tensor& m, 
   return bscale;
 }
 
-}  // namespace
-
-std::string to_string(Granularity g) {
-  switch (g) {
-    case Granularity::PerTensor: return "tensor";
-    case Granularity::PerChannel: return "channel";
-    case Granularity::PerGroup: return "group";
-  }
-  return "?";
+// Integers: scale 2M/(2^b-1) (see quantizer.h), codes -2^(b-1) .. 2^(b-1)-1.
+torch::Tensor mse_search_sym(const torch::Tensor& rows, const torch::Tensor& m, int bits) {
+  const double qmax = static_cast<double>((int64_t{1} << bits) - 1);
+  const double lo = -static_cast<double>(int64_t{1} << (bits - 1)), hi = static_cast<double>((int64_t{1} << (bits - 1)) - 1);
+  return shrink_search(rows, m, [&](const torch::Tensor& t) { return t * 2.0 / qmax; },
+                       [&](const torch::Tensor& r) { return torch::clamp(torch::round(r), lo, hi); });
 }
 
-Granularity parse_granularity(const std::string& s) {
-  if (s == "tensor") return Granularity::PerTensor;
-  if (s == "channel") return Granularity::PerChannel;
-  if (s == "group") return Granularity::PerGroup;
-  throw ConfigError("weight granularity \"" + s + "\" is not valid -> allowed: tensor | channel | group");
+// Minifloat / power grids: scale M_i / max_value, the format's nearest level.
+torch::Tensor mse_search_levels(const torch::Tensor& rows, const torch::Tensor& m, const WeightLevels& lv) {
+  const double vmax = lv.format().max_value();
+  return shrink_search(rows, m, [&](const torch::Tensor& t) { return t / vmax; },
+                       [&](const torch::Tensor& r) { return lv.nearest(r); });
+}
+
+torch::Tensor to_float(const torch::Tensor& x) { return x.to(torch::kFloat).contiguous(); }
+
+}  // namespace
+
+Format int_weight_format(int bits) { return Format(IntFormat{bits, false}); }
+
+WeightLevels::WeightLevels(Format format, torch::Tensor zero_point) : format_(std::move(format)) {
+  if (format_.is_int()) {
+    FQ_INTERNAL_ASSERT(zero_point.defined(), "integer weight levels need a zero point");
+    z_ = std::move(zero_point);
+  }
+}
+
+// Minifloat / power-grid rounding runs on fp32 (the format kernels); the result returns in r's dtype.
+torch::Tensor WeightLevels::nearest(const torch::Tensor& r) const {
+  if (format_.is_int()) return torch::clamp(torch::round(r), -z_, qmax() - z_);
+  return quantize(to_float(r), format_).to(r.scalar_type());
+}
+
+torch::Tensor WeightLevels::below(const torch::Tensor& r) const {
+  if (format_.is_int()) return torch::floor(r);
+  return quantize(to_float(r), format_, RoundingMode::Down).to(r.scalar_type());
+}
+
+torch::Tensor WeightLevels::above(const torch::Tensor& level) const {
+  if (format_.is_int()) return level + 1;
+  auto l = to_float(level);
+  auto next = torch::nextafter(l, torch::full_like(l, INFINITY));
+  return quantize(next, format_, RoundingMode::Up).to(level.scalar_type());
+}
+
+torch::Tensor WeightLevels::clamp(const torch::Tensor& level) const {
+  if (format_.is_int()) return torch::clamp(level, -z_, qmax() - z_);
+  const double m = format_.max_value();
+  return torch::clamp(level, -m, m);
+}
+
+torch::Tensor WeightLevels::rounds_up(const torch::Tensor& r, const torch::Tensor& lower) const {
+  return (format_.is_int() ? torch::round(r) : nearest(r)) > lower;
+}
+
+torch::Tensor WeightLevels::passes(const torch::Tensor& r, const torch::Tensor& q) const {
+  if (format_.is_int()) return torch::round(r) == q;
+  return r.abs() <= format_.max_value();
+}
+
+torch::Tensor WeightLevels::to_codes(const torch::Tensor& level) const {
+  if (format_.is_int()) return (level + z_).to(torch::kUInt8);
+  // + 0.0 turns -0 into +0: one code for zero, whichever way a method reached it (AdaRound's below + step).
+  auto codes = encode(to_float(level) + 0.0, format_);
+  if (format_.is_pow()) codes = codes + format_.code_max();
+  return codes.to(torch::kUInt8);
+}
+
+torch::Tensor WeightLevels::from_codes(const torch::Tensor& codes) const {
+  if (format_.is_int()) return codes.to(z_.scalar_type()) - z_;
+  auto c = codes.to(torch::kInt);
+  if (format_.is_pow()) c = c - format_.code_max();
+  return decode(c, format_);
+}
+
+torch::Tensor WeightLevels::lowest() const { return format_.is_int() ? -z_ : torch::Tensor(); }
+torch::Tensor WeightLevels::highest() const { return format_.is_int() ? qmax() - z_ : torch::Tensor(); }
+
+WeightLevels weight_levels(const WeightQuantSpec& spec, const QParams& qp, at::IntArrayRef shape) {
+  return WeightLevels(spec.format, spec.integer() ? expand_to_weight(qp.zero_point, shape, spec) : torch::Tensor());
+}
+
+WeightLevels grouped_levels(const WeightQuantSpec& spec, const QParams& qp) {
+  return WeightLevels(spec.format, spec.integer() ? qp.zero_point : torch::Tensor());
 }
 
 std::string to_string(ScaleInit s) { return s == ScaleInit::Mse ? "mse" : "minmax"; }
@@ -212,6 +290,25 @@ double lp_error(const torch::Tensor& a, const torch::Tensor& b, double p) {
   return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().pow(p).mean().item<double>();
 }
 
+namespace {
+
+// Minifloat and power grids: symmetric, zero point 0, the largest level on max|w| (MinMax) or the L2.4 shrink.
+QParams init_levels_qparams(const torch::Tensor& wg, const WeightQuantSpec& spec, const std::vector<int64_t>& pshape,
+                            const std::vector<int64_t>& dims) {
+  QParams qp;
+  auto m = wg.abs().amax(dims, /*keepdim=*/true);
+  if (spec.init == ScaleInit::MinMax) {
+    qp.scale = (m / spec.format.max_value()).clamp_min(kMinScale);
+  } else {
+    WeightLevels lv(spec.format, torch::Tensor());
+    qp.scale = mse_search_levels(search_rows(wg, spec.granularity), m.reshape({-1, 1}), lv).reshape(pshape);
+  }
+  qp.zero_point = torch::zeros(pshape, wg.options());
+  return qp;
+}
+
+}  // namespace
+
 QParams init_qparams(const torch::Tensor& w_in, const WeightQuantSpec& spec) {
   check_spec(spec);
   check_weight_finite(w_in, "weight");
@@ -219,21 +316,22 @@ QParams init_qparams(const torch::Tensor& w_in, const WeightQuantSpec& spec) {
   auto w = w_in.detach().to(torch::kFloat);
   auto l = group_layout(w.sizes(), spec);
   auto wg = to_grouped(w, spec);
-  const int64_t qmax = (int64_t{1} << spec.bits) - 1;
   const auto pshape = l.param_shape(spec.granularity);
   const auto dims = reduce_dims(spec.granularity);
+  if (!spec.integer()) return init_levels_qparams(wg, spec, pshape, dims);
+  const int bits = spec.bits();
+  const int64_t qmax = (int64_t{1} << bits) - 1;
 
   QParams qp;
-  qp.bits = spec.bits;
   if (spec.symmetric) {
     auto m = wg.abs().amax(dims, /*keepdim=*/true);  // param shape
     if (spec.init == ScaleInit::MinMax) {
       qp.scale = (m * 2.0 / static_cast<double>(qmax)).clamp_min(kMinScale);
     } else {
       auto rows = search_rows(wg, spec.granularity);
-      qp.scale = mse_search_sym(rows, m.reshape({-1, 1}), spec.bits).reshape(pshape);
+      qp.scale = mse_search_sym(rows, m.reshape({-1, 1}), bits).reshape(pshape);
     }
-    qp.zero_point = torch::full(pshape, static_cast<float>(int64_t{1} << (spec.bits - 1)), w.options());
+    qp.zero_point = torch::full(pshape, static_cast<float>(int64_t{1} << (bits - 1)), w.options());
     return qp;
   }
   auto mn = wg.amin(dims, true).clamp_max(0);
@@ -254,8 +352,7 @@ QParams init_qparams(const torch::Tensor& w_in, const WeightQuantSpec& spec) {
 torch::Tensor fake_quant_rtn(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp) {
   check_weight_finite(w, "weight");
   auto wg = to_grouped(w.to(torch::kFloat), spec);
-  const double qmax = static_cast<double>(qp.qmax());
-  auto q = torch::clamp(torch::round(wg / qp.scale), -qp.zero_point, qmax - qp.zero_point);
+  auto q = grouped_levels(spec, qp).nearest(wg / qp.scale);
   return from_grouped(qp.scale * q, w.sizes());
 }
 
@@ -263,10 +360,9 @@ QuantizedTensor quantize_rtn(const torch::Tensor& w, const WeightQuantSpec& spec
   check_weight_finite(w, "weight");
   torch::NoGradGuard ng;
   auto wg = to_grouped(w.detach().to(torch::kFloat), spec);
-  const double qmax = static_cast<double>(qp.qmax());
-  auto code = torch::clamp(torch::round(wg / qp.scale) + qp.zero_point, 0, qmax);
+  const auto lv = grouped_levels(spec, qp);
   QuantizedTensor t;
-  t.codes = code.to(torch::kUInt8);
+  t.codes = lv.to_codes(lv.nearest(wg / qp.scale));
   t.qparams = qp;
   t.shape = w.sizes().vec();
   t.spec = spec;
@@ -274,7 +370,7 @@ QuantizedTensor quantize_rtn(const torch::Tensor& w, const WeightQuantSpec& spec
 }
 
 torch::Tensor QuantizedTensor::dequantize() const {
-  auto v = qparams.scale * (codes.to(qparams.scale.scalar_type()) - qparams.zero_point);
+  auto v = qparams.scale * grouped_levels(spec, qparams).from_codes(codes).to(qparams.scale.scalar_type());
   return from_grouped(v, shape);
 }
 

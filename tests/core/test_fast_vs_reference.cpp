@@ -41,9 +41,9 @@ int64_t check(const Format& f, const torch::Tensor& x, const ScaleParams* qp, Ro
   if (qp) {
     const torch::Tensor idx = torch::arange(n);
     torch::Tensor p;
-    if (qp->granularity == ScaleGranularity::PerTensor) p = torch::zeros({n}, torch::kLong);
-    if (qp->granularity == ScaleGranularity::PerChannel) p = idx.div(K, "floor");
-    if (qp->granularity == ScaleGranularity::PerGroup) {
+    if (qp->granularity == Granularity::PerTensor) p = torch::zeros({n}, torch::kLong);
+    if (qp->granularity == Granularity::PerChannel) p = idx.div(K, "floor");
+    if (qp->granularity == Granularity::PerGroup) {
       const int64_t G = (K + qp->group_size - 1) / qp->group_size;
       p = idx.div(K, "floor") * G + (idx % K).div(qp->group_size, "floor");
     }
@@ -92,7 +92,7 @@ TEST(FastVsReference, ScaledEveryGranularity) {
   int64_t checked = 0, configs = 0;
   for (const char* name : {"int4", "uint4", "int8_r", "int3", "fp8_e4m3", "fp4_e2m1", "fp8_e5m2", "pow4_a0.5"}) {
     const Format f = Format::parse(name);
-    for (ScaleGranularity g : {ScaleGranularity::PerTensor, ScaleGranularity::PerChannel, ScaleGranularity::PerGroup})
+    for (Granularity g : {Granularity::PerTensor, Granularity::PerChannel, Granularity::PerGroup})
       for (bool symmetric : {true, false}) {
         if (!symmetric && !f.is_int()) continue;
         const torch::Tensor finite = x.nan_to_num(0, 1e3, -1e3).clamp(-1e3, 1e3);
@@ -112,7 +112,7 @@ TEST(FastVsReference, QParamsValidation) {
   const torch::Tensor x = torch::randn({4, 10});
   const Format f = Format::parse("int4");
   ScaleParams bad;
-  bad.granularity = ScaleGranularity::PerChannel;
+  bad.granularity = Granularity::PerChannel;
   bad.scale = torch::ones({3});
   EXPECT_THROW(quantize(x, f, bad), ConfigError);
   bad.scale = torch::tensor({1.0f, 0.0f, 1.0f, 1.0f});
@@ -122,11 +122,11 @@ TEST(FastVsReference, QParamsValidation) {
   EXPECT_THROW(quantize(x, f, bad), ConfigError);
   bad.zero_point = torch::full({4}, 1, torch::kInt);
   EXPECT_THROW(quantize(x, Format::parse("fp8_e4m3"), bad), ConfigError);
-  bad.granularity = ScaleGranularity::PerGroup;
+  bad.granularity = Granularity::PerGroup;
   bad.group_size = 0;
   EXPECT_THROW(quantize(x, f, bad), ConfigError);
   // An all-zero channel gets scale 1, never NaN.
-  const ScaleParams qp = minmax_scale_params(torch::zeros({2, 8}), f, ScaleGranularity::PerChannel);
+  const ScaleParams qp = minmax_scale_params(torch::zeros({2, 8}), f, Granularity::PerChannel);
   EXPECT_TRUE(torch::equal(qp.scale, torch::ones({2})));
   EXPECT_THROW(encode(torch::tensor({NAN}), f), NumericError);
 }

@@ -64,7 +64,7 @@ TEST(Stochastic, ReproducibleAcrossThreadsAndChunks) {
   int64_t compared = 0;
   for (const char* name : {"fp8_e4m3", "int4", "pow4_a0.5", "bf16"}) {
     const Format f = Format::parse(name);
-    const ScaleParams qp = minmax_scale_params(x, f, ScaleGranularity::PerTensor);
+    const ScaleParams qp = minmax_scale_params(x, f, Granularity::PerTensor);
     at::set_num_threads(1);
     const torch::Tensor a = quantize(x, f, qp, RoundingMode::Stochastic, 77);
     at::set_num_threads(2);
@@ -73,13 +73,13 @@ TEST(Stochastic, ReproducibleAcrossThreadsAndChunks) {
     // Different chunking: per-group parameters that all equal the per-tensor scale split the loop into
     // segments of 7 elements (and per-channel into rows of 3): the draws must not notice.
     ScaleParams groups;
-    groups.granularity = ScaleGranularity::PerGroup;
+    groups.granularity = Granularity::PerGroup;
     groups.group_size = 7;
     groups.scale = qp.scale.expand({3, (100'001 + 6) / 7}).contiguous();
     const torch::Tensor c = quantize(x.view({3, -1}), f, groups, RoundingMode::Stochastic, 77).view(-1);
     EXPECT_TRUE(torch::equal(a.view(torch::kInt), c.view(torch::kInt))) << name << ": groups of 7";
     ScaleParams rows;
-    rows.granularity = ScaleGranularity::PerChannel;
+    rows.granularity = Granularity::PerChannel;
     rows.scale = qp.scale.expand({100'001}).contiguous();
     const torch::Tensor r = quantize(x.view({-1, 3}), f, rows, RoundingMode::Stochastic, 77).view(-1);
     EXPECT_TRUE(torch::equal(a.view(torch::kInt), r.view(torch::kInt))) << name << ": rows of 3";

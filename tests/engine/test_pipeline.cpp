@@ -36,6 +36,16 @@ std::unique_ptr<Task> stories_task() {
   return make_task(w);
 }
 
+// ResNet-20 on CIFAR-10 with a short evaluation (500 images).
+std::unique_ptr<Task> resnet20_task() {
+  Workload w;
+  w.model = shared_path("data/cifar10/resnet20.safetensors");
+  w.arch = "resnet_cifar";
+  w.data = "cifar10:" + shared_path("data/cifar10");
+  w.eval_limit = 500;
+  return make_task(w);
+}
+
 // The LM tests' common setting: weight-only 3-bit per-channel asymmetric (what separates the methods most).
 Recipe lm_w3_recipe(const std::string& method) {
   Recipe r;
@@ -62,12 +72,7 @@ TEST(Engine, FlexRoundBeatsNearestOnRealResNet20Blocks) {
 }
 
 TEST(Engine, SavedModelReproducesFakeQuantAccuracyExactly) {
-  Workload w;
-  w.model = shared_path("data/cifar10/resnet20.safetensors");
-  w.arch = "resnet_cifar";
-  w.data = "cifar10:" + shared_path("data/cifar10");
-  w.eval_limit = 500;
-  auto task = make_task(w);
+  auto task = resnet20_task();
   auto path = (std::filesystem::temp_directory_path() / "fq_test_r20.fqz").string();
   Recipe r = small_recipe("adaround", 20);
   r.weight_bits = 3;
@@ -82,9 +87,36 @@ TEST(Engine, SavedModelReproducesFakeQuantAccuracyExactly) {
   EXPECT_NE(info.calibration.find("records 0-127"), std::string::npos) << info.calibration;
   EXPECT_EQ(Recipe::from_json_text(info.recipe_json).to_json(), r.to_json());
   // The fp weights after reload equal the quantized grid: a different source model must be refused.
-  Workload other = w;
+  Workload other = task->workload();
   other.model = shared_path("data/cifar10/resnet32.safetensors");
   EXPECT_THROW(evaluate_qmodel(*make_task(other), path), flexquant::ModelError);
+  std::filesystem::remove(path);
+}
+
+// One grid system: FlexRound reconstructs ResNet-20 on the fp4_e2m1 grid (integer 8-bit first/last layers), beats
+// round-to-nearest on that grid, and the .fqz keeps the minifloat codes: the reload reproduces the accuracy.
+TEST(Engine, MinifloatGridEndToEndWithReload) {
+  auto task = resnet20_task();
+  auto path = (std::filesystem::temp_directory_path() / "fq_test_r20_fp4.fqz").string();
+  Recipe r = small_recipe("flexround", 40);
+  r.act_bits = 32;
+  r.weight_format = "fp4_e2m1";
+  r.weight_granularity = "channel";
+  Recipe rtn = r;
+  rtn.method = "rtn";
+  auto q_rtn = run_method(*task, rtn);
+  auto res = run_method(*task, r, path, [](const std::string&) {});
+  EXPECT_GT(res.metric, q_rtn.metric) << "FlexRound on fp4_e2m1 did not beat round-to-nearest on the same grid";
+  int improved = 0;
+  for (auto& u : res.report.units) improved += u.loss_end < u.loss_start;
+  EXPECT_GE(improved, 9);
+  EXPECT_EQ(evaluate_qmodel(*task, path), res.metric);
+  auto model = task->load_model();
+  QuantState state;
+  load_qmodel(path, *model, state);
+  EXPECT_EQ(state.weights.at("layer1.0.conv1").spec.format.name(), "fp4_e2m1");
+  EXPECT_EQ(state.weights.at("conv1").spec.format.name(), "uint8");  // first layer: integer 8-bit
+  EXPECT_NE(res.label.find("fp4_e2m1"), std::string::npos) << res.label;
   std::filesystem::remove(path);
 }
 

@@ -49,6 +49,15 @@ TEST(Recipe, VersionRequiredAndValuesChecked) {
   EXPECT_THROW(Recipe::from_json_text(R"({"version": 1, "weight": {"bits": "4"}})"), ConfigError);
   EXPECT_THROW(Recipe::from_json_text(R"({"version": 1, "method": "flexroundd"})"), ConfigError);
   EXPECT_THROW(Recipe::from_json_text("{\"version\": 1,"), ConfigError);
+  // weight.format: a minifloat / power grid of at most 8 bits, symmetric; integers go through weight.bits.
+  EXPECT_THROW(Recipe::from_json_text(R"({"version": 1, "weight": {"format": "fp4_e2m1", "symmetric": false}})"),
+               ConfigError);
+  EXPECT_THROW(Recipe::from_json_text(R"({"version": 1, "weight": {"format": "fp16"}})"), ConfigError);
+  EXPECT_THROW(Recipe::from_json_text(R"({"version": 1, "weight": {"format": "int4"}})"), ConfigError);
+  EXPECT_THROW(Recipe::from_json_text(R"({"version": 1, "weight": {"format": "fp5_e9m9"}})"), ConfigError);
+  auto fp = Recipe::from_json_text(R"({"version": 1, "weight": {"format": "fp8_e4m3", "symmetric": true}})");
+  EXPECT_EQ(fp.weight_spec().format.name(), "fp8_e4m3");
+  EXPECT_EQ(fp.weight_spec(8).format.name(), "uint8");
   // comments are allowed
   EXPECT_EQ(Recipe::from_json_text("// c\n{\"version\": 1, \"recon\": {\"iters\": 7}}").iters, 7);
 }

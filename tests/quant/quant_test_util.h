@@ -6,7 +6,7 @@ namespace flexquant::testing {
 
 inline WeightQuantSpec make_spec(int bits, bool sym, Granularity g, int64_t gs, ScaleInit init) {
   WeightQuantSpec s;
-  s.bits = bits;
+  s.format = int_weight_format(bits);
   s.symmetric = sym;
   s.granularity = g;
   s.group_size = gs;

@@ -195,10 +195,10 @@ TEST(Gptq, BeatsRtnOnEveryRealStoriesLayer) {
       sum_r += er;
       ++layers_checked;
     }
-    fq::log_warn(fq::detail::concat("[gptq test] stories260K ", c.spec.bits, "-bit ",
+    fq::log_warn(fq::detail::concat("[gptq test] stories260K ", c.spec.bits(), "-bit ",
                                     fq::to_string(c.spec.granularity), " act_order ", c.act_order,
                                     ": sum tr(dW H dWT) GPTQ ", sum_g, " RTN ", sum_r, " ratio ", sum_g / sum_r));
-    EXPECT_LT(sum_g, c.max_total_ratio * sum_r) << c.spec.bits << "-bit act_order " << c.act_order;
+    EXPECT_LT(sum_g, c.max_total_ratio * sum_r) << c.spec.bits() << "-bit act_order " << c.act_order;
   }
   EXPECT_EQ(layers_checked, 4 * 35);
 }
@@ -230,9 +230,9 @@ TEST(Gptq, BeatsRtnOnRealResnetConvs) {
       fq::QuantizedTensor q = fq::gptq_quantize(layer->weight, H, spec);
       double eg = fq::hessian_weighted_error(layer->weight, q.dequantize(), H);
       double er = rtn_error(layer->weight, H, spec);
-      fq::log_warn(fq::detail::concat("[gptq test] resnet20 ", layer->name, " W", spec.bits,
+      fq::log_warn(fq::detail::concat("[gptq test] resnet20 ", layer->name, " W", spec.bits(),
                                       " per-channel: GPTQ ", eg, " RTN ", er, " ratio ", eg / er));
-      EXPECT_LT(eg, 0.8 * er) << layer->name << " W" << spec.bits;
+      EXPECT_LT(eg, 0.8 * er) << layer->name << " W" << spec.bits();
       // The proxy is the real output error: check it against the conv itself.
       torch::Tensor dy = layer->apply(input, layer->weight) - layer->apply(input, q.dequantize());
       const double n = static_cast<double>(dy.size(0) * dy.size(2) * dy.size(3));

@@ -23,6 +23,7 @@
 #include "flexquant/runtime.h"
 #include "flexquant/safetensors.h"
 #include "quant/quant_test_util.h"
+#include "reference/format_ref.h"
 #include "test_data.h"
 
 namespace fq = flexquant;
@@ -60,14 +61,22 @@ torch::Tensor round_ste(const torch::Tensor& x) { return x + (torch::round(x) - 
 // The FlexRound quantizer written as a plain composition of differentiable ATen ops (the reference).
 torch::Tensor naive_flexround(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& d1,
                               const torch::Tensor& d1_0, const torch::Tensor& d2, const torch::Tensor& d3,
-                              const torch::Tensor& d4, const torch::Tensor& qlo, const torch::Tensor& qhi,
-                              const fq::WeightQuantSpec& spec) {
+                              const torch::Tensor& d4, const fq::WeightLevels& lv, const fq::WeightQuantSpec& spec) {
   auto s1 = fq::expand_to_weight(s1_0 * torch::exp(d1 - d1_0), w.sizes(), spec);
   auto logs = d2;
   if (d3.defined()) logs = logs + d3;
   if (d4.defined()) logs = logs + d4;
   auto S = s1 * torch::exp(logs);
-  return s1 * at::clamp(round_ste(w / S), qlo, qhi);
+  auto r = w / S;
+  if (lv.format().is_int()) return s1 * at::clamp(round_ste(r), lv.lowest().to(r.dtype()), lv.highest().to(r.dtype()));
+  // Other grids: the nearest level, gradient 1 where it did not saturate (|r| <= max), 0 where it did.
+  torch::Tensor q;
+  {
+    torch::NoGradGuard ng;
+    q = lv.nearest(r);
+  }
+  auto inside = (r.abs() <= lv.format().max_value()).to(r.dtype()).detach();
+  return s1 * (q + (r - r.detach()) * inside);
 }
 
 double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
@@ -81,13 +90,17 @@ double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
 struct FlexCase {
   fq::WeightQuantSpec spec;
   torch::Tensor w, s1_0, d1_0, d1, d2, d3, d4, qlo, qhi;
+  std::shared_ptr<fq::WeightLevels> lv;
   std::vector<torch::Tensor> params() const { return {d1, d2, d3, d4}; }
 };
 
-FlexCase make_flex_case(at::IntArrayRef shape, torch::ScalarType dt, uint64_t seed, double noise) {
+// format "": the 3-bit asymmetric integer grid; else that (symmetric) minifloat or power grid.
+FlexCase make_flex_case(at::IntArrayRef shape, torch::ScalarType dt, uint64_t seed, double noise,
+                        const std::string& format = "") {
   torch::manual_seed(seed);
   FlexCase c;
-  c.spec = make_spec(3, false, fq::Granularity::PerGroup, 8, fq::ScaleInit::Mse);
+  c.spec = make_spec(3, !format.empty(), fq::Granularity::PerGroup, 8, fq::ScaleInit::Mse);
+  if (!format.empty()) c.spec.format = fq::Format::parse(format);
   auto w32 = torch::randn(shape);
   auto qp = fq::init_qparams(w32, c.spec);
   auto opt = torch::TensorOptions().dtype(dt);
@@ -103,6 +116,7 @@ FlexCase make_flex_case(at::IntArrayRef shape, torch::ScalarType dt, uint64_t se
   c.d4 = (noise * torch::randn(s4, opt)).requires_grad_(true);
   c.qlo = fq::expand_to_weight(-qp.zero_point, shape, c.spec).to(dt);
   c.qhi = fq::expand_to_weight(7.0 - qp.zero_point, shape, c.spec).to(dt);
+  c.lv = std::make_shared<fq::WeightLevels>(c.spec.format, fq::expand_to_weight(qp.zero_point, shape, c.spec).to(dt));
   return c;
 }
 
@@ -122,7 +136,7 @@ void check_init_equals_nearest(const std::string& rounder) {
       r->init(w, spec, qp);
       auto rtn = fq::quantize_rtn(w, spec, qp);
       auto hard = r->harden();
-      ASSERT_TRUE(torch::equal(hard.codes, rtn.codes)) << rounder << " " << name << " bits " << spec.bits;
+      ASSERT_TRUE(torch::equal(hard.codes, rtn.codes)) << rounder << " " << name << " format " << spec.format.name();
       ASSERT_TRUE(torch::equal(hard.qparams.scale, qp.scale)) << rounder << " " << name;
       auto ref = fq::fake_quant_rtn(w, spec, qp);
       ASSERT_TRUE(torch::equal(r->forward(true).detach(), ref)) << rounder << " " << name;
@@ -133,7 +147,7 @@ void check_init_equals_nearest(const std::string& rounder) {
         auto s = fq::expand_to_weight(qp.scale, w.sizes(), spec);
         auto x = w / s;
         auto lo = fq::expand_to_weight(-qp.zero_point, w.sizes(), spec);
-        auto hi = fq::expand_to_weight(double(qp.qmax()) - qp.zero_point, w.sizes(), spec);
+        auto hi = fq::expand_to_weight(double(spec.format.code_max()) - qp.zero_point, w.sizes(), spec);
         auto inside = (x > lo) & (x < hi - 1);
         auto err = ((r->forward(false).detach() - w).abs() / s).masked_select(inside);
         if (err.numel() > 0) {
@@ -309,8 +323,8 @@ TEST(Rounders, HardenMatchesForward_Lrq) { check_harden_matches_forward("lrq"); 
 TEST(FlexRoundGrad, FusedMatchesNaiveCompositionFloat64) {
   auto c = make_flex_case({6, 4, 3, 3}, torch::kDouble, 11, 0.2);
   auto upstream = torch::randn(c.w.sizes(), torch::kDouble);
-  auto fused = fq::flexround_quantize(c.w, c.s1_0, c.d1, c.d1_0, c.d2, c.d3, c.d4, c.qlo, c.qhi, c.spec);
-  auto naive = naive_flexround(c.w, c.s1_0, c.d1, c.d1_0, c.d2, c.d3, c.d4, c.qlo, c.qhi, c.spec);
+  auto fused = fq::flexround_quantize(c.w, c.s1_0, c.d1, c.d1_0, c.d2, c.d3, c.d4, *c.lv, c.spec);
+  auto naive = naive_flexround(c.w, c.s1_0, c.d1, c.d1_0, c.d2, c.d3, c.d4, *c.lv, c.spec);
   ASSERT_TRUE(torch::equal(fused, naive));
   auto gf = grads_of(fused, upstream, c.params());
   auto gn = grads_of(naive, upstream, c.params());
@@ -331,10 +345,9 @@ TEST(FlexRoundGrad, FusedMatchesNaiveCompositionFloat64) {
 
 // Finite differences of the STE surrogate F(θ) = Σ u ⊙ s1(θ)·(q0 + m0·(r(θ) - r0)), q0/m0/r0 frozen at θ0: its
 // exact gradient is the STE gradient, so central differences must match the fused backward.
-TEST(FlexRoundGrad, MatchesFiniteDifferencesOfSteSurrogate) {
-  auto c = make_flex_case({3, 2, 2, 2}, torch::kDouble, 5, 0.3);
+void check_finite_differences(const FlexCase& c) {
   auto upstream = torch::randn(c.w.sizes(), torch::kDouble);
-  auto fused = fq::flexround_quantize(c.w, c.s1_0, c.d1, c.d1_0, c.d2, c.d3, c.d4, c.qlo, c.qhi, c.spec);
+  auto fused = fq::flexround_quantize(c.w, c.s1_0, c.d1, c.d1_0, c.d2, c.d3, c.d4, *c.lv, c.spec);
   auto g = grads_of(fused, upstream, c.params());
   torch::NoGradGuard ng;
   auto r_of = [&](const std::vector<torch::Tensor>& p) {
@@ -344,9 +357,15 @@ TEST(FlexRoundGrad, MatchesFiniteDifferencesOfSteSurrogate) {
   std::vector<torch::Tensor> p0;
   for (auto& t : c.params()) p0.push_back(t.detach().clone());
   auto [s10, r0] = r_of(p0);
-  auto rr = torch::round(r0);
-  auto q0 = torch::clamp(rr, c.qlo, c.qhi);
-  auto m0 = (rr == q0).to(torch::kDouble);
+  torch::Tensor q0, m0;
+  if (c.spec.integer()) {
+    auto rr = torch::round(r0);
+    q0 = torch::clamp(rr, c.qlo, c.qhi);
+    m0 = (rr == q0).to(torch::kDouble);
+  } else {  // the grid's nearest level; the STE passes where it did not saturate
+    q0 = c.lv->nearest(r0);
+    m0 = (r0.abs() <= c.spec.format.max_value()).to(torch::kDouble);
+  }
   auto F = [&](const std::vector<torch::Tensor>& p) {
     auto [s1, r] = r_of(p);
     return (upstream * s1 * (q0 + m0 * (r - r0))).sum().item<double>();
@@ -368,6 +387,11 @@ TEST(FlexRoundGrad, MatchesFiniteDifferencesOfSteSurrogate) {
   }
   EXPECT_EQ(checked, 3 + 24 + 3 + 2);  // delta1 per group (1 group of 8 per row), delta2, delta3, delta4
   EXPECT_GT((1 - m0).sum().item<double>(), 0) << "no clamped element: the clamp path is untested";
+  EXPECT_GT(m0.sum().item<double>(), 0) << "no element in range: the rounding path is untested";
+}
+
+TEST(FlexRoundGrad, MatchesFiniteDifferencesOfSteSurrogate) {
+  check_finite_differences(make_flex_case({3, 2, 2, 2}, torch::kDouble, 5, 0.3));
 }
 
 // Real ResNet-20 weights, float32: the fused op's forward is bit-identical to the naive composition and its
@@ -389,11 +413,10 @@ TEST(FlexRoundGrad, FusedMatchesNaiveOnRealResNet20Weights) {
       auto d3 = (0.05 * torch::randn(s3)).requires_grad_(true);
       torch::Tensor d4;
       if (w.dim() == 4) d4 = (0.05 * torch::randn(s4)).requires_grad_(true);
-      auto qlo = fq::expand_to_weight(-qp.zero_point, w.sizes(), spec);
-      auto qhi = fq::expand_to_weight(double(qp.qmax()) - qp.zero_point, w.sizes(), spec);
+      auto lv = fq::weight_levels(spec, qp, w.sizes());
       auto up = torch::randn_like(w);
-      auto fused = fq::flexround_quantize(w, qp.scale, d1, d1_0, d2, d3, d4, qlo, qhi, spec);
-      auto naive = naive_flexround(w, qp.scale, d1, d1_0, d2, d3, d4, qlo, qhi, spec);
+      auto fused = fq::flexround_quantize(w, qp.scale, d1, d1_0, d2, d3, d4, lv, spec);
+      auto naive = naive_flexround(w, qp.scale, d1, d1_0, d2, d3, d4, lv, spec);
       ASSERT_TRUE(torch::equal(fused, naive)) << name;
       std::vector<torch::Tensor> ps = {d1, d2, d3};
       if (d4.defined()) ps.push_back(d4);
@@ -444,11 +467,10 @@ TEST(LrqGrad, MatchesNaiveCompositionFloat64) {
   auto d3 = (0.3 * torch::randn({3, 12}, dt)).requires_grad_(true);
   auto d4 = (0.1 * torch::randn({8, 1}, dt)).requires_grad_(true);
   auto d5 = (0.1 * torch::randn({1, 12}, dt)).requires_grad_(true);
-  auto qlo = fq::expand_to_weight(-qp.zero_point, w.sizes(), spec).to(dt);
-  auto qhi = fq::expand_to_weight(15.0 - qp.zero_point, w.sizes(), spec).to(dt);
+  fq::WeightLevels lv(spec.format, fq::expand_to_weight(qp.zero_point, w.sizes(), spec).to(dt));
   auto up = torch::randn_like(w);
-  auto fused = fq::flexround_quantize(w, s1_0, d1, d1_0, d2.mm(d3), d4, d5, qlo, qhi, spec);
-  auto naive = naive_flexround(w, s1_0, d1, d1_0, d2.mm(d3), d4, d5, qlo, qhi, spec);
+  auto fused = fq::flexround_quantize(w, s1_0, d1, d1_0, d2.mm(d3), d4, d5, lv, spec);
+  auto naive = naive_flexround(w, s1_0, d1, d1_0, d2.mm(d3), d4, d5, lv, spec);
   ASSERT_TRUE(torch::equal(fused, naive));
   std::vector<torch::Tensor> ps = {d1, d2, d3, d4, d5};
   auto gf = grads_of(fused, up, ps), gn = grads_of(naive, up, ps);
@@ -494,6 +516,183 @@ TEST(Rounders, BeatsNearestOnRealConvLayer) {
     ++checked;
   }
   EXPECT_EQ(checked, 3);
+}
+
+// ---- every rounder on minifloat grids: one grid system (Format) under every method ----
+
+// Symmetric per-channel (MSE start) and per-group-16 (min-max start) grids of a format.
+std::vector<fq::WeightQuantSpec> format_specs(const std::string& format) {
+  auto a = make_spec(4, true, fq::Granularity::PerChannel, 0, fq::ScaleInit::Mse);
+  auto b = make_spec(4, true, fq::Granularity::PerGroup, 16, fq::ScaleInit::MinMax);
+  a.format = b.format = fq::Format::parse(format);
+  return {a, b};
+}
+
+const std::vector<std::string> kFloatGrids = {"fp4_e2m1", "fp8_e4m3"};
+
+// Round-to-nearest on a minifloat grid against the scalar textbook reference (tests/reference/format_ref.h):
+// every dequantized weight is s * float_round(w / s), and the scale search never does worse than min-max.
+TEST(MinifloatGrids, NearestIsTheReferenceLevelTimesScale) {
+  int64_t checked = 0;
+  for (const auto& fmt : kFloatGrids) {
+    for (size_t i : {size_t{0}, size_t{5}, size_t{19}}) {
+      auto w = real_weights()[i].second;
+      for (auto& spec : format_specs(fmt)) {
+        auto qp = fq::init_qparams(w, spec);
+        EXPECT_TRUE(torch::all(qp.zero_point == 0).item<bool>());
+        auto s = fq::expand_to_weight(qp.scale, w.sizes(), spec).contiguous();
+        auto r = (w / s).contiguous();
+        auto got = fq::fake_quant_rtn(w, spec, qp).contiguous();
+        const auto& ff = spec.format.as_float();
+        auto rp = r.data_ptr<float>(), sp = s.data_ptr<float>(), gp = got.data_ptr<float>();
+        for (int64_t j = 0; j < w.numel(); ++j) {
+          const double want = fq::ref::float_round(ff, rp[j], fq::RoundingMode::NearestEven, 0) * sp[j];
+          ASSERT_EQ(gp[j], static_cast<float>(want)) << fmt << " element " << j;
+        }
+        // Codes round-trip through the format's encoding.
+        auto q = fq::quantize_rtn(w, spec, qp);
+        ASSERT_TRUE(torch::equal(q.dequantize(), got)) << fmt;
+        checked += w.numel();
+      }
+      auto mse = fq::init_qparams(w, format_specs(fmt)[0]);
+      auto mm_spec = format_specs(fmt)[0];
+      mm_spec.init = fq::ScaleInit::MinMax;
+      auto mm = fq::init_qparams(w, mm_spec);
+      EXPECT_LE(fq::lp_error(fq::fake_quant_rtn(w, format_specs(fmt)[0], mse), w),
+                fq::lp_error(fq::fake_quant_rtn(w, mm_spec, mm), w) * (1 + 1e-6)) << fmt;
+    }
+  }
+  EXPECT_GT(checked, 10000);  // the stem, a 16-channel conv and the classifier, 2 grids x 2 formats
+}
+
+// Step 0 of every rounder equals round-to-nearest on the grid, codes bit for bit; after the parameters move,
+// the export equals the last hard forward.
+TEST(MinifloatGrids, EveryRounderStartsAtNearestAndHardensToItsForward) {
+  int checked = 0;
+  torch::manual_seed(4);
+  for (const auto& fmt : kFloatGrids) {
+    for (size_t i : {size_t{0}, size_t{3}, size_t{10}, size_t{19}}) {
+      auto w = real_weights()[i].second;
+      for (auto& spec : format_specs(fmt)) {
+        auto qp = fq::init_qparams(w, spec);
+        auto rtn = fq::quantize_rtn(w, spec, qp);
+        for (const char* name : {"rtn", "adaround", "flexround", "lrq"}) {
+          auto r = fq::make_rounder(name);
+          r->init(w, spec, qp);
+          ASSERT_TRUE(torch::equal(r->harden().codes, rtn.codes)) << name << " " << fmt << " layer " << i;
+          ASSERT_TRUE(torch::equal(r->forward(true).detach(), fq::fake_quant_rtn(w, spec, qp))) << name << " " << fmt;
+          {
+            torch::NoGradGuard ng;
+            for (auto& p : r->parameters()) p.add_(torch::randn_like(p) * (std::string(name) == "adaround" ? 1.0 : 0.2));
+          }
+          auto q = r->harden();
+          ASSERT_TRUE(torch::equal(q.dequantize(), r->forward(true).detach())) << name << " " << fmt;
+          if (std::string(name) != "rtn") {
+            EXPECT_GT((q.codes != rtn.codes).sum().item<int64_t>(), 0) << name << ": the perturbation moved no code";
+          }
+          ++checked;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(checked, 2 * 4 * 2 * 4);
+}
+
+// FlexRound's fused op on minifloat grids: forward bitwise equal to the naive composition, gradients equal
+// (float32, real weights), and central differences of the STE surrogate (float64) match its backward. LRQ is
+// the same op with a low-rank element term.
+TEST(MinifloatGrids, FlexRoundAndLrqGradients) {
+  torch::manual_seed(8);
+  for (const auto& fmt : kFloatGrids) {
+    for (size_t i : {size_t{3}, size_t{19}}) {
+      auto w = real_weights()[i].second;
+      auto spec = format_specs(fmt)[0];
+      auto qp = fq::init_qparams(w, spec);
+      auto lv = fq::weight_levels(spec, qp, w.sizes());
+      auto d1_0 = torch::log(qp.scale);
+      auto d1 = (d1_0 + 0.05 * torch::randn_like(d1_0)).requires_grad_(true);
+      auto d2 = (0.1 * torch::randn_like(w)).requires_grad_(true);
+      std::vector<int64_t> s3(w.dim(), 1);
+      s3[0] = w.size(0);
+      auto d3 = (0.05 * torch::randn(s3)).requires_grad_(true);
+      auto up = torch::randn_like(w);
+      auto fused = fq::flexround_quantize(w, qp.scale, d1, d1_0, d2, d3, {}, lv, spec);
+      auto naive = naive_flexround(w, qp.scale, d1, d1_0, d2, d3, {}, lv, spec);
+      ASSERT_TRUE(torch::equal(fused, naive)) << fmt;
+      auto gf = grads_of(fused, up, {d1, d2, d3}), gn = grads_of(naive, up, {d1, d2, d3});
+      for (size_t k = 0; k < gf.size(); ++k) EXPECT_LT(rel_err(gf[k], gn[k]), 1e-6) << fmt << " delta" << k + 1;
+      // LRQ: element term = delta2 · delta3 of rank 4 on the flattened weight.
+      auto w2 = w.reshape({w.size(0), -1});
+      auto spec2 = spec;
+      auto qp2 = fq::init_qparams(w2, spec2);
+      auto lv2 = fq::weight_levels(spec2, qp2, w2.sizes());
+      auto l2 = (0.3 * torch::randn({w2.size(0), 4})).requires_grad_(true);
+      auto l3 = (0.3 * torch::randn({4, w2.size(1)})).requires_grad_(true);
+      auto e1 = torch::log(qp2.scale);
+      auto f2 = fq::flexround_quantize(w2, qp2.scale, e1, e1, l2.mm(l3), {}, {}, lv2, spec2);
+      auto n2 = naive_flexround(w2, qp2.scale, e1, e1, l2.mm(l3), {}, {}, lv2, spec2);
+      ASSERT_TRUE(torch::equal(f2, n2)) << fmt;
+      auto u2 = torch::randn_like(w2);
+      auto gl = grads_of(f2, u2, {l2, l3}), gm = grads_of(n2, u2, {l2, l3});
+      for (size_t k = 0; k < gl.size(); ++k) EXPECT_LT(rel_err(gl[k], gm[k]), 1e-6) << fmt << " lrq factor " << k;
+    }
+    check_finite_differences(make_flex_case({3, 2, 2, 2}, torch::kDouble, 5, 0.3, fmt));
+  }
+}
+
+// AdaRound on a minifloat grid chooses between neighbouring levels whose spacing is not uniform: its soft
+// weight is s·(below + h(V)·step). The autograd gradient in V against central differences, element by element.
+TEST(MinifloatGrids, AdaRoundGradientMatchesFiniteDifferences) {
+  for (const auto& fmt : kFloatGrids) {
+    auto w = real_weights()[3].second;
+    auto spec = format_specs(fmt)[0];
+    auto qp = fq::init_qparams(w, spec);
+    auto r = fq::make_rounder("adaround");
+    r->init(w, spec, qp);
+    auto v = r->parameters().at(0);
+    auto up = torch::randn_like(w);
+    auto g = torch::autograd::grad({(r->forward(false) * up).sum()}, {v})[0];
+    torch::NoGradGuard ng;
+    auto h_raw = torch::sigmoid(v) * 1.2 - 0.1;
+    int checked = 0, nonzero = 0;
+    const double h = 1e-3;
+    for (int64_t j = 0; j < v.numel() && checked < 200; j += 7) {
+      const double hr = h_raw.view(-1)[j].item<double>();
+      if (hr < 0.05 || hr > 0.95) continue;  // away from h's clamp, where the function has a kink
+      const float v0 = v.view(-1)[j].item<float>();
+      auto at = [&](float x) {
+        v.view(-1)[j] = x;
+        return (r->forward(false) * up).view(-1)[j].item<double>();
+      };
+      const double fd = (at(v0 + h) - at(v0 - h)) / (2 * h);
+      v.view(-1)[j] = v0;
+      const double an = g.view(-1)[j].item<double>();
+      EXPECT_NEAR(an, fd, 1e-6 + 2e-2 * std::abs(fd)) << fmt << " element " << j;
+      nonzero += an != 0;
+      ++checked;
+    }
+    EXPECT_GT(checked, 50) << fmt;
+    EXPECT_GT(nonzero, 50) << fmt;
+  }
+}
+
+// The learned rounders beat round-to-nearest on the real ResNet-20 layer1.0.conv1 reconstruction problem
+// (the test above) on fp4_e2m1 and fp8_e4m3 grids, per-channel symmetric MSE start.
+TEST(MinifloatGrids, LearnedRoundersBeatNearestOnRealConvLayer) {
+  struct Run { std::string name; int iters; double lr; };
+  int checked = 0;
+  for (const auto& fmt : kFloatGrids) {
+    auto spec = format_specs(fmt)[0];
+    for (auto& run : std::vector<Run>{{"flexround", 150, 5e-3}, {"lrq", 150, 5e-3}, {"adaround", 150, 1e-2}}) {
+      auto res = reconstruct(run.name, spec, run.iters, run.lr, 1005);
+      const double ratio = res.learned_mse / res.rtn_mse;
+      std::printf("[ recon ] %-9s %s per-channel layer1.0.conv1: RTN MSE %.4e  learned %.4e  ratio %.3f\n",
+                  run.name.c_str(), fmt.c_str(), res.rtn_mse, res.learned_mse, ratio);
+      EXPECT_LE(ratio, 0.8) << run.name << " " << fmt;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 6);
 }
 
 // ---- activation quantizer ----

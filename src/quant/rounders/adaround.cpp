@@ -1,8 +1,11 @@
 // AdaRound (Nagel et al., ICML 2020; methods.md §2), as in BRECQ/QDrop:
-//   W̃ = s·clamp(⌊W/s⌋ + h(V), -z, 2^b-1-z),  h(V) = clamp(σ(V)(ζ-γ) + γ, 0, 1),  ζ = 1.1, γ = -0.1,
+//   W̃ = s·clamp(⌊W/s⌋ + h(V)·(⌈W/s⌉ - ⌊W/s⌋)),  h(V) = clamp(σ(V)(ζ-γ) + γ, 0, 1),  ζ = 1.1, γ = -0.1,
+//   where ⌊·⌋/⌈·⌉ are the neighbouring levels of the spec's grid (integers: floor and floor + 1, clamped to
+//   [-z, 2^b-1-z]; minifloat and power grids: the levels around W/s, so the step is not uniform),
 //   regulariser λ Σ (1 - |2h(V) - 1|^β), off for the first `warmup` of the iterations, then β linear start -> end;
 //   hard rounding h = 1[V >= 0]. The grid s (and z) stays fixed.
-// V starts at -log((ζ-γ)/(frac-γ) - 1) so that h(V) = frac (the soft weight equals W); its sign is then made to
+// V starts at -log((ζ-γ)/(frac-γ) - 1), frac = (W/s - ⌊W/s⌋)/step, so that h(V) = frac (the soft weight equals W);
+// its sign is then made to
 // agree with round-half-even so the step-0 hard codes are RTN's bit for bit (frac = 0.5 ties and ulp noise).
 #include <algorithm>
 #include <cmath>
@@ -30,17 +33,15 @@ class AdaRoundRounder : public Rounder {
     torch::NoGradGuard ng;
     w_ = w.detach().to(torch::kFloat).contiguous();
     spec_ = spec;
-    qp_.bits = qp.bits;
     qp_.scale = qp.scale.to(w_.options()).contiguous().clone();
     qp_.zero_point = qp.zero_point.to(w_.options()).contiguous().clone();
     s_ = expand_to_weight(qp_.scale, w_.sizes(), spec_);
-    const double qmax = static_cast<double>(qp_.qmax());
-    qlo_ = expand_to_weight(-qp_.zero_point, w_.sizes(), spec_);
-    qhi_ = expand_to_weight(qmax - qp_.zero_point, w_.sizes(), spec_);
+    levels_ = std::make_shared<WeightLevels>(weight_levels(spec_, qp_, w_.sizes()));
     auto x = w_ / s_;
-    floor_ = torch::floor(x);
-    auto frac = x - floor_;  // exact in floating point
-    auto up = (torch::round(x) - floor_) > 0.5;
+    floor_ = levels_->below(x);
+    step_ = levels_->above(floor_) - floor_;  // integers: 1, so frac = x - floor is exact
+    auto frac = torch::where(step_ > 0, (x - floor_) / step_, torch::zeros_like(x)).clamp(0.0, 1.0);
+    auto up = levels_->rounds_up(x, floor_);
     auto v = -torch::log((kZeta - kGamma) / (frac - kGamma) - 1.0);
     v = torch::where(up, v.clamp_min(0.0), torch::where(v >= 0, torch::full_like(v, -1e-6), v));
     v_ = v.requires_grad_(true);
@@ -51,7 +52,7 @@ class AdaRoundRounder : public Rounder {
   torch::Tensor forward(bool hard) override {
     FQ_INTERNAL_ASSERT(w_.defined(), "adaround rounder used before init()");
     auto h = hard ? (v_ >= 0).to(v_.scalar_type()) : h_soft();
-    return s_ * torch::clamp(floor_ + h, qlo_, qhi_);
+    return s_ * levels_->clamp(floor_ + h * step_);
   }
 
   std::vector<torch::Tensor> parameters() override { return {v_}; }
@@ -78,9 +79,9 @@ class AdaRoundRounder : public Rounder {
     const int64_t bad = (~torch::isfinite(v_)).sum().item<int64_t>();
     FQ_CHECK(bad == 0, NumericError, "adaround: ", bad, " of ", v_.numel(), " rounding variables V of weight ",
              w_.sizes(), " are NaN/inf -> allowed: finite -> hint: lower recon.lr");
-    auto q = torch::clamp(floor_ + (v_ >= 0).to(v_.scalar_type()), qlo_, qhi_);
+    auto q = levels_->clamp(floor_ + (v_ >= 0).to(v_.scalar_type()) * step_);
     QuantizedTensor t;
-    t.codes = (to_grouped(q, spec_) + qp_.zero_point).to(torch::kUInt8);
+    t.codes = grouped_levels(spec_, qp_).to_codes(to_grouped(q, spec_));
     t.qparams = qp_;
     t.shape = w_.sizes().vec();
     t.spec = spec_;
@@ -91,7 +92,8 @@ class AdaRoundRounder : public Rounder {
   RounderOptions opts_;
   WeightQuantSpec spec_;
   QParams qp_;
-  torch::Tensor w_, s_, floor_, qlo_, qhi_, v_;
+  std::shared_ptr<WeightLevels> levels_;
+  torch::Tensor w_, s_, floor_, step_, v_;
 };
 
 }  // namespace

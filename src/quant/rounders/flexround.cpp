@@ -1,5 +1,6 @@
 // FlexRound (Lee et al., ICML 2023; methods.md §1.1): rounding by element-wise division,
-//   S = s1 ⊙ S2 ⊙ s3 [⊙ s4],  q = clamp(⌊W ⊘ S⌉, -z, 2^b-1-z),  Ŵ = s1·q,
+//   S = s1 ⊙ S2 ⊙ s3 [⊙ s4],  q = ⌊W ⊘ S⌉ on the spec's levels (integers: clamp(round, -z, 2^b-1-z); minifloat
+//   and power grids: the format's nearest level, saturating),  Ŵ = s1·q,
 // every factor learned in log space (delta1..delta4), z fixed from the initial grid. The quantizer is one
 // fused autograd op (forward and all four gradients in one pass, STE for round, clamp blocks), shared by LRQ.
 // Shapes: w [Cout, ...]; delta1 = log s1 in the qparams shape ([1,1,1] / [Cout,1,1] / [Cout,G,1], broadcast
@@ -14,8 +15,7 @@ namespace rounders {
 
 FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
                  const torch::Tensor& delta1_0, const torch::Tensor& delta2, const torch::Tensor& delta3,
-                 const torch::Tensor& delta4, const torch::Tensor& qlo, const torch::Tensor& qhi,
-                 const WeightQuantSpec& spec) {
+                 const torch::Tensor& delta4, const WeightLevels& levels, const WeightQuantSpec& spec) {
   FlexMap m;
   // exp(delta1 - delta1_0) == 1 exactly at init, so s1 == s1_0 and the step-0 codes are RTN's bit for bit.
   m.s1p = s1_0 * torch::exp(delta1 - delta1_0);
@@ -24,25 +24,23 @@ FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch:
   if (delta3.defined()) logs = logs + delta3;
   if (delta4.defined()) logs = logs + delta4;
   m.r = w / (m.s1 * torch::exp(logs));  // division, as RTN does: w/S must round like w/s1 at init
-  m.q = torch::clamp(torch::round(m.r), qlo, qhi);
+  m.q = levels.nearest(m.r);
   m.out = m.s1 * m.q;
   return m;
 }
 
-QuantizedTensor flex_harden(const FlexMap& m, const torch::Tensor& zero_point, at::IntArrayRef shape,
-                            const WeightQuantSpec& spec, int bits, const std::string& who) {
+QuantizedTensor flex_harden(const FlexMap& m, const FlexGrid& g, at::IntArrayRef shape, const WeightQuantSpec& spec,
+                            const std::string& who) {
   const bool s_ok = torch::isfinite(m.s1p).all().item<bool>() && (m.s1p > 0).all().item<bool>();
   const int64_t bad_q = (~torch::isfinite(m.q)).sum().item<int64_t>();
   FQ_CHECK(s_ok && bad_q == 0, NumericError, who, ": the learned grid became invalid (s1 finite and > 0: ",
            s_ok ? "yes" : "no", "; non-finite codes: ", bad_q, " of ", m.q.numel(), ", weight ",
            c10::IntArrayRef(shape), ") -> allowed: finite, positive divisors -> hint: lower recon.lr");
   QuantizedTensor t;
-  // Padding codes become z (value 0): q is zero-padded in the grouped view.
-  auto code = to_grouped(m.q.reshape(shape), spec) + zero_point;
-  t.codes = code.to(torch::kUInt8);
+  // Padding gets level 0 (integers: code z): q is zero-padded in the grouped view.
   t.qparams.scale = m.s1p.detach().clone();
-  t.qparams.zero_point = zero_point.clone();
-  t.qparams.bits = bits;
+  t.qparams.zero_point = g.z.clone();
+  t.codes = grouped_levels(spec, t.qparams).to_codes(to_grouped(m.q.reshape(shape), spec));
   t.shape = std::vector<int64_t>(shape.begin(), shape.end());
   t.spec = spec;
   return t;
@@ -57,10 +55,9 @@ struct FlexRoundFn : public torch::autograd::Function<FlexRoundFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& w, const torch::Tensor& s1_0,
                                const torch::Tensor& delta1, const torch::Tensor& delta1_0,
                                const torch::Tensor& delta2, const torch::Tensor& delta3,
-                               const torch::Tensor& delta4, const torch::Tensor& qlo, const torch::Tensor& qhi,
-                               const WeightQuantSpec& spec) {
-    FlexMap m = flex_map(w, s1_0, delta1, delta1_0, delta2, delta3, delta4, qlo, qhi, spec);
-    ctx->save_for_backward({m.s1, m.r, m.q});
+                               const torch::Tensor& delta4, const WeightLevels& levels, const WeightQuantSpec& spec) {
+    FlexMap m = flex_map(w, s1_0, delta1, delta1_0, delta2, delta3, delta4, levels, spec);
+    ctx->save_for_backward({m.s1, m.r, m.q, levels.passes(m.r, m.q)});
     ctx->saved_data["gran"] = static_cast<int64_t>(spec.granularity);
     ctx->saved_data["group_size"] = spec.group_size;
     ctx->saved_data["d1"] = delta1.sizes().vec();
@@ -78,17 +75,18 @@ struct FlexRoundFn : public torch::autograd::Function<FlexRoundFn> {
     const auto& s1 = saved[0];
     const auto& r = saved[1];
     const auto& q = saved[2];
+    const auto& passes = saved[3];
     const auto need = ctx->saved_data["need"].toIntVector();
     WeightQuantSpec spec;
     spec.granularity = static_cast<Granularity>(ctx->saved_data["gran"].toInt());
     spec.group_size = ctx->saved_data["group_size"].toInt();
 
-    variable_list grads(10);  // one per forward argument; the spec gets none
+    variable_list grads(9);  // one per forward argument; the levels and the spec get none
     const auto& g = grad_out[0];
     if (!g.defined()) return grads;
     auto gs = g * s1;
-    // d out/d log S = -s1 * r where round(r) was not clamped (STE), 0 where it was.
-    auto g_logs = (gs * r).neg_().masked_fill_(torch::round(r) != q, 0);
+    // d out/d log S = -s1 * r where the rounding of r did not saturate (STE), 0 where it did.
+    auto g_logs = (gs * r).neg_().masked_fill_(passes.logical_not(), 0);
     if (need[0]) {
       // log s1 enters twice: in S (-s1 r, in range) and in the outer multiply (s1 q).
       grads[2] = reduce_to_param(gs * q + g_logs, ctx->saved_data["d1"].toIntVector(), spec);
@@ -129,7 +127,7 @@ class FlexRoundRounder : public Rounder {
 
   torch::Tensor forward(bool) override {
     FQ_INTERNAL_ASSERT(w_.defined(), "flexround rounder used before init()");
-    return flexround_quantize(w_, g_.s1_0, g_.delta1, g_.delta1_0, delta2_, delta3_, delta4_, g_.qlo, g_.qhi, spec_);
+    return flexround_quantize(w_, g_.s1_0, g_.delta1, g_.delta1_0, delta2_, delta3_, delta4_, *g_.levels, spec_);
   }
 
   std::vector<torch::Tensor> parameters() override {
@@ -144,8 +142,8 @@ class FlexRoundRounder : public Rounder {
   QuantizedTensor harden() override {
     FQ_INTERNAL_ASSERT(w_.defined(), "flexround rounder used before init()");
     torch::NoGradGuard ng;
-    auto m = flex_map(w_, g_.s1_0, g_.delta1, g_.delta1_0, delta2_, delta3_, delta4_, g_.qlo, g_.qhi, spec_);
-    return flex_harden(m, g_.z, w_.sizes(), spec_, g_.bits, "flexround");
+    auto m = flex_map(w_, g_.s1_0, g_.delta1, g_.delta1_0, delta2_, delta3_, delta4_, *g_.levels, spec_);
+    return flex_harden(m, g_, w_.sizes(), spec_, "flexround");
   }
 
  private:
@@ -160,14 +158,11 @@ class FlexRoundRounder : public Rounder {
 void FlexGrid::init(at::IntArrayRef weight_shape, const torch::TensorOptions& opt, const WeightQuantSpec& spec,
                     const QParams& qp, bool learn_s1) {
   torch::NoGradGuard ng;
-  bits = qp.bits;
   s1_0 = qp.scale.to(opt).contiguous().clone();
   z = qp.zero_point.to(opt).contiguous().clone();
   delta1_0 = torch::log(s1_0);
   delta1 = delta1_0.clone().requires_grad_(learn_s1);
-  const double qmax = static_cast<double>((int64_t{1} << bits) - 1);
-  qlo = expand_to_weight(-z, weight_shape, spec);
-  qhi = expand_to_weight(qmax - z, weight_shape, spec);
+  levels = std::make_shared<WeightLevels>(weight_levels(spec, QParams{s1_0, z}, weight_shape));
 }
 
 std::unique_ptr<Rounder> make_flexround(const RounderOptions& opts) {
@@ -178,11 +173,11 @@ std::unique_ptr<Rounder> make_flexround(const RounderOptions& opts) {
 
 torch::Tensor flexround_quantize(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
                                  const torch::Tensor& delta1_0, const torch::Tensor& delta2,
-                                 const torch::Tensor& delta3, const torch::Tensor& delta4, const torch::Tensor& qlo,
-                                 const torch::Tensor& qhi, const WeightQuantSpec& spec) {
+                                 const torch::Tensor& delta3, const torch::Tensor& delta4, const WeightLevels& levels,
+                                 const WeightQuantSpec& spec) {
   // libtorch 1.13 custom functions reject undefined inputs: an absent factor is a constant log 0 (x + 0 == x).
   auto absent = [&](const torch::Tensor& t) { return t.defined() ? t : torch::zeros({}, w.options()); };
-  return rounders::FlexRoundFn::apply(w, s1_0, delta1, delta1_0, delta2, absent(delta3), absent(delta4), qlo, qhi,
+  return rounders::FlexRoundFn::apply(w, s1_0, delta1, delta1_0, delta2, absent(delta3), absent(delta4), levels,
                                       spec);
 }
 

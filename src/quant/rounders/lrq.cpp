@@ -40,8 +40,8 @@ class LrqRounder : public Rounder {
 
   torch::Tensor forward(bool) override {
     FQ_INTERNAL_ASSERT(w2_.defined(), "lrq rounder used before init()");
-    return flexround_quantize(w2_, g_.s1_0, g_.delta1, g_.delta1_0, delta2_.mm(delta3_), delta4_, delta5_, g_.qlo,
-                              g_.qhi, spec_)
+    return flexround_quantize(w2_, g_.s1_0, g_.delta1, g_.delta1_0, delta2_.mm(delta3_), delta4_, delta5_, *g_.levels,
+                              spec_)
         .reshape(shape_);
   }
 
@@ -55,9 +55,8 @@ class LrqRounder : public Rounder {
   QuantizedTensor harden() override {
     FQ_INTERNAL_ASSERT(w2_.defined(), "lrq rounder used before init()");
     torch::NoGradGuard ng;
-    auto m = flex_map(w2_, g_.s1_0, g_.delta1, g_.delta1_0, delta2_.mm(delta3_), delta4_, delta5_, g_.qlo, g_.qhi,
-                      spec_);
-    return flex_harden(m, g_.z, shape_, spec_, g_.bits, "lrq");
+    auto m = flex_map(w2_, g_.s1_0, g_.delta1, g_.delta1_0, delta2_.mm(delta3_), delta4_, delta5_, *g_.levels, spec_);
+    return flex_harden(m, g_, shape_, spec_, "lrq");
   }
 
  private:

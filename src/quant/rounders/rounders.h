@@ -12,26 +12,25 @@ std::unique_ptr<Rounder> make_flexround(const RounderOptions& opts);
 std::unique_ptr<Rounder> make_lrq(const RounderOptions& opts);
 
 /// The FlexRound map without autograd (see flexround_quantize): s1p = s1_0*exp(delta1-delta1_0) in the grouped
-/// parameter shape, s1 = s1p broadcast to w, r = w/S, q = clamp(round(r), qlo, qhi), out = s1*q.
+/// parameter shape, s1 = s1p broadcast to w, r = w/S, q = levels.nearest(r), out = s1*q.
 struct FlexMap {
   torch::Tensor s1p, s1, r, q, out;
 };
 FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
                  const torch::Tensor& delta1_0, const torch::Tensor& delta2, const torch::Tensor& delta3,
-                 const torch::Tensor& delta4, const torch::Tensor& qlo, const torch::Tensor& qhi,
-                 const WeightQuantSpec& spec);
+                 const torch::Tensor& delta4, const WeightLevels& levels, const WeightQuantSpec& spec);
 
 /// The common grid s1 = s1_0 * exp(delta1 - delta1_0) that FlexRound and LRQ learn (delta1 = log s1 starts at
-/// the initial grid), the zero point and the code bounds [qlo, qhi] broadcast to the weight's shape.
+/// the initial grid), the zero point and the levels broadcast to the weight's shape.
 struct FlexGrid {
-  int bits = 4;
-  torch::Tensor s1_0, z, delta1_0, delta1, qlo, qhi;
+  torch::Tensor s1_0, z, delta1_0, delta1;
+  std::shared_ptr<WeightLevels> levels;
   void init(at::IntArrayRef weight_shape, const torch::TensorOptions& opt, const WeightQuantSpec& spec,
             const QParams& qp, bool learn_s1);
 };
 
 /// Codes (grouped view, uint8) and grid of a FlexMap; NumericError when s1 or q is not finite.
-QuantizedTensor flex_harden(const FlexMap& m, const torch::Tensor& zero_point, at::IntArrayRef shape,
-                            const WeightQuantSpec& spec, int bits, const std::string& who);
+QuantizedTensor flex_harden(const FlexMap& m, const FlexGrid& g, at::IntArrayRef shape, const WeightQuantSpec& spec,
+                            const std::string& who);
 
 }  // namespace flexquant::rounders

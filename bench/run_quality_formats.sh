@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Integer vs minifloat grids at equal bits, round-to-nearest vs FlexRound (issue #9), on ResNet-20 / CIFAR-10 and
+# stories260K / TinyStories. Every row runs one `compare` per grid (RTN and FlexRound recipes, the grid set with
+# --set weight.format=...) and writes out/bench_formats/<row>-<grid>.{md,log,cmd}; the section "Integer vs
+# minifloat grids" of docs/RESULTS.md is assembled from every row file present.
+# Usage: bench/run_quality_formats.sh [build-dir] [iters] [row ...]     (row "none": only reassemble)
+#   rows: r20-ch-w{8,6,4}a{32,8}, r20-t-w{8,6,4}a{32,8} (per-channel / per-tensor), lm-ch-w{8,6,4}, lm-g32-w{8,6,4}
+# Weights are symmetric everywhere (minifloats have no zero point), MSE-initialised; CNN first/last layer int8.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+BUILD=${1:-build-bench}; ITERS=${2:-500}; shift 2 || true
+SHARED=${FLEXQUANT_SHARED:-../shared}
+OUT=out/bench_formats; mkdir -p "$OUT"
+declare -A GRIDS=([8]="int fp8_e4m3 fp8_e5m2" [6]="int fp6_e3m2 fp6_e2m3" [4]="int fp4_e2m1")
+CNN="compare --model $SHARED/data/cifar10/resnet20.safetensors --arch resnet_cifar --data cifar10:$SHARED/data/cifar10 --recipe recipes/rtn-w4a4.json,recipes/flexround-w4a4.json"
+LM="compare --model $SHARED/data/lm/stories260K.bin --data $SHARED/data/lm/tinystories_valid_first.txt --calib-paragraphs 2000 --set calib.samples=512 --recipe recipes/llm-rtn-w4.json,recipes/llm-flexround-w4.json"
+
+row_args() {  # row_args ROW -> the workload and setting flags of a row, without the grid
+  local row=$1
+  if [[ $row =~ ^r20-(ch|t)-w([0-9]+)a([0-9]+)$ ]]; then
+    local g=channel; [[ ${BASH_REMATCH[1]} == t ]] && g=tensor
+    echo "$CNN --set weight.granularity=$g --set weight.bits=${BASH_REMATCH[2]} --set act.bits=${BASH_REMATCH[3]}"
+  elif [[ $row =~ ^lm-(ch|g32)-w([0-9]+)$ ]]; then
+    local g="--set weight.granularity=channel"
+    [[ ${BASH_REMATCH[1]} == g32 ]] && g="--set weight.granularity=group --set weight.group_size=32"
+    echo "$LM $g --set weight.bits=${BASH_REMATCH[2]}"
+  else
+    bench_die "unknown row '$row' -> rows look like r20-ch-w4a32, r20-t-w8a8, lm-ch-w6, lm-g32-w4"
+  fi
+}
+row_bits() { [[ $1 =~ -w([0-9]+) ]] && echo "${BASH_REMATCH[1]}"; }
+
+ROWS=${*:-none}
+[[ "$ROWS" == none ]] || bench_binary "$BUILD"
+for row in $ROWS; do
+  [[ $row == none ]] && continue
+  args=$(row_args "$row")
+  for grid in ${GRIDS[$(row_bits "$row")]}; do
+    f="$OUT/$row-$grid"
+    rm -f "$f.md"
+    bench_run "$f.cmd" "$f.log" $BENCH_BIN ${FLEXQUANT_ARGS:-} $args --set weight.format=$grid \
+      --set weight.symmetric=true --set weight.init=mse --set recon.iters=$ITERS --markdown "$f.md"
+    echo "done $row $grid"
+  done
+done
+
+python3 - "$OUT" <<'PY'
+import glob, os, re, subprocess, sys
+out = sys.argv[1]
+def metric(md, method):
+    for line in open(md):
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 3 and cells[1].startswith(method + " "):
+            return float(cells[2])
+    return None
+rows = {}
+for md in sorted(glob.glob(f"{out}/*.md")):
+    name = os.path.basename(md)[:-3]
+    row, grid = re.match(r"(.*-w\d+(?:a\d+)?)-(.*)", name).groups()
+    if not os.path.exists(md[:-3] + ".cmd"):
+        continue
+    fp = None
+    for line in open(md):
+        c = [x.strip() for x in line.split("|")]
+        if len(c) > 3 and c[1] == "FP32": fp = float(c[2])
+    rows.setdefault(row, {})[grid] = (fp, metric(md, "rtn"), metric(md, "flexround"), open(md[:-3] + ".cmd").read().strip())
+lines = ["## Integer vs minifloat grids (issue #9)", "",
+         "Script: `bench/run_quality_formats.sh <build> <iters> [rows]`. Symmetric weights on every grid (minifloats",
+         "have no zero point), MSE-initialised scale; ResNet-20: calibration records 0-1023, evaluation 1024-9999,",
+         "first/last layer int8, LSQ activations where A < 32; stories260K: the LM table's protocol (FP 7.27).",
+         "Each cell is RTN / FlexRound on that grid; **bold** marks the best FlexRound grid of the row (for",
+         "ResNet-20 the highest top-1, for stories260K the lowest perplexity). Every run's command is listed below.", "",
+         "| row | FP | grid | RTN | FlexRound | FlexRound - RTN |", "|---|---|---|---|---|---|"]
+cmds = []
+for row in sorted(rows, key=lambda r: (r.split("-")[0], r.split("-")[1], -int(re.search(r"-w(\d+)", r).group(1)), r)):
+    grids = rows[row]
+    lm = row.startswith("lm")
+    best = (min if lm else max)(grids, key=lambda g: grids[g][2] if grids[g][2] is not None else (1e9 if lm else -1e9))
+    for g in sorted(grids, key=lambda g: (g != "int", g)):
+        fp, rtn, fr, cmd = grids[g]
+        d = (rtn - fr) if lm else (fr - rtn)
+        frs = f"**{fr:.2f}**" if g == best else f"{fr:.2f}"
+        lines.append(f"| {row} | {fp:.2f} | {g} | {rtn:.2f} | {frs} | {d:+.2f} {'better' if d > 0 else 'WORSE'} |")
+        cmds.append(f"- {row} {g}: {cmd}")
+lines += ["", "Commands:", ""] + cmds + [""]
+sec = os.path.join(out, "section.md")
+open(sec, "w").write("\n".join(lines))
+subprocess.run(["python3", "bench/update_results.py", "Integer vs minifloat grids (issue #9)", sec], check=True)
+PY
