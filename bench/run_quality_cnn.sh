@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
 # CNN quality benchmark (issue #3): ResNet-20/32/44 on CIFAR-10, per-tensor weights; each row runs RTN,
 # AdaRound, FlexRound and FlexRound+QDrop on one table. Calibration: records 0-1023; evaluation: records
-# 1024-9999 (8,976 images). Each row writes out/bench_cnn/<model>-w<W>a<A>.{md,log,cmd}; the docs/RESULTS.md
-# section "CNN quality" is assembled from every row file present, so rows can run in separate processes.
-# Usage: bench/run_quality_cnn.sh [build-dir] [iters] [models] [settings]   (models "none": only reassemble)
+# 1024-9999 (8,976 images). Each row writes out/bench_cnn/<model>-w<W>a<A>.{md,log,cmd} and replaces its
+# subsection of docs/RESULTS.md "CNN quality", so rows can run in separate processes.
+# Usage: bench/run_quality_cnn.sh [build-dir] [iters] [models] [settings]
 #   models: "resnet20 resnet32 resnet44" (default), settings: "w4a32 w3a32 w2a32 w4a4 w2a4" (default)
 # The papers use 20000 iterations per block.
-# Reassembling rewrites the whole section: the hand-written "Against the issue's targets" paragraph must be redone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
-BUILD=${1:-build}; ITERS=${2:-20000}
+BUILD=${1:-build-bench}; ITERS=${2:-20000}
 MODELS=${3:-resnet20 resnet32 resnet44}
 SETTINGS=${4:-w4a32 w3a32 w2a32 w4a4 w2a4}
 ALL_MODELS="resnet20 resnet32 resnet44"; ALL_SETTINGS="w4a32 w3a32 w2a32 w4a4 w2a4"
@@ -31,26 +30,20 @@ for m in $MODELS; do
   done
 done
 
-SECTION="$OUT/section.md"
-{
-  echo "## CNN quality (issue #3)"
-  echo
-  echo "Machine: 2 vCPU (AVX2-bound by OPENBLAS_CORETYPE), CPU only. Script: \`bench/run_quality_cnn.sh <build> <iters>"
-  echo "[models] [settings]\`; each row's exact command and date is under it. Calibration: CIFAR-10 test records"
-  echo "0-1023; evaluation: records 1024-9999 (8,976 images, disjoint). Per-tensor symmetric weights (MSE grid), first"
-  echo "and last layer 8-bit, LSQ activations where A < 32, block reconstruction, batch 32, seed 1005. The papers run"
-  echo "20,000 iterations per block; rows say how many they ran."
-  echo
-  for m in $ALL_MODELS; do
-    for s in $ALL_SETTINGS; do
-      row="$m-$s"
-      [[ -f "$OUT/$row.md" && -f "$OUT/$row.cmd" ]] || continue
+# Each row that ran replaces its own "### <model> <SETTING>" subsection of "## CNN quality (issue #3)"; the
+# hand-written text of the section and the rows not run now stay as they are.
+for m in $MODELS; do
+  [[ $m == none ]] && continue
+  for s in $SETTINGS; do
+    row="$m-$s"
+    [[ -f "$OUT/$row.md" && -f "$OUT/$row.cmd" ]] || continue
+    sub="$OUT/$row.section.md"
+    {
       echo "### $m ${s^^}"; echo
       echo "Run $(cat "$OUT/$row.cmd")"; echo
       cat "$OUT/$row.md"
       grep -E "^total time" "$OUT/$row.log" | sed 's/^/\n/' || true
-      echo
-    done
+    } > "$sub"
+    python3 bench/update_results.py "$m ${s^^}" "$sub" --under "CNN quality (issue #3)"
   done
-} > "$SECTION"
-python3 bench/update_results.py "CNN quality (issue #3)" "$SECTION"
+done

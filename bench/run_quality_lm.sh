@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
 # LM quality benchmark (issue #4): stories260K on TinyStories; calibration = 512 sequences x 256 tokens from
 # paragraphs 0-1999, evaluation = paragraphs 2000- (first 60,000 tokens, windows of 512). Each row writes
-# out/bench_lm/<row>.{md,log,cmd}; the docs/RESULTS.md section "LM quality" is then assembled from every row
-# file present, so rows can run in separate processes (e.g. one per core with FLEXQUANT_ARGS="--threads 1").
-# Usage: bench/run_quality_lm.sh [build-dir] [iters] [row ...]     (row "none": only reassemble the section)
+# out/bench_lm/<row>.{md,log,cmd} and replaces that row's subsection of docs/RESULTS.md "LM quality", so rows can
+# run in separate processes (e.g. one per core with FLEXQUANT_ARGS="--threads 1").
+# Usage: bench/run_quality_lm.sh [build-dir] [iters] [row ...]
 #   rows: w4ch w3ch w4g32 w3g32 w8a8 w4a8kv8 (default all)
 # FlexRound's released LLM code runs 5000 iterations per decoder layer.
-# Reassembling rewrites the whole section: the hand-written "Against the issue's targets" paragraph must be redone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
-BUILD=${1:-build}; ITERS=${2:-5000}; shift 2 || true
+BUILD=${1:-build-bench}; ITERS=${2:-5000}; shift 2 || true
 ROWS=${*:-w4ch w3ch w4g32 w3g32 w8a8 w4a8kv8}
 ALL_ROWS="w4ch w3ch w4g32 w3g32 w8a8 w4a8kv8"
 SHARED=${FLEXQUANT_SHARED:-../shared}
@@ -37,32 +36,16 @@ for row in $ROWS; do
   echo "done $row"
 done
 
-SECTION="$OUT/section.md"
-{
-  echo "## LM quality (issue #4)"
-  echo
-  echo "Machine: 2 vCPU, CPU only. Script: \`bench/run_quality_lm.sh <build> <iters> [rows]\`; each row's exact command"
-  echo "and date is under it. Model stories260K (llama2.c). Calibration: 512 sequences x 256 tokens drawn (seed 1005)"
-  echo "from paragraphs 0-1999 of tinystories_valid_first.txt; evaluation: paragraphs 2000- (disjoint), first 60,000"
-  echo "tokens, BOS per paragraph, windows of 512, stride 512 (these later paragraphs are harder: FP perplexity 7.27,"
-  echo "against 4.40 on paragraphs 200-). Asymmetric weights, MSE grid, decoder-layer"
-  echo "reconstruction (inputs from the quantized prefix, targets from the FP model), batch 4, Adam, per-method"
-  echo "learning rates from recipes/llm-*.json. LRQ rank 16. W8A8: per-tensor static activations on every linear"
-  echo "input with LSQ steps learned during reconstruction; SmoothQuant alpha 0.5 + round-to-nearest. W4A8: 8-bit"
-  echo "per-token dynamic min-max on every linear input, k/v outputs per-token 8-bit (KV8); reconstruction is"
-  echo "weight-only (the dynamic quantizers are off in the loss, as FlexRound's released W4A8 code) and they are"
-  echo "on when the quantized path is propagated and at evaluation."
-  echo
-  for row in $ALL_ROWS; do
+# Each row that ran replaces its own "### <title>" subsection of "## LM quality (issue #4)"; the hand-written text
+# of the section (targets, sweeps) and the rows not run now stay as they are.
+for row in $ROWS; do
+  [[ $row == none || ! -f "$OUT/$row.md" || ! -f "$OUT/$row.cmd" ]] && continue
+  sub="$OUT/$row.section.md"
+  {
     echo "### ${TITLE[$row]}"; echo
-    if [[ -f "$OUT/$row.md" && -f "$OUT/$row.cmd" ]]; then
-      echo "Run $(cat "$OUT/$row.cmd")"; echo
-      cat "$OUT/$row.md"
-      grep -E "^total time" "$OUT/$row.log" | sed 's/^/\n/' || true
-    else
-      echo "Not run."
-    fi
-    echo
-  done
-} > "$SECTION"
-python3 bench/update_results.py "LM quality (issue #4)" "$SECTION"
+    echo "Run $(cat "$OUT/$row.cmd")"; echo
+    cat "$OUT/$row.md"
+    grep -E "^total time" "$OUT/$row.log" | sed 's/^/\n/' || true
+  } > "$sub"
+  python3 bench/update_results.py "${TITLE[$row]}" "$sub" --under "LM quality (issue #4)"
+done

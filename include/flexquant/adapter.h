@@ -17,6 +17,14 @@ namespace flexquant {
 
 enum class LayerKind { Linear, Conv2d };
 
+/// What a layer is to its model, for the default bit policy: the engine keeps Input (a CNN's stem) and Output (a
+/// classifier) layers at the recipe's weight.first_last_bits without knowing the architecture.
+enum class LayerRole { Hidden, Input, Output };
+
+/// What an activation site is to its model: KvCache sites (an LM's keys and values) take act.kv_bits per token;
+/// ClassifierInput sites (the input of an Output layer) stay at weight.first_last_bits like their layer.
+enum class SiteRole { Activation, KvCache, ClassifierInput };
+
 /// One quantizable layer: y = op(x, W) + b. Weights are [out, in] (Linear) or [out, in/groups, kh, kw]
 /// (Conv2d), fp32, with BatchNorm already folded in.
 struct QuantLayer {
@@ -25,6 +33,7 @@ struct QuantLayer {
   torch::Tensor weight;
   torch::Tensor bias;  ///< undefined when the layer has none
   int64_t stride = 1, padding = 0, groups = 1;  ///< Conv2d only
+  LayerRole role = LayerRole::Hidden;
 
   /// Apply this layer with the given weight (same shape as `weight`).
   torch::Tensor apply(const torch::Tensor& x, const torch::Tensor& w) const;
@@ -34,6 +43,7 @@ struct QuantLayer {
 struct ActSite {
   std::string name;
   bool non_negative = false;  ///< known >= 0 (after ReLU): an unsigned grid loses nothing
+  SiteRole role = SiteRole::Activation;
 };
 
 /// Hooks the engine gives a unit's forward. The defaults run the FP model.

@@ -36,17 +36,12 @@ torch::Tensor chunked(const torch::Tensor& x, const std::function<torch::Tensor(
   return torch::cat(outs, 0);
 }
 
-bool is_kv_site(const ActSite& s) {
-  return s.name == "k" || s.name == "v" ||
-         (s.name.size() > 2 && (s.name.substr(s.name.size() - 2) == ".k" || s.name.substr(s.name.size() - 2) == ".v"));
-}
-
-// Bits for activation site j of unit k (32 = off). The classifier input of a CNN stays at 8 bits (QDrop).
-int site_bits(ModelAdapter& model, size_t k, size_t n_units, const ActSite& s, const Recipe& r) {
-  if (is_kv_site(s)) return r.kv_bits;
+// Bits of an activation site (32 = off), from the role its adapter gave it. A classifier's input stays at
+// first_last_bits like the classifier (QDrop).
+int site_bits(const ActSite& s, const Recipe& r) {
+  if (s.role == SiteRole::KvCache) return r.kv_bits;
   if (r.act_bits >= 32) return 32;
-  if (model.family() == ModelFamily::ImageClassifier && k + 1 == n_units && r.first_last_bits > 0)
-    return std::max(r.act_bits, r.first_last_bits);
+  if (s.role == SiteRole::ClassifierInput && r.first_last_bits > 0) return std::max(r.act_bits, r.first_last_bits);
   return r.act_bits;
 }
 
@@ -167,12 +162,9 @@ std::vector<std::vector<WeightQuantSpec>> layer_specs(ModelAdapter& model, const
   for (size_t k = 0; k < units.size(); ++k) {
     auto& layers = units[k]->layers();
     std::vector<WeightQuantSpec> s;
-    for (size_t i = 0; i < layers.size(); ++i) {
-      bool first = k == 0 && i == 0;
-      bool last = k + 1 == units.size() && i + 1 == layers.size();
-      bool cnn = model.family() == ModelFamily::ImageClassifier;
-      int bits = (cnn && (first || last) && recipe.first_last_bits > 0) ? recipe.first_last_bits : 0;
-      s.push_back(recipe.weight_spec(bits));
+    for (const QuantLayer& l : layers) {
+      const bool edge = l.role != LayerRole::Hidden;  // the stem or the classifier, as the adapter says
+      s.push_back(recipe.weight_spec(edge && recipe.first_last_bits > 0 ? recipe.first_last_bits : 0));
     }
     specs.push_back(std::move(s));
   }
@@ -192,7 +184,6 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
   auto units = model.units();
   FQ_CHECK(!units.empty(), ModelError, "model \"", model.arch(), "\" has no reconstruction units");
   FQ_CHECK(max_units >= 0, ConfigError, "max_units ", max_units, " -> allowed >= 0 (0 = all units)");
-  const size_t n_all = units.size();  // the first/last-unit policies look at the whole model
   if (max_units > 0 && max_units < static_cast<int64_t>(units.size())) units.resize(max_units);
   const auto specs = layer_specs(model, recipe);
   const bool learned = recipe.method == "adaround" || recipe.method == "flexround" || recipe.method == "lrq";
@@ -243,12 +234,12 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
     const auto& sites = unit.act_sites();
     std::vector<std::shared_ptr<ActQuantizer>> acts;
     for (const ActSite& s : sites) {
-      int bits = site_bits(model, k, n_all, s, recipe);
+      int bits = site_bits(s, recipe);
       std::shared_ptr<ActQuantizer> q;
       if (bits < 32) {
         ActQuantSpec as;
         as.bits = bits;
-        as.per_token = recipe.act_per_token || is_kv_site(s);
+        as.per_token = recipe.act_per_token || s.role == SiteRole::KvCache;
         q = std::make_shared<ActQuantizer>(as, s.non_negative);
       }
       acts.push_back(q);

@@ -73,7 +73,8 @@ LlamaDecoderLayer::LlamaDecoderLayer(int index, const LlamaConfig& cfg)
              lin("attention.wv", KV, D, cfg.qkv_bias),     lin("attention.wo", D, D, false),
              lin("feed_forward.w1", H, D, false),          lin("feed_forward.w3", H, D, false),
              lin("feed_forward.w2", D, H, false)};
-  sites_ = {{"attn_in", false}, {"k", false}, {"v", false}, {"attn_out", false}, {"ffn_in", false}, {"ffn_mid", false}};
+  sites_ = {{"attn_in", false}, {"k", false, SiteRole::KvCache}, {"v", false, SiteRole::KvCache},
+            {"attn_out", false}, {"ffn_in", false}, {"ffn_mid", false}};
   attention_norm_ = torch::ones({D});
   ffn_norm_ = torch::ones({D});
 }

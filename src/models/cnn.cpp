@@ -183,13 +183,15 @@ class InvertedResidual : public CnnUnit {
   bool residual_;
 };
 
-// Global average pool + flatten + Linear. The site is the Linear's input (kept at 8 bits by the engine's
-// last-layer policy); the logits leave unquantized. Dropout (MobileNetV2) is identity in eval.
+// Global average pool + flatten + Linear. The site is the Linear's input (SiteRole::ClassifierInput: kept at
+// weight.first_last_bits like the Linear); the logits leave unquantized. Dropout (MobileNetV2) is identity in eval.
 class ClassifierUnit : public CnnUnit {
  public:
   ClassifierUnit(const std::string& name, QuantLayer fc) : CnnUnit(name) {
+    fc.role = LayerRole::Output;
     layers_.push_back(std::move(fc));
     add_site("in", true);
+    sites_.back().role = SiteRole::ClassifierInput;
   }
   torch::Tensor forward(const torch::Tensor& x, UnitContext& ctx) override {
     torch::Tensor pooled = x.dim() == 4 ? x.mean({2, 3}) : x;
@@ -217,7 +219,11 @@ class CnnAdapter : public ModelAdapter {
         if (l.bias.defined()) l.bias = l.bias.to(device);
       }
   }
-  void add(std::unique_ptr<Unit> u) { units_.push_back(std::move(u)); }
+  /// The first layer of the first unit is the stem (LayerRole::Input).
+  void add(std::unique_ptr<Unit> u) {
+    if (units_.empty() && !u->layers().empty()) u->layers().front().role = LayerRole::Input;
+    units_.push_back(std::move(u));
+  }
 
  private:
   std::string arch_;

@@ -108,3 +108,18 @@ TEST(QModel, PackUnpackEveryBitWidthExhaustively) {
   EXPECT_EQ(checked, 9 * (2 + 4 + 8 + 16 + 32 + 64 + 128 + 256));
   EXPECT_THROW(unpack_codes(torch::zeros({3}, torch::kUInt8), 4, 7), IoError);
 }
+
+// The reconstruction engine asks the adapter for roles (LayerRole, SiteRole) and the registry for methods; it
+// names no model class, family or site. Reads the source: a policy keyed on a model would come back here.
+TEST(EngineSource, NamesNoModelClassFamilyOrSite) {
+  std::ifstream in(std::string(FLEXQUANT_SOURCE_DIR) + "/src/engine/reconstruct.cpp");
+  ASSERT_TRUE(in.good());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string src = ss.str();
+  ASSERT_GT(src.size(), 1000u);
+  for (const char* banned : {"Llama", "Cnn", "ResNet", "MobileNet", "ModelFamily", "family()", "dynamic_cast",
+                             "\"k\"", "\"v\"", "attention_norm", "\"layers."}) {
+    EXPECT_EQ(src.find(banned), std::string::npos) << "src/engine/reconstruct.cpp names \"" << banned << "\"";
+  }
+}

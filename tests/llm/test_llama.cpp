@@ -185,6 +185,12 @@ TEST(LlamaAdapter, StructureNamesAndHookOrder) {
   auto units = model->units();
   ASSERT_EQ(units.size(), 5u);
   EXPECT_EQ(model->all_layers().size(), 35u);
+  // Keys and values are the KV-cache sites (act.kv_bits); no layer is an Input/Output edge layer (the
+  // embedding and the classifier are not quantized layers).
+  for (Unit* u : units)
+    for (const ActSite& s : u->act_sites())
+      EXPECT_EQ(s.role, s.name == "k" || s.name == "v" ? SiteRole::KvCache : SiteRole::Activation) << s.name;
+  for (QuantLayer* l : model->all_layers()) EXPECT_EQ(l->role, LayerRole::Hidden) << l->name;
   const std::vector<std::string> names = {"attention.wq", "attention.wk", "attention.wv", "attention.wo",
                                           "feed_forward.w1", "feed_forward.w3", "feed_forward.w2"};
   const std::vector<std::string> sites = {"attn_in", "k", "v", "attn_out", "ffn_in", "ffn_mid"};

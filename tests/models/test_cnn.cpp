@@ -88,6 +88,14 @@ TEST(CnnResnetCifar, StructureAndSites) {
   EXPECT_EQ(units[10]->name(), "linear");
   auto layers = m->all_layers();
   ASSERT_EQ(layers.size(), 20u);  // ResNet-20
+  // The adapter states the policy roles the engine reads: the stem is the Input layer, the classifier the
+  // Output layer and its input site the ClassifierInput; everything else is Hidden / a plain activation.
+  for (size_t i = 0; i < layers.size(); ++i)
+    EXPECT_EQ(layers[i]->role, i == 0 ? LayerRole::Input : i + 1 == layers.size() ? LayerRole::Output : LayerRole::Hidden)
+        << layers[i]->name;
+  for (Unit* u : units)
+    for (const ActSite& s : u->act_sites())
+      EXPECT_EQ(s.role, u == units.back() ? SiteRole::ClassifierInput : SiteRole::Activation) << u->name() << "/" << s.name;
   EXPECT_EQ(layers.front()->name, "conv1");
   EXPECT_EQ(layers[1]->name, "layer1.0.conv1");
   EXPECT_EQ(layers.back()->name, "linear");
