@@ -49,3 +49,17 @@ bench_run() {
   fi
   echo "$start, $BENCH_PROVENANCE: \`$*\`" > "$cmdfile"
 }
+
+# bench_subsection TITLE PARENT STEM: replaces "### TITLE" under "## PARENT" in docs/RESULTS.md with the run in
+# STEM.{cmd,md,log} (its command line, its table and its total-time line). Nothing if the run is incomplete.
+bench_subsection() {
+  local title=$1 parent=$2 stem=$3
+  [[ -f "$stem.md" && -f "$stem.cmd" ]] || return 0
+  {
+    echo "### $title"; echo
+    echo "Run $(cat "$stem.cmd")"; echo
+    cat "$stem.md"
+    grep -E "^total time" "$stem.log" | sed 's/^/\n/' || true
+  } > "$stem.section.md"
+  python3 bench/update_results.py "$title" "$stem.section.md" --under "$parent"
+}

@@ -34,16 +34,5 @@ done
 # hand-written text of the section and the rows not run now stay as they are.
 for m in $MODELS; do
   [[ $m == none ]] && continue
-  for s in $SETTINGS; do
-    row="$m-$s"
-    [[ -f "$OUT/$row.md" && -f "$OUT/$row.cmd" ]] || continue
-    sub="$OUT/$row.section.md"
-    {
-      echo "### $m ${s^^}"; echo
-      echo "Run $(cat "$OUT/$row.cmd")"; echo
-      cat "$OUT/$row.md"
-      grep -E "^total time" "$OUT/$row.log" | sed 's/^/\n/' || true
-    } > "$sub"
-    python3 bench/update_results.py "$m ${s^^}" "$sub" --under "CNN quality (issue #3)"
-  done
+  for s in $SETTINGS; do bench_subsection "$m ${s^^}" "CNN quality (issue #3)" "$OUT/$m-$s"; done
 done

@@ -39,13 +39,5 @@ done
 # Each row that ran replaces its own "### <title>" subsection of "## LM quality (issue #4)"; the hand-written text
 # of the section (targets, sweeps) and the rows not run now stay as they are.
 for row in $ROWS; do
-  [[ $row == none || ! -f "$OUT/$row.md" || ! -f "$OUT/$row.cmd" ]] && continue
-  sub="$OUT/$row.section.md"
-  {
-    echo "### ${TITLE[$row]}"; echo
-    echo "Run $(cat "$OUT/$row.cmd")"; echo
-    cat "$OUT/$row.md"
-    grep -E "^total time" "$OUT/$row.log" | sed 's/^/\n/' || true
-  } > "$sub"
-  python3 bench/update_results.py "${TITLE[$row]}" "$sub" --under "LM quality (issue #4)"
+  [[ $row == none ]] || bench_subsection "${TITLE[$row]}" "LM quality (issue #4)" "$OUT/$row"
 done
