@@ -4,6 +4,7 @@
 # --set weight.format=...) and writes out/bench_formats/<row>-<grid>.{md,log,cmd}; the section "Integer vs
 # minifloat grids" of docs/RESULTS.md is assembled from every row file present.
 # Usage: bench/run_quality_formats.sh [build-dir] [iters] [row ...]     (row "none": only reassemble)
+#   ONLY_GRIDS="fp8_e5m2 ..." runs only those grids of each row (to complete a row).
 #   rows: r20-ch-w{8,6,4}a{32,8}, r20-t-w{8,6,4}a{32,8} (per-channel / per-tensor), lm-ch-w{8,6,4}, lm-g32-w{8,6,4}
 # Weights are symmetric everywhere (minifloats have no zero point), MSE-initialised; CNN first/last layer int8.
 set -euo pipefail
@@ -37,6 +38,7 @@ for row in $ROWS; do
   [[ $row == none ]] && continue
   args=$(row_args "$row")
   for grid in ${GRIDS[$(row_bits "$row")]}; do
+    [[ -n "${ONLY_GRIDS:-}" && " $ONLY_GRIDS " != *" $grid "* ]] && continue
     f="$OUT/$row-$grid"
     rm -f "$f.md"
     bench_run "$f.cmd" "$f.log" $BENCH_BIN ${FLEXQUANT_ARGS:-} $args --set weight.format=$grid \

@@ -67,7 +67,8 @@ struct QParams {
 /// The levels a weight is rounded onto, at unit scale (value = scale * level), for values of any shape that
 /// the zero point broadcasts against (the weight's shape, the grouped view, a column):
 ///   integers: the integers [-z, 2^b-1-z] (z the zero point); code = level + z;
-///   minifloats and power grids: the format's levels, saturating at +-max; code = the format's encoding
+///   minifloats and power grids: the format's finite levels, saturating at +-max (an IEEE-like format's inf
+///   is never a weight level); code = the format's encoding
 ///   (power grids: index + qmax, so that codes are unsigned).
 /// Every method rounds through it: nearest() is round-to-nearest-even (RTN, FlexRound, GPTQ), below()/above()
 /// the neighbouring pair AdaRound chooses from, passes() the straight-through mask of a rounding.
@@ -93,6 +94,7 @@ class WeightLevels {
 
  private:
   double qmax() const { return static_cast<double>(format_.code_max()); }
+  torch::Tensor saturated(const torch::Tensor& r) const;
   Format format_;
   torch::Tensor z_;  // integers only
 };

@@ -143,22 +143,29 @@ WeightLevels::WeightLevels(Format format, torch::Tensor zero_point) : format_(st
   }
 }
 
-// Minifloat / power-grid rounding runs on fp32 (the format kernels); the result returns in r's dtype.
+// Minifloat / power-grid rounding runs on fp32 (the format kernels); the result returns in r's dtype. Weight
+// grids saturate: r is clamped to +-max first, so an IEEE-like format's overflow to inf (fp8_e5m2) never
+// becomes a weight.
+torch::Tensor WeightLevels::saturated(const torch::Tensor& r) const {
+  const double m = format_.max_value();
+  return to_float(r).clamp(-m, m);
+}
+
 torch::Tensor WeightLevels::nearest(const torch::Tensor& r) const {
   if (format_.is_int()) return torch::clamp(torch::round(r), -z_, qmax() - z_);
-  return quantize(to_float(r), format_).to(r.scalar_type());
+  return quantize(saturated(r), format_).to(r.scalar_type());
 }
 
 torch::Tensor WeightLevels::below(const torch::Tensor& r) const {
   if (format_.is_int()) return torch::floor(r);
-  return quantize(to_float(r), format_, RoundingMode::Down).to(r.scalar_type());
+  return quantize(saturated(r), format_, RoundingMode::Down).to(r.scalar_type());
 }
 
 torch::Tensor WeightLevels::above(const torch::Tensor& level) const {
   if (format_.is_int()) return level + 1;
   auto l = to_float(level);
   auto next = torch::nextafter(l, torch::full_like(l, INFINITY));
-  return quantize(next, format_, RoundingMode::Up).to(level.scalar_type());
+  return quantize(saturated(next), format_, RoundingMode::Up).to(level.scalar_type());
 }
 
 torch::Tensor WeightLevels::clamp(const torch::Tensor& level) const {

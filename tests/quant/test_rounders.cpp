@@ -676,6 +676,29 @@ TEST(MinifloatGrids, AdaRoundGradientMatchesFiniteDifferences) {
   }
 }
 
+// Weight grids saturate on every format: fp8_e5m2 is IEEE-like (overflow rounds to inf), but a weight never
+// becomes inf, in any rounder, however far the learned divisors push w/S past the largest level.
+TEST(MinifloatGrids, IeeeLikeFormatsSaturateAsWeightGrids) {
+  auto w = real_weights()[3].second;
+  auto spec = format_specs("fp8_e5m2")[0];
+  auto qp = fq::init_qparams(w, spec);
+  fq::WeightLevels lv(spec.format, torch::Tensor());
+  auto big = torch::tensor({1e6f, -1e6f, 57344.0f, 60000.0f});
+  EXPECT_TRUE(torch::equal(lv.nearest(big), torch::tensor({57344.0f, -57344.0f, 57344.0f, 57344.0f})));
+  EXPECT_TRUE(torch::equal(lv.above(lv.below(big)), torch::tensor({57344.0f, -49152.0f, 57344.0f, 57344.0f})));
+  for (const char* name : {"adaround", "flexround", "lrq"}) {
+    auto r = fq::make_rounder(name);
+    r->init(w, spec, qp);
+    {
+      torch::NoGradGuard ng;  // shrink every divisor / push every V: w/S far beyond 57344
+      for (auto& p : r->parameters()) p.fill_(std::string(name) == "adaround" ? 5.0 : -12.0);
+    }
+    auto out = r->forward(false);
+    EXPECT_TRUE(torch::isfinite(out).all().item<bool>()) << name;
+    EXPECT_TRUE(torch::isfinite(r->harden().dequantize()).all().item<bool>()) << name;
+  }
+}
+
 // The learned rounders beat round-to-nearest on the real ResNet-20 layer1.0.conv1 reconstruction problem
 // (the test above) on fp4_e2m1 and fp8_e4m3 grids, per-channel symmetric MSE start.
 TEST(MinifloatGrids, LearnedRoundersBeatNearestOnRealConvLayer) {
