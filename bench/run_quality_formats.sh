@@ -59,7 +59,10 @@ def metric(md, method):
 rows = {}
 for md in sorted(glob.glob(f"{out}/*.md")):
     name = os.path.basename(md)[:-3]
-    row, grid = re.match(r"(.*-w\d+(?:a\d+)?)-(.*)", name).groups()
+    m = re.match(r"((?:r20|lm)-\w+-w\d+(?:a\d+)?)-(.*)", name)
+    if not m:
+        continue  # section.md
+    row, grid = m.groups()
     if not os.path.exists(md[:-3] + ".cmd"):
         continue
     fp = None
@@ -68,11 +71,13 @@ for md in sorted(glob.glob(f"{out}/*.md")):
         if len(c) > 3 and c[1] == "FP32": fp = float(c[2])
     rows.setdefault(row, {})[grid] = (fp, metric(md, "rtn"), metric(md, "flexround"), open(md[:-3] + ".cmd").read().strip())
 lines = ["## Integer vs minifloat grids (issue #9)", "",
-         "Script: `bench/run_quality_formats.sh <build> <iters> [rows]`. Symmetric weights on every grid (minifloats",
-         "have no zero point), MSE-initialised scale; ResNet-20: calibration records 0-1023, evaluation 1024-9999,",
-         "first/last layer int8, LSQ activations where A < 32; stories260K: the LM table's protocol (FP 7.27).",
-         "Each cell is RTN / FlexRound on that grid; **bold** marks the best FlexRound grid of the row (for",
-         "ResNet-20 the highest top-1, for stories260K the lowest perplexity). Every run's command is listed below.", "",
+         "Script: `bench/run_quality_formats.sh <build> <iters> [rows]`; the iterations per unit are in each run's",
+         "command below (`recon.iters`). Per-channel symmetric weights on every grid (minifloats have no zero point),",
+         "MSE-initialised scale; ResNet-20 (r20): top-1 %, calibration records 0-1023, evaluation 1024-9999,",
+         "first/last layer int8, activations FP (A32); stories260K (lm): perplexity, the LM table's protocol",
+         "(FP 7.27). RTN and FlexRound on each grid; **bold** marks the best FlexRound grid of the row (ResNet-20:",
+         "highest top-1; stories260K: lowest perplexity). Single runs: gaps under 1 point (ResNet-20) or 0.1",
+         "(perplexity) are within run-to-run noise (see the LM and CNN sections).", "",
          "| row | FP | grid | RTN | FlexRound | FlexRound - RTN |", "|---|---|---|---|---|---|"]
 cmds = []
 for row in sorted(rows, key=lambda r: (r.split("-")[0], r.split("-")[1], -int(re.search(r"-w(\d+)", r).group(1)), r)):

@@ -1,6 +1,7 @@
 // Weight-quantization primitives: the grouped view, the levels every method rounds onto (WeightLevels), initial
 // grids (MinMax and the L2.4 MSE searches of the FlexRound LLM code and the FlexRound/BRECQ CNN code,
-// methods.md §1.2 and §10.12), round-to-nearest and the QuantizedTensor every rounder exports. Conventions are documented in include/flexquant/quantizer.h.
+// methods.md §1.2 and §10.12), round-to-nearest and the QuantizedTensor every rounder exports. Conventions are
+// documented in include/flexquant/quantizer.h.
 #include "flexquant/quantizer.h"
 
 #include <ATen/ATen.h>
