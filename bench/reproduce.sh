@@ -26,7 +26,8 @@ run_row() {  # run_row ROW -> out/reproduce/ROW.md (the results table), .log, .c
 }
 
 # table_values MD: "label<TAB>value" for every row of a results table.
-table_values() { awk -F'|' 'NR > 2 && NF > 3 {gsub(/^ +| +$/, "", $2); gsub(/ /, "", $3); print $2 "\t" $3}' "$1"; }
+# Only the first table (the per-unit cost table that follows a blank line is timings, not results).
+table_values() { awk -F'|' '/^$/ {exit} NR > 2 && NF > 3 {gsub(/^ +| +$/, "", $2); gsub(/ /, "", $3); print $2 "\t" $3}' "$1"; }
 
 compare_row() {  # compare_row ROW -> prints and stores the outcome; returns 1 on a mismatch
   local row=$1 tol expected=bench/reproduce/$row.expected
@@ -39,7 +40,7 @@ lines = [l.rstrip("\n") for l in open(exp_path)]
 source = lines[0].lstrip("# ")
 exp = dict(l.split("\t") for l in lines[1:] if l and not l.startswith("#"))
 got = {}
-for l in open(md_path).read().splitlines()[2:]:
+for l in open(md_path).read().split("\n\n")[0].splitlines()[2:]:
     cells = [c.strip() for c in l.split("|")]
     if len(cells) > 3 and cells[1] and not cells[1].startswith("-"):
         got[cells[1]] = cells[2]
