@@ -2,8 +2,8 @@
 //
 // Weights are [out, in, ...]: axis 0 is the output channel and the "input dimension" is the flattened
 // remainder (K = numel / size(0)), as in torchao's PerTensor / PerAxis(0) / PerGroup.
-// (Named ScaleParams / Granularity so they do not collide with the integer-weight QParams /
-// Granularity of flexquant/quantizer.h, which use unsigned codes in a grouped view.)
+// One Granularity serves every quantizer: these format operations, the engine's weight grids
+// (flexquant/quantizer.h) and the recipe's weight.granularity.
 #pragma once
 #include <torch/types.h>
 
