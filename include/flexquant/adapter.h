@@ -116,13 +116,30 @@ class Unit {
   /// Whether the loss should sum over dim 1 (channels / tokens) as lp_loss does: true for all units here.
 };
 
-enum class ModelFamily { ImageClassifier, LanguageModel };
+/// A normalisation whose gain feeds quantizable layers directly (norm -> Linear): where SmoothQuant folds its
+/// per-channel scales (gain /= s, every consumer's weight columns *= s; methods.md §7.3).
+struct NormFeed {
+  std::string name;                 ///< key of the saved scales, e.g. "layers.0.attention_norm"
+  torch::Tensor* gain = nullptr;    ///< [C], changed in place
+  std::vector<QuantLayer*> layers;  ///< every consumer of the norm's output, weights [out, C]
+};
+
+/// What a named tensor is to its model, so an exporter can write all of it.
+enum class TensorRole { Embedding, Norm, Weight, Bias, Classifier };
+
+/// One tensor of the model by its adapter's name (torchvision / HF style). `layer` is set for the weight and
+/// bias of a quantizable layer (their values live in the layer and may be replaced by quantization).
+struct NamedTensor {
+  std::string name;
+  TensorRole role = TensorRole::Weight;
+  torch::Tensor* tensor = nullptr;
+  QuantLayer* layer = nullptr;
+};
 
 class ModelAdapter {
  public:
   virtual ~ModelAdapter() = default;
   virtual std::string arch() const = 0;  ///< "resnet_cifar", "resnet18", "mobilenet_v2", "llama"
-  virtual ModelFamily family() const = 0;
   /// Input -> first unit's input (token embedding for LMs; identity for CNNs).
   virtual torch::Tensor prologue(const torch::Tensor& input) { return input; }
   /// Last unit's output -> logits (final norm + classifier for LMs; identity for CNNs whose fc is a unit).
@@ -139,6 +156,11 @@ class ModelAdapter {
   }
   /// Every quantizable layer across units, in forward order.
   std::vector<QuantLayer*> all_layers();
+  /// Norms whose output feeds quantizable layers directly (SmoothQuant's fold points); none by default.
+  virtual std::vector<NormFeed> norm_feeds() { return {}; }
+  /// Every tensor of the model with its role. The default lists the layers' weights and biases; adapters with
+  /// embeddings, norms or a separate classifier add them.
+  virtual std::vector<NamedTensor> named_tensors();
 };
 
 }  // namespace flexquant

@@ -80,13 +80,16 @@ class LlamaModel : public ModelAdapter {
   /// All tensors zero-initialised with the config's shapes (loaders then copy into them).
   explicit LlamaModel(const LlamaConfig& cfg);
   std::string arch() const override { return "llama"; }
-  ModelFamily family() const override { return ModelFamily::LanguageModel; }
   /// tokens int64 [B,T] (T <= max_seq_len, ids in [0, vocab)) -> [B,T,D]
   torch::Tensor prologue(const torch::Tensor& tokens) override;
   /// [B,T,D] -> logits [B,T,V]
   torch::Tensor epilogue(const torch::Tensor& x) override;
   std::vector<Unit*> units() override;
   void to(torch::Device device) override;
+  /// attention_norm -> wq/wk/wv and ffn_norm -> w1/w3 of every layer (wo and w2 follow no norm).
+  std::vector<NormFeed> norm_feeds() override;
+  /// tok_embeddings, every layer's norms and linears, the final norm, and an untied classifier.
+  std::vector<NamedTensor> named_tensors() override;
 
   const LlamaConfig& config() const { return cfg_; }
   LlamaDecoderLayer& layer(int i) { return *layers_.at(i); }

@@ -41,6 +41,10 @@ class Task {
   virtual std::string metric_name() const = 0;
   virtual bool higher_is_better() const = 0;
   virtual double evaluate(ModelAdapter& model, UnitContext& ctx) const = 0;
+  /// Writes the quantized model: a .fqz (every task), or a runtime's format by the path's extension where the
+  /// task has one (language models: .gguf, the type from the recipe's grid). Returns the file size.
+  virtual int64_t save(ModelAdapter& model, const QuantState& state, const QModelInfo& info, const Recipe& r,
+                       const std::string& path) const;
   const Workload& workload() const { return workload_; }
   std::string arch() const { return arch_; }
 

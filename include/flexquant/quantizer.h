@@ -50,6 +50,10 @@ struct WeightQuantSpec {
   Granularity granularity = Granularity::PerChannel;
   int64_t group_size = 128;                       ///< PerGroup only; capped at the row length
   ScaleInit init = ScaleInit::Mse;                ///< L2.4 search (methods.md §1.2 / §10.12) or plain min/max
+  /// Scales are stored as IEEE half (GGUF's block types): every scale, initial or learned, is rounded to fp16
+  /// (and kept >= 2^-24, the smallest positive half) before it is used, so the dequantized weight is exactly
+  /// what a runtime computes from the stored half.
+  bool scale_fp16 = false;
   int bits() const { return format.bits(); }
   bool integer() const { return format.is_int(); }
 };
@@ -111,6 +115,9 @@ torch::Tensor from_grouped(const torch::Tensor& wg, at::IntArrayRef shape);
 
 /// Initial grid for W (any shape [Cout, ...]); never produces a zero or non-finite scale.
 QParams init_qparams(const torch::Tensor& w, const WeightQuantSpec& spec);
+
+/// Scales as the spec stores them: unchanged, or rounded to fp16 and kept >= 2^-24 (spec.scale_fp16).
+torch::Tensor stored_scale(const torch::Tensor& scale, const WeightQuantSpec& spec);
 
 /// Round-to-nearest-even fake quantization of W with fixed qparams (returns W's shape).
 torch::Tensor fake_quant_rtn(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp);

@@ -12,7 +12,7 @@ namespace flexquant {
 
 struct Recipe {
   int version = 1;                     // recipe format version; newer majors are refused
-  std::string method = "flexround";    // rtn | adaround | flexround | lrq | gptq
+  std::string method = "flexround";    // a registered method (method_names())
   uint64_t seed = 1005;                // drives sampling, QDrop masks and LRQ init
 
   // weights
@@ -22,6 +22,7 @@ struct Recipe {
   int64_t weight_group_size = 128;
   bool weight_symmetric = true;
   std::string weight_init = "mse";            // mse | minmax
+  std::string weight_scale_dtype = "fp32";    // fp32 | fp16 (GGUF block types store half scales)
   int first_last_bits = 8;                    // CNN stem and classifier; 0 = same as weight_bits
 
   // activations
@@ -44,10 +45,7 @@ struct Recipe {
   int64_t calib_samples = 1024;               // images or sequences
   int64_t calib_seq_len = 256;                // LLM tokens per calibration sequence
 
-  // GPTQ / SmoothQuant
-  double gptq_damp = 0.01;
-  bool gptq_act_order = false;
-  int64_t gptq_block_size = 128;
+  // SmoothQuant pre-pass (any method)
   double smooth_alpha = 0.0;                  // SmoothQuant migration strength; 0 = off
 
   /// Throws ConfigError naming the field, the value and the allowed range.
@@ -68,12 +66,14 @@ struct RecipeField {
 std::vector<RecipeField> describe_recipe();
 /// Markdown table of every field (docs/recipe.md is this output).
 std::string recipe_markdown();
+/// Markdown table of the registered methods and what each needs (part of recipe_markdown()).
+std::string methods_markdown();
 
 /// The visitor: v(key, field, help) for every field, in documentation order.
 template <typename V>
 void visit(Recipe& r, V&& v) {
   v("version", r.version, "Recipe format version (1).");
-  v("method", r.method, "Weight method: rtn | adaround | flexround | lrq | gptq.");
+  v("method", r.method, "Weight method: a registered method (the Methods table below; `flexquant recipe --methods`).");
   v("seed", r.seed, "Seed for sampling, QDrop masks and initialisation.");
   v("weight.bits", r.weight_bits, "Weight bits of the integer grid, 2..8.");
   v("weight.format", r.weight_format, "Weight grid: int (integers at weight.bits) or a minifloat / power format of at most 8 bits (fp8_e4m3, fp8_e5m2, fp6_e3m2, fp6_e2m3, fp4_e2m1, pow4_a0.5, ...; `flexquant formats` lists them), which needs weight.symmetric=true. The first/last-layer override stays integer.");
@@ -81,6 +81,7 @@ void visit(Recipe& r, V&& v) {
   v("weight.group_size", r.weight_group_size, "Group size along the input dim (granularity=group), capped at the row length.");
   v("weight.symmetric", r.weight_symmetric, "Symmetric grid (no zero point) instead of asymmetric.");
   v("weight.init", r.weight_init, "Initial grid: mse (L2.4 search) | minmax.");
+  v("weight.scale_dtype", r.weight_scale_dtype, "How scales are stored: fp32 | fp16. fp16 rounds every scale, initial and learned, to half before use, as GGUF's Q4_0/Q5_0/Q8_0 blocks store it (the first/last-layer override too).");
   v("weight.first_last_bits", r.first_last_bits, "Bits of a CNN's first and last layer (and the last layer's input); 0 = weight.bits.");
   v("act.bits", r.act_bits, "Activation bits, 2..16; 32 = activations stay FP.");
   v("act.per_token", r.act_per_token, "Dynamic per-token min/max activations instead of static per-tensor LSQ.");
@@ -103,9 +104,9 @@ void visit(Recipe& r, V&& v) {
   v("lrq.rank", r.rounder.lrq_rank, "Rank of LRQ's low-rank S2.");
   v("calib.samples", r.calib_samples, "Calibration images or sequences.");
   v("calib.seq_len", r.calib_seq_len, "Tokens per calibration sequence (language models).");
-  v("gptq.damp", r.gptq_damp, "GPTQ damping as a fraction of the mean Hessian diagonal.");
-  v("gptq.act_order", r.gptq_act_order, "GPTQ: quantize columns in order of decreasing Hessian diagonal.");
-  v("gptq.block_size", r.gptq_block_size, "GPTQ lazy-update block size.");
+  v("gptq.damp", r.rounder.gptq_damp, "GPTQ damping as a fraction of the mean Hessian diagonal.");
+  v("gptq.act_order", r.rounder.gptq_act_order, "GPTQ: quantize columns in order of decreasing Hessian diagonal.");
+  v("gptq.block_size", r.rounder.gptq_block_size, "GPTQ lazy-update block size.");
   v("smoothquant.alpha", r.smooth_alpha, "SmoothQuant migration strength in (0,1]; 0 = off.");
 }
 

@@ -15,7 +15,7 @@
 
 namespace flexquant {
 
-/// Options of the learned rounders (part of the Recipe).
+/// Options of the registered methods (part of the Recipe; each method reads its own section).
 struct RounderOptions {
   // AdaRound (methods.md §2)
   double adaround_lambda = 0.01;     ///< regulariser weight, >= 0
@@ -28,6 +28,16 @@ struct RounderOptions {
   bool flexround_s4 = true;          ///< per-input-channel divisor (Conv2d only; absent for Linear)
   // LRQ (methods.md §1.6)
   int64_t lrq_rank = 4;              ///< rank r of the low-rank S2, capped at min(Cout, Cin)
+  // GPTQ (methods.md §7.2)
+  double gptq_damp = 0.01;           ///< damping as a fraction of the mean Hessian diagonal, > 0
+  bool gptq_act_order = false;       ///< columns in order of decreasing Hessian diagonal
+  int64_t gptq_block_size = 128;     ///< lazy-update block size, >= 1
+};
+
+/// Per-layer statistics the engine collects before init() because the method's registry entry asked for
+/// them (MethodNeeds); members a method did not ask for stay undefined.
+struct LayerStats {
+  torch::Tensor hessian;  ///< [K, K] fp32 X^T X / rows of the layer's quantized-path inputs (needs.hessian)
 };
 
 class Rounder {
@@ -36,6 +46,11 @@ class Rounder {
   virtual std::string name() const = 0;
   /// Prepare from the FP weight w ([Cout, ...]) and its initial grid qp (from init_qparams).
   virtual void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp) = 0;
+  /// The engine's entry: init() with the statistics the method's registry entry asked for. Methods that
+  /// need statistics (GPTQ's Hessian) override this one; the default ignores them.
+  virtual void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp, const LayerStats&) {
+    init(w, spec, qp);
+  }
   /// Fake-quantized weight for the current parameters, differentiable w.r.t. parameters(); w's shape.
   /// `hard` = true gives the value harden() would export (AdaRound: h = 1[V >= 0]).
   virtual torch::Tensor forward(bool hard = false) = 0;
@@ -49,15 +64,32 @@ class Rounder {
   virtual double default_lr() const { return 1e-3; }
 };
 
-/// "rtn" | "adaround" | "flexround" | "lrq" (or a name added by register_rounder); ConfigError listing the
-/// valid names otherwise.
-std::unique_ptr<Rounder> make_rounder(const std::string& name, const RounderOptions& opts = {});
-/// Registered names, sorted.
-std::vector<std::string> rounder_names();
 using RounderFactory = std::function<std::unique_ptr<Rounder>(const RounderOptions&)>;
-/// Adds (or replaces) a rounder by name. The built-ins are registered by the registry itself (a static
-/// registrar object in a static library would be dropped by the linker).
-void register_rounder(const std::string& name, RounderFactory factory);
+
+/// What a method needs from the engine. The engine asks this, never the method's name.
+struct MethodNeeds {
+  bool training = false;  ///< learned parameters: recon.iters Adam steps of block/layer reconstruction
+  bool hessian = false;   ///< LayerStats::hessian from the unit's quantized-path inputs (GPTQ)
+};
+
+/// A registry entry: everything the engine, the recipe and the docs know about a method.
+struct MethodInfo {
+  std::string name;      ///< the recipe's `method` value
+  std::string summary;   ///< one line for `flexquant recipe --markdown` and error messages
+  MethodNeeds needs;
+  RounderFactory make;   ///< a fresh rounder per layer
+};
+
+/// Adds (or replaces) a method. The built-ins are registered by the registry itself (a static registrar
+/// object in a static library would be dropped by the linker); code outside the library calls this.
+void register_method(MethodInfo info);
+/// The entry of `name`; ConfigError listing the registered names otherwise.
+const MethodInfo& method_info(const std::string& name);
+/// Registered methods, sorted by name.
+std::vector<MethodInfo> methods();
+std::vector<std::string> method_names();
+/// method_info(name).make(opts).
+std::unique_ptr<Rounder> make_rounder(const std::string& name, const RounderOptions& opts = {});
 
 /// The FlexRound quantizer (methods.md §1.1) as one fused autograd op, shared by FlexRound and LRQ:
 ///   s1    = s1_0 * exp(delta1 - delta1_0)                       (grouped-view parameter shape)

@@ -5,7 +5,7 @@
 //
 //   ActAbsMaxCollector stats;                         // a UnitContext: per-layer input max|x| per channel
 //   for (auto& batch : calib) model.forward(batch, stats);
-//   smooth_llama(model, stats, 0.85);                 // q/k/v after attention_norm, w1/w3 after ffn_norm
+//   smooth_model(model, stats, 0.85);                 // at the adapter's norm feeds (Llama: q/k/v, w1/w3)
 #pragma once
 #include <torch/types.h>
 
@@ -16,8 +16,6 @@
 #include "flexquant/adapter.h"
 
 namespace flexquant {
-
-class LlamaModel;
 
 /// Per-channel running max|x| over the last dimension of every tensor added (SmoothQuant's act_scales).
 class ActAbsMaxObserver {
@@ -67,16 +65,19 @@ void apply_smoothing(torch::Tensor& norm_weight, std::vector<torch::Tensor*> wei
 void apply_smoothing(torch::Tensor& norm_weight, torch::Tensor& norm_bias, std::vector<torch::Tensor*> weights,
                      const torch::Tensor& s);
 
-/// SmoothQuant on a whole Llama model: for every decoder layer i, attention_norm with wq/wk/wv using the
-/// input maxima of "layers.<i>.attention.wq", and ffn_norm with w1/w3 using "layers.<i>.feed_forward.w1".
-/// wo and w2 have no preceding norm and are left alone, as in SmoothQuant's Llama code. `act_absmax` maps
-/// layer names to [dim] maxima (e.g. ActAbsMaxCollector::observers() via smooth_llama(model, collector, α)).
-/// Throws ModelError naming a missing layer. Returns the scales applied, keyed "layers.<i>.attention_norm" /
-/// "layers.<i>.ffn_norm".
-std::map<std::string, torch::Tensor> smooth_llama(LlamaModel& model,
+/// SmoothQuant on every fold point the adapter declares (ModelAdapter::norm_feeds(); Llama: attention_norm
+/// with wq/wk/wv, ffn_norm with w1/w3): s from the input maxima of the feed's first layer and the joint weight
+/// maxima of all its layers. `act_absmax` maps layer names to [C] maxima (ActAbsMaxCollector::observers()).
+/// ConfigError when the model declares no fold points; ModelError naming a layer without maxima. Returns the
+/// scales applied, keyed by NormFeed::name.
+std::map<std::string, torch::Tensor> smooth_model(ModelAdapter& model,
                                                   const std::map<std::string, torch::Tensor>& act_absmax,
                                                   double alpha);
-std::map<std::string, torch::Tensor> smooth_llama(LlamaModel& model, const ActAbsMaxCollector& stats, double alpha);
+std::map<std::string, torch::Tensor> smooth_model(ModelAdapter& model, const ActAbsMaxCollector& stats, double alpha);
+/// Re-applies saved scales (a reload): each feed named in `scales` gets gain /= s (its weights are replaced by
+/// the stored quantized ones afterwards). ModelError naming a key the model has no feed for.
+void apply_saved_smoothing(ModelAdapter& model, const std::map<std::string, torch::Tensor>& scales,
+                           const std::string& origin);
 
 /// Runs the FP model over `token_batches` (int64 [B,T] each) with an ActAbsMaxCollector.
 ActAbsMaxCollector collect_act_absmax(ModelAdapter& model, const std::vector<torch::Tensor>& batches);

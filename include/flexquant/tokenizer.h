@@ -19,6 +19,9 @@ class Tokenizer {
   /// Reads llama2.c's format: int32 max_token_length, then per id: float32 score, int32 len, len bytes.
   /// Throws IoError naming the file on a missing/truncated file.
   static Tokenizer load(const std::string& path);
+  /// From pieces and scores in id order (llama2.c spelling: ' ' for U+2581, BOS/EOS as "\n<s>\n" /
+  /// "\n</s>\n"), e.g. a GGUF file's vocabulary; `origin` names it in errors.
+  static Tokenizer from_pieces(std::vector<std::string> pieces, std::vector<float> scores, const std::string& origin);
 
   /// Token ids of `text`, with BOS first when `bos` (default true) and EOS last when `eos` (default false).
   std::vector<int32_t> encode(const std::string& text, bool bos = true, bool eos = false) const;

@@ -26,4 +26,13 @@ std::vector<QuantLayer*> ModelAdapter::all_layers() {
   return out;
 }
 
+std::vector<NamedTensor> ModelAdapter::named_tensors() {
+  std::vector<NamedTensor> out;
+  for (QuantLayer* l : all_layers()) {
+    out.push_back({l->name + ".weight", TensorRole::Weight, &l->weight, l});
+    if (l->bias.defined()) out.push_back({l->name + ".bias", TensorRole::Bias, &l->bias, l});
+  }
+  return out;
+}
+
 }  // namespace flexquant

@@ -10,6 +10,7 @@
 #include "flexquant/cnn.h"
 #include "flexquant/datasets.h"
 #include "flexquant/error.h"
+#include "flexquant/gguf_llama.h"
 #include "flexquant/llama.h"
 #include "flexquant/lm_eval.h"
 #include "flexquant/runtime.h"
@@ -66,6 +67,8 @@ class ImageTask : public Task {
   int64_t eval_start_ = 1024;
 };
 
+bool is_gguf(const std::string& p) { return fs::path(p).extension() == ".gguf"; }
+
 class LanguageTask : public Task {
  public:
   explicit LanguageTask(const Workload& w) {
@@ -75,13 +78,16 @@ class LanguageTask : public Task {
              "../shared/data/lm/tinystories_valid_first.txt");
     FQ_CHECK(fs::exists(w.data), IoError, "text file \"", w.data, "\" does not exist");
     std::string tok = w.tokenizer;
-    if (tok.empty()) tok = (fs::path(w.model).parent_path() / "tok512.bin").string();
-    FQ_CHECK(fs::exists(tok), IoError, "tokenizer \"", tok, "\" does not exist; pass --tokenizer <tok512.bin>");
-    tok_ = std::make_unique<Tokenizer>(Tokenizer::load(tok));
-    auto m = load_language_model(w.model);
-    max_seq_len_ = m->config().max_seq_len;
+    if (tok.empty() && is_gguf(w.model)) {
+      tok_ = std::make_unique<Tokenizer>(load_gguf_tokenizer(w.model));
+    } else {
+      if (tok.empty()) tok = (fs::path(w.model).parent_path() / "tok512.bin").string();
+      FQ_CHECK(fs::exists(tok), IoError, "tokenizer \"", tok, "\" does not exist; pass --tokenizer <tok512.bin>");
+      tok_ = std::make_unique<Tokenizer>(Tokenizer::load(tok));
+    }
+    max_seq_len_ = load_llama().get()->config().max_seq_len;
   }
-  std::unique_ptr<ModelAdapter> load_model() const override { return load_language_model(workload_.model); }
+  std::unique_ptr<ModelAdapter> load_model() const override { return load_llama(); }
   torch::Tensor calibration(const Recipe& r) const override {
     CalibSpec s;
     s.n = r.calib_samples;
@@ -113,14 +119,25 @@ class LanguageTask : public Task {
   double evaluate(ModelAdapter& model, UnitContext& ctx) const override {
     return perplexity(model, workload_.data, *tok_, protocol(), ctx).ppl;
   }
+  int64_t save(ModelAdapter& model, const QuantState& state, const QModelInfo& info, const Recipe& r,
+               const std::string& path) const override {
+    if (fs::path(path).extension() != ".gguf") return Task::save(model, state, info, r, path);
+    GgufExportOptions o;
+    o.type = gguf_type_for(r.weight_spec());
+    o.name = fs::path(workload_.model).stem().string() + " " + recipe_label(r);
+    return export_gguf(model, state, *tok_, o, path).bytes;
+  }
 
  private:
+  std::unique_ptr<LlamaModel> load_llama() const {
+    return is_gguf(workload_.model) ? load_llama_gguf(workload_.model) : load_language_model(workload_.model);
+  }
   std::unique_ptr<Tokenizer> tok_;
   int64_t max_seq_len_ = 512;
 };
 
 bool is_language_model_path(const std::string& p) {
-  return fs::is_directory(p) || fs::path(p).extension() == ".bin";
+  return fs::is_directory(p) || fs::path(p).extension() == ".bin" || fs::path(p).extension() == ".gguf";
 }
 
 }  // namespace
@@ -148,12 +165,9 @@ std::string recipe_label(const Recipe& r) {
 QuantizeReport quantize(ModelAdapter& model, const torch::Tensor& calib, const Recipe& recipe, QuantState& state,
                         const ProgressFn& progress, int64_t max_units) {
   if (recipe.smooth_alpha > 0) {
-    auto* llama = dynamic_cast<LlamaModel*>(&model);
-    FQ_CHECK(llama != nullptr, ConfigError, "smoothquant.alpha is set but SmoothQuant is implemented for llama models "
-             "only (this model is ", model.arch(), "); set smoothquant.alpha=0");
     std::vector<torch::Tensor> batches;
     for (int64_t i = 0; i < calib.size(0); i += 16) batches.push_back(calib.slice(0, i, std::min(i + 16, calib.size(0))));
-    state.smooth_scales = smooth_llama(*llama, collect_act_absmax(model, batches), recipe.smooth_alpha);
+    state.smooth_scales = smooth_model(model, collect_act_absmax(model, batches), recipe.smooth_alpha);
   }
   return quantize_model(model, calib, recipe, state, progress, max_units);
 }
@@ -182,9 +196,16 @@ MethodResult run_method(const Task& task, const Recipe& recipe, const std::strin
     info.report_json = report_to_json(r.report);
     info.extra["evaluation"] = task.evaluation_description();
     info.extra["metric"] = fmt::format("{} {:.4f}", task.metric_name(), r.metric);
-    r.size_bytes = save_qmodel(out_path, *model, state, info);
+    r.size_bytes = task.save(*model, state, info, recipe, out_path);
   }
   return r;
+}
+
+int64_t Task::save(ModelAdapter& model, const QuantState& state, const QModelInfo& info, const Recipe& r,
+                   const std::string& path) const {
+  FQ_CHECK(fs::path(path).extension() == ".fqz", ConfigError, "cannot write \"", path, "\": this ", arch_,
+           " model is saved as .fqz -> use an .fqz path");
+  return save_qmodel(path, model, state, info);
 }
 
 double evaluate_fp(const Task& task) {

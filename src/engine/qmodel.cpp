@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "flexquant/error.h"
-#include "flexquant/llama.h"
+#include "flexquant/smoothquant.h"
 #include "flexquant/runtime.h"
 #include "flexquant/safetensors.h"
 
@@ -25,12 +25,13 @@ WeightQuantSpec spec_from_json(const json& j) {
   s.granularity = parse_granularity(j.at("granularity"));
   s.group_size = j.at("group_size");
   s.init = parse_scale_init(j.value("init", "mse"));
+  s.scale_fp16 = j.value("scale_dtype", "fp32") == "fp16";
   return s;
 }
 
 json spec_to_json(const WeightQuantSpec& s) {
   return {{"format", s.format.name()}, {"bits", s.bits()}, {"symmetric", s.symmetric}, {"granularity", to_string(s.granularity)},
-          {"group_size", s.group_size}, {"init", to_string(s.init)}};
+          {"group_size", s.group_size}, {"init", to_string(s.init)}, {"scale_dtype", s.scale_fp16 ? "fp16" : "fp32"}};
 }
 
 std::string meta_or_throw(const SafeTensorsFile& f, const std::string& key) {
@@ -176,17 +177,9 @@ QModelInfo load_qmodel(const std::string& path, ModelAdapter& model, QuantState&
   json acts = json::parse(meta_or_throw(f, "activations"));
   state = QuantState{};
   // SmoothQuant first: the norms of the FP model get the same division they got at quantization time.
-  for (const auto& name : f.names) {
-    if (name.rfind("smooth.", 0) != 0) continue;
-    std::string key = name.substr(7);  // layers.<i>.attention_norm | layers.<i>.ffn_norm
-    auto* llama = dynamic_cast<LlamaModel*>(&model);
-    FQ_CHECK(llama != nullptr, ModelError, "\"", path, "\" holds SmoothQuant scales but the model is not a llama");
-    int i = std::stoi(key.substr(7, key.find('.', 7) - 7));
-    auto& layer = llama->layer(i);
-    torch::Tensor& norm = key.find("attention_norm") != std::string::npos ? layer.attention_norm() : layer.ffn_norm();
-    norm.div_(f.at(name).to(norm.device(), norm.scalar_type()));
-    state.smooth_scales[key] = f.at(name);
-  }
+  for (const auto& name : f.names)
+    if (name.rfind("smooth.", 0) == 0) state.smooth_scales[name.substr(7)] = f.at(name);
+  apply_saved_smoothing(model, state.smooth_scales, "\"" + path + "\"");
   for (QuantLayer* l : model.all_layers()) {
     FQ_CHECK(layers.contains(l->name), ModelError, "\"", path, "\" has no entry for layer \"", l->name,
              "\"; it does not match this model");

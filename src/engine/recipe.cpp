@@ -121,21 +121,14 @@ void flatten(const json& j, const std::string& prefix, std::map<std::string, jso
   }
 }
 
-const std::vector<std::string> kMethods = {"rtn", "adaround", "flexround", "lrq", "gptq"};
-
 }  // namespace
 
 void Recipe::validate() const {
   auto in = [](const std::string& v, const std::vector<std::string>& allowed) {
     return std::find(allowed.begin(), allowed.end(), v) != allowed.end();
   };
-  auto join = [](const std::vector<std::string>& v) {
-    std::string s;
-    for (auto& x : v) s += (s.empty() ? "" : " | ") + x;
-    return s;
-  };
   FQ_CHECK(version == 1, ConfigError, "recipe version ", version, " is not supported: this flexquant reads version 1");
-  FQ_CHECK(in(method, kMethods), ConfigError, "method \"", method, "\" is not valid: use ", join(kMethods));
+  method_info(method);  // ConfigError listing the registered methods
   FQ_CHECK(weight_bits >= 2 && weight_bits <= 8, ConfigError, "weight.bits ", weight_bits, " is not valid: use 2..8");
   if (weight_format != "int") {
     const Format f = Format::parse(weight_format);  // ConfigError listing the presets for an unknown name
@@ -149,6 +142,8 @@ void Recipe::validate() const {
   FQ_CHECK(in(weight_granularity, {"tensor", "channel", "group"}), ConfigError, "weight.granularity \"",
            weight_granularity, "\" is not valid: use tensor | channel | group");
   FQ_CHECK(weight_group_size >= 1, ConfigError, "weight.group_size ", weight_group_size, " must be >= 1");
+  FQ_CHECK(in(weight_scale_dtype, {"fp32", "fp16"}), ConfigError, "weight.scale_dtype \"", weight_scale_dtype,
+           "\" is not valid: use fp32 | fp16");
   FQ_CHECK(in(weight_init, {"mse", "minmax"}), ConfigError, "weight.init \"", weight_init, "\" is not valid: use mse | minmax");
   FQ_CHECK(first_last_bits == 0 || (first_last_bits >= 2 && first_last_bits <= 8), ConfigError,
            "weight.first_last_bits ", first_last_bits, " is not valid: use 0 (same as weight.bits) or 2..8");
@@ -170,8 +165,8 @@ void Recipe::validate() const {
   FQ_CHECK(rounder.lrq_rank >= 1, ConfigError, "lrq.rank ", rounder.lrq_rank, " must be >= 1");
   FQ_CHECK(calib_samples >= 1, ConfigError, "calib.samples ", calib_samples, " must be >= 1");
   FQ_CHECK(calib_seq_len >= 2, ConfigError, "calib.seq_len ", calib_seq_len, " must be >= 2");
-  FQ_CHECK(gptq_damp > 0, ConfigError, "gptq.damp ", gptq_damp, " must be > 0 (typical 0.01)");
-  FQ_CHECK(gptq_block_size >= 1, ConfigError, "gptq.block_size must be >= 1");
+  FQ_CHECK(rounder.gptq_damp > 0, ConfigError, "gptq.damp ", rounder.gptq_damp, " must be > 0 (typical 0.01)");
+  FQ_CHECK(rounder.gptq_block_size >= 1, ConfigError, "gptq.block_size must be >= 1");
   FQ_CHECK(smooth_alpha >= 0 && smooth_alpha <= 1, ConfigError, "smoothquant.alpha ", smooth_alpha,
            " is not valid: use (0, 1], or 0 for off");
 }
@@ -244,6 +239,7 @@ WeightQuantSpec Recipe::weight_spec(int bits_override) const {
   s.granularity = parse_granularity(weight_granularity);
   s.group_size = weight_group_size;
   s.init = parse_scale_init(weight_init);
+  s.scale_fp16 = weight_scale_dtype == "fp16";
   return s;
 }
 
@@ -257,6 +253,21 @@ std::vector<RecipeField> describe_recipe() {
   return out;
 }
 
+std::string methods_markdown() {
+  std::string md =
+      "## Methods\n\nFrom the method registry (include/flexquant/rounder.h; docs/adding-a-rounder.md adds one). The "
+      "engine asks each entry what it needs: *training* methods get `recon.iters` Adam steps per unit, *Hessian* "
+      "methods get each layer's input Hessian from the unit's quantized-path inputs.\n\n"
+      "| method | needs | what it does |\n|---|---|---|\n";
+  for (const MethodInfo& m : methods()) {
+    std::string needs;
+    if (m.needs.training) needs += "training";
+    if (m.needs.hessian) needs += std::string(needs.empty() ? "" : ", ") + "Hessian";
+    md += fmt::format("| `{}` | {} | {} |\n", m.name, needs.empty() ? "-" : needs, m.summary);
+  }
+  return md;
+}
+
 std::string recipe_markdown() {
   std::string md =
       "# Recipe reference\n\n"
@@ -266,6 +277,7 @@ std::string recipe_markdown() {
       "| key | type | default | meaning |\n|---|---|---|---|\n";
   for (const auto& f : describe_recipe())
     md += fmt::format("| `{}` | {} | `{}` | {} |\n", f.key, f.type, f.default_value, f.help);
+  md += "\n" + methods_markdown();
   return md;
 }
 

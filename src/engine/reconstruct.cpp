@@ -13,7 +13,7 @@
 #include <cmath>
 
 #include "flexquant/error.h"
-#include "flexquant/gptq.h"
+#include "flexquant/gptq.h"  // HessianCollector
 #include "flexquant/runtime.h"
 
 namespace flexquant {
@@ -45,7 +45,7 @@ int site_bits(const ActSite& s, const Recipe& r) {
   return r.act_bits;
 }
 
-// Context used while training unit k: weights from the rounders, activations through LSQ quantizers.
+// Context used while training a unit: weights from the rounders, activations through LSQ quantizers.
 class TrainContext : public UnitContext {
  public:
   std::vector<Rounder*> rounders;
@@ -55,13 +55,8 @@ class TrainContext : public UnitContext {
   bool calibrating = false;
   std::vector<bool> calibrated;
   int fp_from = 1 << 30;  // layers with index >= fp_from run FP weights (layer-wise input capture)
-  int capture = -1;       // record the input of this layer
-  std::vector<torch::Tensor> captured;
   torch::Tensor weight(const QuantLayer& layer, int i) override {
     return i >= fp_from ? layer.weight : rounders.at(i)->forward(hard);
-  }
-  void observe_input(const QuantLayer& layer, int i, const torch::Tensor& x) override {
-    if (i == capture) captured.push_back(x.detach());
   }
   torch::Tensor act(const ActSite& site, int j, const torch::Tensor& x) override {
     ActQuantizer* q = acts.at(j);
@@ -74,33 +69,33 @@ class TrainContext : public UnitContext {
   }
 };
 
-// A rounder whose codes were decided elsewhere (GPTQ): no parameters, forward = the dequantized codes.
-class FixedRounder : public Rounder {
+// Records the input of one layer while `inner` (FP when null) runs the unit.
+class InputCapture : public ObservingContext {
  public:
-  explicit FixedRounder(QuantizedTensor q) : q_(std::move(q)), w_(q_.dequantize()) {}
-  std::string name() const override { return "fixed"; }
-  void init(const torch::Tensor&, const WeightQuantSpec&, const QParams&) override {}
-  torch::Tensor forward(bool) override { return w_; }
-  std::vector<torch::Tensor> parameters() override { return {}; }
-  QuantizedTensor harden() override { return q_; }
-
- private:
-  QuantizedTensor q_;
-  torch::Tensor w_;
-};
-
-// FP unit run that records the input of one layer.
-class CaptureContext : public UnitContext {
- public:
-  explicit CaptureContext(int layer) : layer_(layer) {}
+  InputCapture(int layer, UnitContext* inner) : ObservingContext(inner), layer_(layer) {}
   std::vector<torch::Tensor> captured;
-  void observe_input(const QuantLayer& layer, int i, const torch::Tensor& x) override {
+
+ protected:
+  void observe(const QuantLayer&, int i, const torch::Tensor& x) override {
     if (i == layer_) captured.push_back(x.detach());
   }
 
  private:
   int layer_;
 };
+
+// Input of layer i over all of x, with `inner` deciding weights and activations.
+torch::Tensor capture_input(Unit& unit, int i, const torch::Tensor& x, UnitContext* inner) {
+  InputCapture cap(i, inner);
+  chunked(x, [&](const torch::Tensor& xb) { return unit.forward(xb, cap); });
+  return torch::cat(cap.captured, 0);
+}
+
+// QDrop (methods.md §3.2): element-wise, keep the FP input with probability p, else the quantized one.
+torch::Tensor qdrop_mix(const torch::Tensor& x_q, const torch::Tensor& x_fp, double p) {
+  if (p <= 0) return x_q;
+  return torch::where(torch::rand_like(x_q) < p, x_fp, x_q);
+}
 
 // Adam over the rounding parameters (group 0, recipe.lr with its schedule) and the LSQ steps (group 1,
 // act.lr, cosine). step_loss(it) returns {reconstruction loss, regulariser (may be undefined)}.
@@ -171,213 +166,267 @@ std::vector<std::vector<WeightQuantSpec>> layer_specs(ModelAdapter& model, const
   return specs;
 }
 
-QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_inputs, const Recipe& recipe,
-                              QuantState& state, const ProgressFn& progress, int64_t max_units) {
-  recipe.validate();
+namespace {
+
+// One unit's quantizers while it is reconstructed.
+struct UnitRun {
+  Unit& unit;
+  size_t index;
+  torch::Tensor y_fp;  // the FP unit's output on the FP chain: the target
+  std::vector<std::unique_ptr<Rounder>> rounders;
+  std::vector<std::shared_ptr<ActQuantizer>> acts;  // null where a site stays FP
+  TrainContext ctx;
+  UnitReport report;
+};
+
+// The engine: one unit at a time, in forward order (collect inputs, set up quantizers, train, harden,
+// propagate). It asks the method's registry entry what to do and the adapter's roles how to treat each
+// layer and site; it names neither.
+class Reconstructor {
+ public:
+  Reconstructor(ModelAdapter& model, const Recipe& recipe, QuantState& state, const ProgressFn& progress)
+      : model_(model), recipe_(recipe), method_(method_info(recipe.method)), state_(state), progress_(progress),
+        gen_(at::make_generator<at::CPUGeneratorImpl>(recipe.seed)) {}
+
+  QuantizeReport run(const torch::Tensor& calib_inputs, int64_t max_units);
+
+ private:
+  void say(const std::string& line) const {
+    if (progress_) progress_(line);
+    else log_info(line);
+  }
+  int64_t iters() const { return method_.needs.training ? recipe_.iters : 0; }
+  int64_t probe_n() const { return std::min<int64_t>(x_q_.size(0), std::max<int64_t>(recipe_.batch, 64)); }
+  UnitReport run_unit(Unit& unit, size_t k);
+  void setup_rounders(UnitRun& u);
+  std::vector<LayerStats> collect_stats(UnitRun& u);
+  void setup_act_quantizers(UnitRun& u);
+  double probe_loss(UnitRun& u);
+  void train_block(UnitRun& u);
+  void train_layers(UnitRun& u);
+  void harden(UnitRun& u);
+  void propagate(UnitRun& u);
+  torch::Tensor sample() { return torch::randint(x_q_.size(0), {std::min(recipe_.batch, x_q_.size(0))}, gen_, torch::kLong).to(x_q_.device()); }
+  void progress_line(const UnitRun& u, const std::string& what, int64_t it, double running) const;
+
+  ModelAdapter& model_;
+  const Recipe& recipe_;
+  const MethodInfo& method_;
+  QuantState& state_;
+  ProgressFn progress_;
+  at::Generator gen_;  // batch sampling across all units
+  std::vector<std::vector<WeightQuantSpec>> specs_;
+  size_t num_units_ = 0;
+  torch::Tensor x_fp_, x_q_;  // the current unit's inputs on the FP and the quantized chain
+  Stopwatch unit_sw_;
+};
+
+QuantizeReport Reconstructor::run(const torch::Tensor& calib_inputs, int64_t max_units) {
   Stopwatch total;
   QuantizeReport report;
   report.calib_samples = calib_inputs.size(0);
-  auto say = [&](const std::string& line) {
-    if (progress) progress(line);
-    else log_info(line);
-  };
-  auto units = model.units();
-  FQ_CHECK(!units.empty(), ModelError, "model \"", model.arch(), "\" has no reconstruction units");
+  auto units = model_.units();
+  FQ_CHECK(!units.empty(), ModelError, "model \"", model_.arch(), "\" has no reconstruction units");
   FQ_CHECK(max_units >= 0, ConfigError, "max_units ", max_units, " -> allowed >= 0 (0 = all units)");
   if (max_units > 0 && max_units < static_cast<int64_t>(units.size())) units.resize(max_units);
-  const auto specs = layer_specs(model, recipe);
-  const bool learned = recipe.method == "adaround" || recipe.method == "flexround" || recipe.method == "lrq";
-  const std::string rounder_name = recipe.method;
-
-  torch::Tensor x_fp = chunked(calib_inputs, [&](const torch::Tensor& x) { return model.prologue(x); });
-  torch::Tensor x_q = x_fp;
-  const int64_t n = x_fp.size(0);
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(recipe.seed);
-
-  for (size_t k = 0; k < units.size(); ++k) {
-    Unit& unit = *units[k];
-    const bool mem_window = reset_peak_rss();
-    Stopwatch sw;
-    torch::manual_seed(recipe.seed + k);  // QDrop masks and LRQ init: reproducible per unit
-    UnitContext fp_ctx;
-    torch::Tensor y_fp = chunked(x_fp, [&](const torch::Tensor& x) { return unit.forward(x, fp_ctx); });
-
-    // Rounders start at round-to-nearest on the initial grid.
-    auto& layers = unit.layers();
-    std::vector<std::unique_ptr<Rounder>> rounders;
-    TrainContext ctx;
-    for (auto& l : layers)
-      check_finite(l.weight, "weight of layer \"" + l.name + "\"", "the model file is corrupt");
-    if (recipe.method == "gptq") {
-      // Hessians from the quantized-path inputs of this unit (FP weights inside it, as GPTQ's default
-      // non-true-sequential mode), then column-wise error feedback per layer.
-      HessianCollector hc;
-      chunked(x_q, [&](const torch::Tensor& x) { return unit.forward(x, hc); });
-      GptqOptions go;
-      go.damp = recipe.gptq_damp;
-      go.act_order = recipe.gptq_act_order;
-      go.block_size = recipe.gptq_block_size;
-      for (size_t i = 0; i < layers.size(); ++i) {
-        auto r = std::make_unique<FixedRounder>(
-            gptq_quantize(layers[i].weight, hc.at(layers[i].name).hessian(), specs[k][i], go));
-        ctx.rounders.push_back(r.get());
-        rounders.push_back(std::move(r));
-      }
-    } else {
-      for (size_t i = 0; i < layers.size(); ++i) {
-        auto r = make_rounder(rounder_name, recipe.rounder);
-        r->init(layers[i].weight, specs[k][i], init_qparams(layers[i].weight, specs[k][i]));
-        ctx.rounders.push_back(r.get());
-        rounders.push_back(std::move(r));
-      }
-    }
-    const auto& sites = unit.act_sites();
-    std::vector<std::shared_ptr<ActQuantizer>> acts;
-    for (const ActSite& s : sites) {
-      int bits = site_bits(s, recipe);
-      std::shared_ptr<ActQuantizer> q;
-      if (bits < 32) {
-        ActQuantSpec as;
-        as.bits = bits;
-        as.per_token = recipe.act_per_token || s.role == SiteRole::KvCache;
-        q = std::make_shared<ActQuantizer>(as, s.non_negative);
-      }
-      acts.push_back(q);
-      ctx.acts.push_back(q.get());
-    }
-    // Static activation grids from (up to) 256 quantized-path inputs, weights at their initial grid.
-    if (std::any_of(acts.begin(), acts.end(), [](auto& q) { return q != nullptr; })) {
-      torch::NoGradGuard ng;
-      ctx.calibrating = true;
-      ctx.hard = true;
-      ctx.calibrated.assign(acts.size(), false);
-      unit.forward(x_q.slice(0, 0, std::min<int64_t>(n, 256)), ctx);
-      ctx.calibrating = false;
-    }
-
-    // Loss of the starting point on a fixed probe batch (for the report).
-    const int64_t probe_n = std::min<int64_t>(n, std::max<int64_t>(recipe.batch, 64));
-    auto probe_loss = [&]() {
-      torch::NoGradGuard ng;
-      ctx.hard = true;
-      for (auto& q : acts) if (q) q->set_training(false);
-      return lp_loss(unit.forward(x_q.slice(0, 0, probe_n), ctx), y_fp.slice(0, 0, probe_n)).item<double>();
-    };
-    UnitReport ur;
-    ur.name = unit.name();
-    ur.method = recipe.method;
-    ur.loss_start = probe_loss();
-
-    // Round-to-nearest is the baseline: grids from calibration only, nothing trained.
-    const int64_t iters = learned ? recipe.iters : 0;
-    const int64_t batch = std::min(recipe.batch, n);
-    auto progress_line = [&](const std::string& what, int64_t it, double running) {
-      double el = sw.seconds();
-      say(fmt::format("[{:>2}/{}] {:<10} {} it {:>5}/{} loss {:.3e} (start {:.3e}) {} eta {}", k + 1, units.size(),
-                      what, recipe.method, it, iters, running, ur.loss_start, format_duration(el),
-                      format_duration(el / it * (iters - it))));
-    };
-    auto sample = [&]() { return torch::randint(n, {batch}, gen, torch::kLong).to(x_q.device()); };
-    Stopwatch train_sw;
-    if (recipe.recon_unit == "block") {
-      std::vector<torch::Tensor> w_params, a_params;
-      for (auto& r : rounders) for (auto& p : r->parameters()) w_params.push_back(p);
-      for (auto& q : acts) if (q) for (auto& p : q->parameters()) a_params.push_back(p);
-      ctx.hard = false;
-      for (auto& q : acts) if (q) q->set_training(true, recipe.qdrop);
-      // Dynamic per-token quantizers learn nothing; with them off the rounders fit the weights alone
-      // (FlexRound's released W4A8 code), which measured better than training through their noise.
-      ctx.dynamic_acts = recipe.dynamic_acts_in_loop;
-      run_adam(w_params, a_params, iters, recipe, "unit \"" + unit.name() + "\"",
-               [&](int64_t it) {
-                 auto idx = sample();
-                 torch::Tensor xin = x_q.index_select(0, idx);
-                 if (recipe.qdrop > 0) {  // QDrop: element-wise mix of quantized and FP inputs
-                   auto keep_fp = torch::rand_like(xin) < recipe.qdrop;
-                   xin = torch::where(keep_fp, x_fp.index_select(0, idx), xin);
-                 }
-                 auto loss = lp_loss(unit.forward(xin, ctx), y_fp.index_select(0, idx));
-                 torch::Tensor reg;
-                 for (auto& r : rounders) {
-                   auto rr = r->regularizer(it, iters);
-                   reg = reg.defined() ? reg + rr : rr;
-                 }
-                 return std::make_pair(loss, reg);
-               },
-               [&](int64_t it, double running) { progress_line(unit.name(), it, running); });
-      ctx.dynamic_acts = true;
-    } else {
-      // Layer-wise (AdaRound's original setting): layer i sees the input produced by the hardened layers
-      // before it on the quantized path, and matches its own FP output on the FP path.
-      for (auto& q : acts) if (q) q->set_training(false);
-      for (size_t i = 0; i < layers.size(); ++i) {
-        ctx.hard = true;
-        ctx.fp_from = static_cast<int>(i);
-        ctx.capture = static_cast<int>(i);
-        ctx.captured.clear();
-        chunked(x_q, [&](const torch::Tensor& x) { return unit.forward(x, ctx); });
-        torch::Tensor xi_q = torch::cat(ctx.captured, 0);
-        ctx.captured.clear();
-        CaptureContext fpcap(static_cast<int>(i));
-        chunked(x_fp, [&](const torch::Tensor& x) { return unit.forward(x, fpcap); });
-        torch::Tensor xi_fp = torch::cat(fpcap.captured, 0);
-        const QuantLayer& layer = layers[i];
-        torch::Tensor yi_fp = chunked(xi_fp, [&](const torch::Tensor& x) { return layer.apply(x, layer.weight); });
-        Rounder& r = *rounders[i];
-        run_adam(r.parameters(), {}, iters, recipe, "layer \"" + layer.name + "\"",
-                 [&](int64_t it) {
-                   auto idx = sample();
-                   torch::Tensor xin = xi_q.index_select(0, idx);
-                   if (recipe.qdrop > 0) {
-                     auto keep_fp = torch::rand_like(xin) < recipe.qdrop;
-                     xin = torch::where(keep_fp, xi_fp.index_select(0, idx), xin);
-                   }
-                   auto loss = lp_loss(layer.apply(xin, r.forward(false)), yi_fp.index_select(0, idx));
-                   return std::make_pair(loss, r.regularizer(it, iters));
-                 },
-                 [&](int64_t it, double running) { progress_line(layer.name, it, running); });
-      }
-      ctx.fp_from = 1 << 30;
-      ctx.capture = -1;
-    }
-    ur.iters = iters;
-    const double train_seconds = train_sw.seconds();
-
-    // Harden: codes are what the last hard forward used; layers now hold the dequantized weights.
-    for (size_t i = 0; i < layers.size(); ++i) {
-      QuantizedTensor qt = rounders[i]->harden();
-      torch::Tensor w = qt.dequantize().to(layers[i].weight.device());
-      check_finite(w, "quantized weight of layer \"" + layers[i].name + "\"", "lower recon.lr");
-      ctx.rounders[i] = nullptr;
-      layers[i].weight = w.detach();
-      state.weights[layers[i].name] = std::move(qt);
-    }
-    for (size_t j = 0; j < sites.size(); ++j) {
-      if (!acts[j]) continue;
-      acts[j]->set_training(false);
-      for (auto& p : acts[j]->parameters()) p.detach_().requires_grad_(false);
-      state.acts[site_key(unit, sites[j])] = acts[j];
-    }
-    rounders.clear();
-
-    QuantizedContext qctx(state);
-    qctx.begin_unit(unit);
-    {
-      torch::NoGradGuard ng;
-      ur.loss_end = lp_loss(unit.forward(x_q.slice(0, 0, probe_n), qctx), y_fp.slice(0, 0, probe_n)).item<double>();
-    }
-    x_q = chunked(x_q, [&](const torch::Tensor& x) { return unit.forward(x, qctx); });
-    x_fp = y_fp;
-    ur.seconds = sw.seconds();
-    ur.ms_per_iter = iters > 0 ? 1000.0 * train_seconds / iters : 0;
-    ur.peak_rss_bytes = mem_window ? window_peak_rss_bytes() : 0;
-    say(fmt::format("[{:>2}/{}] {:<10} done: loss {:.3e} -> {:.3e}, {}", k + 1, units.size(), unit.name(),
-                    ur.loss_start, ur.loss_end, format_duration(ur.seconds)));
-    report.units.push_back(ur);
-  }
+  num_units_ = units.size();
+  specs_ = layer_specs(model_, recipe_);
+  x_fp_ = chunked(calib_inputs, [&](const torch::Tensor& x) { return model_.prologue(x); });
+  x_q_ = x_fp_;
+  for (size_t k = 0; k < units.size(); ++k) report.units.push_back(run_unit(*units[k], k));
   report.seconds = total.seconds();
   report.peak_rss_bytes = peak_rss_bytes();
   return report;
+}
+
+UnitReport Reconstructor::run_unit(Unit& unit, size_t k) {
+  const bool mem_window = reset_peak_rss();
+  unit_sw_ = Stopwatch();
+  torch::manual_seed(recipe_.seed + k);  // QDrop masks and LRQ init: reproducible per unit
+  UnitRun u{unit, k};
+  UnitContext fp_ctx;
+  u.y_fp = chunked(x_fp_, [&](const torch::Tensor& x) { return unit.forward(x, fp_ctx); });
+  setup_rounders(u);
+  setup_act_quantizers(u);
+  u.report.name = unit.name();
+  u.report.method = recipe_.method;
+  u.report.loss_start = probe_loss(u);
+  Stopwatch train_sw;
+  if (recipe_.recon_unit == "block") train_block(u);
+  else train_layers(u);
+  u.report.iters = iters();
+  const double train_seconds = train_sw.seconds();
+  harden(u);
+  propagate(u);
+  UnitReport& ur = u.report;
+  ur.seconds = unit_sw_.seconds();
+  ur.ms_per_iter = ur.iters > 0 ? 1000.0 * train_seconds / ur.iters : 0;
+  ur.peak_rss_bytes = mem_window ? window_peak_rss_bytes() : 0;
+  say(fmt::format("[{:>2}/{}] {:<10} done: loss {:.3e} -> {:.3e}, {}", k + 1, num_units_, unit.name(),
+                  ur.loss_start, ur.loss_end, format_duration(ur.seconds)));
+  return ur;
+}
+
+// Statistics the method asked for, per layer of the unit (GPTQ: Hessians of the quantized-path inputs with the
+// unit's FP weights, as GPTQ's default non-true-sequential mode).
+std::vector<LayerStats> Reconstructor::collect_stats(UnitRun& u) {
+  auto& layers = u.unit.layers();
+  std::vector<LayerStats> stats(layers.size());
+  if (!method_.needs.hessian) return stats;
+  HessianCollector hc;
+  chunked(x_q_, [&](const torch::Tensor& x) { return u.unit.forward(x, hc); });
+  for (size_t i = 0; i < layers.size(); ++i) stats[i].hessian = hc.at(layers[i].name).hessian();
+  return stats;
+}
+
+// Every rounder starts at round-to-nearest on its initial grid.
+void Reconstructor::setup_rounders(UnitRun& u) {
+  auto& layers = u.unit.layers();
+  for (auto& l : layers) check_finite(l.weight, "weight of layer \"" + l.name + "\"", "the model file is corrupt");
+  const auto stats = collect_stats(u);
+  const auto& specs = specs_[u.index];
+  for (size_t i = 0; i < layers.size(); ++i) {
+    auto r = method_.make(recipe_.rounder);
+    r->init(layers[i].weight, specs[i], init_qparams(layers[i].weight, specs[i]), stats[i]);
+    u.ctx.rounders.push_back(r.get());
+    u.rounders.push_back(std::move(r));
+  }
+}
+
+// LSQ quantizers at the sites the recipe quantizes; static grids calibrated from (up to) 256 quantized-path
+// inputs with the weights at their initial grid.
+void Reconstructor::setup_act_quantizers(UnitRun& u) {
+  for (const ActSite& s : u.unit.act_sites()) {
+    const int bits = site_bits(s, recipe_);
+    std::shared_ptr<ActQuantizer> q;
+    if (bits < 32) {
+      ActQuantSpec as;
+      as.bits = bits;
+      as.per_token = recipe_.act_per_token || s.role == SiteRole::KvCache;
+      q = std::make_shared<ActQuantizer>(as, s.non_negative);
+    }
+    u.acts.push_back(q);
+    u.ctx.acts.push_back(q.get());
+  }
+  if (std::none_of(u.acts.begin(), u.acts.end(), [](auto& q) { return q != nullptr; })) return;
+  torch::NoGradGuard ng;
+  u.ctx.calibrating = true;
+  u.ctx.hard = true;
+  u.ctx.calibrated.assign(u.acts.size(), false);
+  u.unit.forward(x_q_.slice(0, 0, std::min<int64_t>(x_q_.size(0), 256)), u.ctx);
+  u.ctx.calibrating = false;
+}
+
+// Loss of the current hard rounding on a fixed probe batch (for the report).
+double Reconstructor::probe_loss(UnitRun& u) {
+  torch::NoGradGuard ng;
+  u.ctx.hard = true;
+  for (auto& q : u.acts) if (q) q->set_training(false);
+  const int64_t n = probe_n();
+  return lp_loss(u.unit.forward(x_q_.slice(0, 0, n), u.ctx), u.y_fp.slice(0, 0, n)).item<double>();
+}
+
+void Reconstructor::progress_line(const UnitRun& u, const std::string& what, int64_t it, double running) const {
+  const double el = unit_sw_.seconds();
+  say(fmt::format("[{:>2}/{}] {:<10} {} it {:>5}/{} loss {:.3e} (start {:.3e}) {} eta {}", u.index + 1, num_units_,
+                  what, recipe_.method, it, iters(), running, u.report.loss_start, format_duration(el),
+                  format_duration(el / it * (iters() - it))));
+}
+
+// BRECQ: all of the unit's rounders and LSQ steps against the unit's FP output.
+void Reconstructor::train_block(UnitRun& u) {
+  std::vector<torch::Tensor> w_params, a_params;
+  for (auto& r : u.rounders) for (auto& p : r->parameters()) w_params.push_back(p);
+  for (auto& q : u.acts) if (q) for (auto& p : q->parameters()) a_params.push_back(p);
+  u.ctx.hard = false;
+  for (auto& q : u.acts) if (q) q->set_training(true, recipe_.qdrop);
+  // Dynamic per-token quantizers learn nothing; with them off the rounders fit the weights alone
+  // (FlexRound's released W4A8 code), which measured better than training through their noise.
+  u.ctx.dynamic_acts = recipe_.dynamic_acts_in_loop;
+  const int64_t n_it = iters();
+  run_adam(w_params, a_params, n_it, recipe_, "unit \"" + u.unit.name() + "\"",
+           [&](int64_t it) {
+             auto idx = sample();
+             auto xin = qdrop_mix(x_q_.index_select(0, idx), x_fp_.index_select(0, idx), recipe_.qdrop);
+             auto loss = lp_loss(u.unit.forward(xin, u.ctx), u.y_fp.index_select(0, idx));
+             torch::Tensor reg;
+             for (auto& r : u.rounders) {
+               auto rr = r->regularizer(it, n_it);
+               reg = reg.defined() ? reg + rr : rr;
+             }
+             return std::make_pair(loss, reg);
+           },
+           [&](int64_t it, double running) { progress_line(u, u.unit.name(), it, running); });
+  u.ctx.dynamic_acts = true;
+}
+
+// Layer-wise (AdaRound's original setting): layer i sees the input produced by the hardened layers before it
+// on the quantized path, and matches its own FP output on the FP path.
+void Reconstructor::train_layers(UnitRun& u) {
+  for (auto& q : u.acts) if (q) q->set_training(false);
+  auto& layers = u.unit.layers();
+  const int64_t n_it = iters();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    u.ctx.hard = true;
+    u.ctx.fp_from = static_cast<int>(i);
+    torch::Tensor xi_q = capture_input(u.unit, static_cast<int>(i), x_q_, &u.ctx);
+    torch::Tensor xi_fp = capture_input(u.unit, static_cast<int>(i), x_fp_, nullptr);
+    const QuantLayer& layer = layers[i];
+    torch::Tensor yi_fp = chunked(xi_fp, [&](const torch::Tensor& x) { return layer.apply(x, layer.weight); });
+    Rounder& r = *u.rounders[i];
+    run_adam(r.parameters(), {}, n_it, recipe_, "layer \"" + layer.name + "\"",
+             [&](int64_t it) {
+               auto idx = sample();
+               auto xin = qdrop_mix(xi_q.index_select(0, idx), xi_fp.index_select(0, idx), recipe_.qdrop);
+               auto loss = lp_loss(layer.apply(xin, r.forward(false)), yi_fp.index_select(0, idx));
+               return std::make_pair(loss, r.regularizer(it, n_it));
+             },
+             [&](int64_t it, double running) { progress_line(u, layer.name, it, running); });
+  }
+  u.ctx.fp_from = 1 << 30;
+}
+
+// Codes are what the last hard forward used; the layers now hold the dequantized weights and the state the
+// codes and frozen activation grids.
+void Reconstructor::harden(UnitRun& u) {
+  auto& layers = u.unit.layers();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    QuantizedTensor qt = u.rounders[i]->harden();
+    torch::Tensor w = qt.dequantize().to(layers[i].weight.device());
+    check_finite(w, "quantized weight of layer \"" + layers[i].name + "\"", "lower recon.lr");
+    u.ctx.rounders[i] = nullptr;
+    layers[i].weight = w.detach();
+    state_.weights[layers[i].name] = std::move(qt);
+  }
+  const auto& sites = u.unit.act_sites();
+  for (size_t j = 0; j < sites.size(); ++j) {
+    if (!u.acts[j]) continue;
+    u.acts[j]->set_training(false);
+    for (auto& p : u.acts[j]->parameters()) p.detach_().requires_grad_(false);
+    state_.acts[site_key(u.unit, sites[j])] = u.acts[j];
+  }
+  u.rounders.clear();
+}
+
+// The next unit's inputs: the quantized unit on the quantized chain, the FP target on the FP chain.
+void Reconstructor::propagate(UnitRun& u) {
+  QuantizedContext qctx(state_);
+  qctx.begin_unit(u.unit);
+  {
+    torch::NoGradGuard ng;
+    const int64_t n = probe_n();
+    u.report.loss_end = lp_loss(u.unit.forward(x_q_.slice(0, 0, n), qctx), u.y_fp.slice(0, 0, n)).item<double>();
+  }
+  x_q_ = chunked(x_q_, [&](const torch::Tensor& x) { return u.unit.forward(x, qctx); });
+  x_fp_ = u.y_fp;
+}
+
+}  // namespace
+
+QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_inputs, const Recipe& recipe,
+                              QuantState& state, const ProgressFn& progress, int64_t max_units) {
+  recipe.validate();
+  return Reconstructor(model, recipe, state, progress).run(calib_inputs, max_units);
 }
 
 }  // namespace flexquant

@@ -156,6 +156,32 @@ std::vector<Unit*> LlamaModel::units() {
   return out;
 }
 
+std::vector<NormFeed> LlamaModel::norm_feeds() {
+  using L = LlamaDecoderLayer;
+  std::vector<NormFeed> out;
+  for (auto& layer : layers_) {
+    auto& ls = layer->layers();
+    out.push_back({layer->name() + ".attention_norm", &layer->attention_norm(), {&ls[L::Wq], &ls[L::Wk], &ls[L::Wv]}});
+    out.push_back({layer->name() + ".ffn_norm", &layer->ffn_norm(), {&ls[L::W1], &ls[L::W3]}});
+  }
+  return out;
+}
+
+std::vector<NamedTensor> LlamaModel::named_tensors() {
+  std::vector<NamedTensor> out{{"tok_embeddings.weight", TensorRole::Embedding, &tok_embeddings_, nullptr}};
+  for (auto& layer : layers_) {
+    out.push_back({layer->name() + ".attention_norm.weight", TensorRole::Norm, &layer->attention_norm(), nullptr});
+    out.push_back({layer->name() + ".ffn_norm.weight", TensorRole::Norm, &layer->ffn_norm(), nullptr});
+    for (QuantLayer& l : layer->layers()) {
+      out.push_back({l.name + ".weight", TensorRole::Weight, &l.weight, &l});
+      if (l.bias.defined()) out.push_back({l.name + ".bias", TensorRole::Bias, &l.bias, &l});
+    }
+  }
+  out.push_back({"norm.weight", TensorRole::Norm, &norm_, nullptr});
+  if (!cfg_.tied_classifier) out.push_back({"output.weight", TensorRole::Classifier, &classifier_, nullptr});
+  return out;
+}
+
 void LlamaModel::to(torch::Device device) {
   tok_embeddings_ = tok_embeddings_.to(device);
   norm_ = norm_.to(device);

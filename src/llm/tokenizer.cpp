@@ -4,6 +4,7 @@
 // (highest score, first one found from the left), so both give the same ids.
 #include "flexquant/tokenizer.h"
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <queue>
@@ -57,6 +58,21 @@ Tokenizer Tokenizer::load(const std::string& path) {
   }
   FQ_CHECK(t.vocab_.size() >= 259, IoError, "tokenizer ", path, " has ", t.vocab_.size(),
            " tokens -> expected >= 259 (<unk>, <s>, </s>, 256 byte tokens)");
+  return t;
+}
+
+Tokenizer Tokenizer::from_pieces(std::vector<std::string> pieces, std::vector<float> scores, const std::string& origin) {
+  FQ_CHECK(pieces.size() == scores.size() && pieces.size() >= 259, IoError, "tokenizer ", origin, " has ",
+           pieces.size(), " pieces and ", scores.size(), " scores -> expected equal counts >= 259");
+  Tokenizer t;
+  t.path_ = origin;
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    t.max_token_length_ = std::max<int32_t>(t.max_token_length_, static_cast<int32_t>(pieces[i].size()));
+    t.hash_ = fnv1a64(pieces[i].data(), pieces[i].size(), t.hash_ ? t.hash_ : 1469598103934665603ull);
+    t.index_.emplace(pieces[i], static_cast<int32_t>(i));
+  }
+  t.vocab_ = std::move(pieces);
+  t.scores_ = std::move(scores);
   return t;
 }
 

@@ -206,7 +206,6 @@ class CnnAdapter : public ModelAdapter {
  public:
   explicit CnnAdapter(std::string arch) : arch_(std::move(arch)) {}
   std::string arch() const override { return arch_; }
-  ModelFamily family() const override { return ModelFamily::ImageClassifier; }
   std::vector<Unit*> units() override {
     std::vector<Unit*> out;
     for (auto& u : units_) out.push_back(u.get());

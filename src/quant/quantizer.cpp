@@ -317,7 +317,14 @@ QParams init_levels_qparams(const torch::Tensor& wg, const WeightQuantSpec& spec
 
 }  // namespace
 
-QParams init_qparams(const torch::Tensor& w_in, const WeightQuantSpec& spec) {
+torch::Tensor stored_scale(const torch::Tensor& scale, const WeightQuantSpec& spec) {
+  if (!spec.scale_fp16) return scale;
+  constexpr double kMinHalf = 5.9604644775390625e-08;  // 2^-24, the smallest positive half
+  return scale.to(torch::kHalf).to(scale.scalar_type()).clamp_min(kMinHalf);
+}
+
+// The initial grid before the spec's scale storage (scale_fp16) is applied.
+static QParams init_qparams_unstored(const torch::Tensor& w_in, const WeightQuantSpec& spec) {
   check_spec(spec);
   check_weight_finite(w_in, "weight");
   torch::NoGradGuard ng;
@@ -354,6 +361,12 @@ QParams init_qparams(const torch::Tensor& w_in, const WeightQuantSpec& spec) {
   mse_search_asym(rows, mn.reshape({-1, 1}), mx.reshape({-1, 1}), qmax, scale, zp);
   qp.scale = scale.reshape(pshape).contiguous();
   qp.zero_point = zp.reshape(pshape).contiguous();
+  return qp;
+}
+
+QParams init_qparams(const torch::Tensor& w, const WeightQuantSpec& spec) {
+  QParams qp = init_qparams_unstored(w, spec);
+  qp.scale = stored_scale(qp.scale, spec);
   return qp;
 }
 

@@ -9,7 +9,6 @@
 #include <cmath>
 
 #include "flexquant/error.h"
-#include "flexquant/llama.h"
 
 namespace flexquant {
 
@@ -85,37 +84,50 @@ void apply_smoothing(torch::Tensor& norm_weight, torch::Tensor& norm_bias, std::
   norm_bias.div_(s.to(norm_bias.device(), norm_bias.scalar_type()));
 }
 
-std::map<std::string, torch::Tensor> smooth_llama(LlamaModel& model,
+std::map<std::string, torch::Tensor> smooth_model(ModelAdapter& model,
                                                   const std::map<std::string, torch::Tensor>& act_absmax,
                                                   double alpha) {
-  auto get = [&](const std::string& name) -> const torch::Tensor& {
-    auto it = act_absmax.find(name);
-    FQ_CHECK(it != act_absmax.end() && it->second.defined(), ModelError, "smooth_llama: no activation maxima for '",
-             name, "' -> need the input max|x| of every wq and w1; hint: run collect_act_absmax on the FP model");
-    return it->second;
-  };
+  auto feeds = model.norm_feeds();
+  FQ_CHECK(!feeds.empty(), ConfigError, "smoothquant.alpha is set but model \"", model.arch(),
+           "\" declares no norm -> linear fold points (ModelAdapter::norm_feeds) -> set smoothquant.alpha=0");
   std::map<std::string, torch::Tensor> applied;
-  for (int64_t li = 0; li < model.num_layers(); ++li) {
-    LlamaDecoderLayer& layer = model.layer(static_cast<int>(li));
-    std::vector<QuantLayer>& ls = layer.layers();
-    using L = LlamaDecoderLayer;
-    // Attention: q/k/v share the attention_norm output.
-    torch::Tensor s_attn = smooth_scales(get(ls[L::Wq].name), {ls[L::Wq].weight, ls[L::Wk].weight, ls[L::Wv].weight},
-                                         alpha);
-    apply_smoothing(layer.attention_norm(), {&ls[L::Wq].weight, &ls[L::Wk].weight, &ls[L::Wv].weight}, s_attn);
-    // FFN: gate (w1) and up (w3) share the ffn_norm output. wo and w2 follow no norm: left as they are.
-    torch::Tensor s_ffn = smooth_scales(get(ls[L::W1].name), {ls[L::W1].weight, ls[L::W3].weight}, alpha);
-    apply_smoothing(layer.ffn_norm(), {&ls[L::W1].weight, &ls[L::W3].weight}, s_ffn);
-    applied[layer.name() + ".attention_norm"] = s_attn;
-    applied[layer.name() + ".ffn_norm"] = s_ffn;
+  for (NormFeed& f : feeds) {
+    FQ_INTERNAL_ASSERT(f.gain && !f.layers.empty(), "norm feed \"", f.name, "\" has no gain or no layers");
+    const std::string& first = f.layers.front()->name;
+    auto it = act_absmax.find(first);
+    FQ_CHECK(it != act_absmax.end() && it->second.defined(), ModelError, "smooth_model: no activation maxima for '",
+             first, "' -> need the input max|x| of the first layer after every norm; hint: run collect_act_absmax "
+             "on the FP model");
+    std::vector<torch::Tensor> ws;
+    std::vector<torch::Tensor*> wptrs;
+    for (QuantLayer* l : f.layers) ws.push_back(l->weight), wptrs.push_back(&l->weight);
+    torch::Tensor s = smooth_scales(it->second, ws, alpha);
+    apply_smoothing(*f.gain, wptrs, s);
+    applied[f.name] = s;
   }
   return applied;
 }
 
-std::map<std::string, torch::Tensor> smooth_llama(LlamaModel& model, const ActAbsMaxCollector& stats, double alpha) {
+std::map<std::string, torch::Tensor> smooth_model(ModelAdapter& model, const ActAbsMaxCollector& stats, double alpha) {
   std::map<std::string, torch::Tensor> maxima;
   for (const auto& kv : stats.observers()) maxima[kv.first] = kv.second.absmax();
-  return smooth_llama(model, maxima, alpha);
+  return smooth_model(model, maxima, alpha);
+}
+
+void apply_saved_smoothing(ModelAdapter& model, const std::map<std::string, torch::Tensor>& scales,
+                           const std::string& origin) {
+  torch::NoGradGuard no_grad;
+  std::map<std::string, torch::Tensor*> gains;
+  for (NormFeed& f : model.norm_feeds()) gains[f.name] = f.gain;
+  for (const auto& [key, s] : scales) {
+    auto it = gains.find(key);
+    FQ_CHECK(it != gains.end(), ModelError, origin, " holds SmoothQuant scales for \"", key, "\" but model \"",
+             model.arch(), "\" has no such norm; it does not match this model");
+    torch::Tensor& g = *it->second;
+    FQ_CHECK(s.dim() == 1 && s.size(0) == g.size(0), ModelError, origin, ": SmoothQuant scales \"", key,
+             "\" have shape ", s.sizes(), " but the norm has ", g.size(0), " channels");
+    g.div_(s.to(g.device(), g.scalar_type()));
+  }
 }
 
 ActAbsMaxCollector collect_act_absmax(ModelAdapter& model, const std::vector<torch::Tensor>& batches) {

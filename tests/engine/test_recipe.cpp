@@ -109,17 +109,39 @@ TEST(QModel, PackUnpackEveryBitWidthExhaustively) {
   EXPECT_THROW(unpack_codes(torch::zeros({3}, torch::kUInt8), 4, 7), IoError);
 }
 
-// The reconstruction engine asks the adapter for roles (LayerRole, SiteRole) and the registry for methods; it
-// names no model class, family or site. Reads the source: a policy keyed on a model would come back here.
-TEST(EngineSource, NamesNoModelClassFamilyOrSite) {
-  std::ifstream in(std::string(FLEXQUANT_SOURCE_DIR) + "/src/engine/reconstruct.cpp");
-  ASSERT_TRUE(in.good());
+namespace {
+std::string read_source(const std::string& rel) {
+  std::ifstream in(std::string(FLEXQUANT_SOURCE_DIR) + "/" + rel);
+  EXPECT_TRUE(in.good()) << rel;
   std::stringstream ss;
   ss << in.rdbuf();
-  const std::string src = ss.str();
-  ASSERT_GT(src.size(), 1000u);
-  for (const char* banned : {"Llama", "Cnn", "ResNet", "MobileNet", "ModelFamily", "family()", "dynamic_cast",
-                             "\"k\"", "\"v\"", "attention_norm", "\"layers."}) {
-    EXPECT_EQ(src.find(banned), std::string::npos) << "src/engine/reconstruct.cpp names \"" << banned << "\"";
+  return ss.str();
+}
+}  // namespace
+
+// The engine asks the adapter for roles (LayerRole, SiteRole, norm_feeds) and the registry for methods; it names
+// no model class, family, site, norm or method. Reads the sources: a policy keyed on a name would come back here.
+TEST(EngineSource, NamesNoModelClassFamilyOrSite) {
+  for (const char* file : {"src/engine/reconstruct.cpp", "src/engine/qmodel.cpp", "src/engine/recipe.cpp",
+                           "src/quant/smoothquant.cpp"}) {
+    const std::string src = read_source(file);
+    ASSERT_GT(src.size(), 1000u) << file;
+    for (const char* banned : {"LlamaModel", "LlamaDecoder", "llama.h", "Cnn", "cnn.h", "ResNet", "MobileNet",
+                               "ModelFamily", "family()", "dynamic_cast",
+                               "\"k\"", "\"v\"", "attention_norm", "ffn_norm", "\"layers."}) {
+      EXPECT_EQ(src.find(banned), std::string::npos) << file << " names \"" << banned << "\"";
+    }
+  }
+}
+
+// No list of method names outside the registry: the engine, the recipe, the pipeline and the CLI ask
+// method_info() / methods().
+TEST(EngineSource, NamesNoMethod) {
+  for (const char* file : {"src/engine/reconstruct.cpp", "src/engine/recipe.cpp", "src/engine/pipeline.cpp",
+                           "src/engine/qmodel.cpp", "include/flexquant/recipe.h", "tools/flexquant/cmd_quantize.cpp"}) {
+    const std::string src = read_source(file);
+    for (const char* banned : {"\"rtn\"", "\"adaround\"", "\"lrq\"", "\"gptq\"", "== \"flexround\"", "rtn |"}) {
+      EXPECT_EQ(src.find(banned), std::string::npos) << file << " names method " << banned;
+    }
   }
 }

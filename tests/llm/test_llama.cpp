@@ -181,7 +181,6 @@ TEST(LlamaAdapter, StructureNamesAndHookOrder) {
   EXPECT_EQ(c.max_seq_len, 512);
   EXPECT_TRUE(c.tied_classifier);
   EXPECT_EQ(model->arch(), "llama");
-  EXPECT_EQ(model->family(), ModelFamily::LanguageModel);
   auto units = model->units();
   ASSERT_EQ(units.size(), 5u);
   EXPECT_EQ(model->all_layers().size(), 35u);

@@ -79,7 +79,6 @@ struct CountingContext : UnitContext {
 TEST(CnnResnetCifar, StructureAndSites) {
   auto m = load_image_classifier(r20_path(), "resnet_cifar");
   EXPECT_EQ(m->arch(), "resnet_cifar");
-  EXPECT_EQ(m->family(), ModelFamily::ImageClassifier);
   auto units = m->units();
   ASSERT_EQ(units.size(), 11u);  // stem + 9 blocks + classifier
   EXPECT_EQ(units[0]->name(), "conv1");

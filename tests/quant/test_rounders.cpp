@@ -10,6 +10,7 @@
 #include <torch/autograd.h>
 #include <torch/optim/adam.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -279,18 +280,28 @@ ReconResult reconstruct(const std::string& rounder, const fq::WeightQuantSpec& s
 
 // ---------------------------------------------------------------------------------------------------------
 
-TEST(Rounders, RegistryNamesAndUnknownName) {
-  auto names = fq::rounder_names();
-  EXPECT_EQ(names, (std::vector<std::string>{"adaround", "flexround", "lrq", "rtn"}));
+TEST(Rounders, RegistryNamesNeedsAndUnknownName) {
+  auto names = fq::method_names();
+  for (const char* builtin : {"adaround", "flexround", "gptq", "lrq", "rtn"})
+    EXPECT_NE(std::find(names.begin(), names.end(), builtin), names.end()) << builtin;
   for (auto& n : names) EXPECT_EQ(fq::make_rounder(n)->name(), n);
+  EXPECT_TRUE(fq::method_info("flexround").needs.training);
+  EXPECT_FALSE(fq::method_info("flexround").needs.hessian);
+  EXPECT_TRUE(fq::method_info("gptq").needs.hessian);
+  EXPECT_FALSE(fq::method_info("gptq").needs.training);
+  EXPECT_FALSE(fq::method_info("rtn").needs.training);
   try {
     fq::make_rounder("flexrond");
     FAIL() << "expected ConfigError";
   } catch (const fq::ConfigError& e) {
     std::string m = e.what();
     EXPECT_NE(m.find("flexrond"), std::string::npos) << m;
-    EXPECT_NE(m.find("adaround | flexround | lrq | rtn"), std::string::npos) << m;
+    EXPECT_NE(m.find("adaround | flexround | gptq | lrq | rtn"), std::string::npos) << m;
   }
+  // GPTQ's codes come from a Hessian: init without one is an error that says so, not a silent RTN.
+  auto w = torch::randn({4, 8});
+  auto spec = make_spec(4, true, fq::Granularity::PerChannel, 0, fq::ScaleInit::MinMax);
+  EXPECT_THROW(fq::make_rounder("gptq")->init(w, spec, fq::init_qparams(w, spec)), fq::ConfigError);
 }
 
 TEST(Rounders, NonFiniteWeightThrowsNumericError) {
@@ -298,10 +309,12 @@ TEST(Rounders, NonFiniteWeightThrowsNumericError) {
   w[2][1][0][0] = NAN;
   auto spec = make_spec(4, true, fq::Granularity::PerTensor, 0, fq::ScaleInit::MinMax);
   auto qp = fq::init_qparams(torch::randn({4, 3, 3, 3}), spec);
-  for (auto& n : fq::rounder_names()) {
+  for (auto& n : fq::method_names()) {
     auto r = fq::make_rounder(n);
     try {
-      r->init(w, spec, qp);
+      fq::LayerStats stats;
+      stats.hessian = torch::eye(3 * 3 * 3);
+      r->init(w, spec, qp, stats);
       ADD_FAILURE() << n << ": expected NumericError";
     } catch (const fq::NumericError& e) {
       EXPECT_NE(std::string(e.what()).find("[4, 3, 3, 3]"), std::string::npos) << e.what();
@@ -833,4 +846,31 @@ TEST(ActQuantizer, PerTokenAndIdentity) {
   EXPECT_TRUE(id.parameters().empty());
   off.bits = 16;
   EXPECT_TRUE(torch::equal(fq::ActQuantizer(off, true).forward(x), x));
+}
+
+// weight.scale_dtype=fp16 (GGUF's block types store half scales): every method starts at round-to-nearest on the
+// half-rounded grid, and its hardened scales, learned ones included, are exactly representable in half, so the
+// codes are those a runtime dequantizes with the stored half.
+TEST(Fp16Scales, EveryMethodKeepsHalfScalesAndStartsAtNearest) {
+  auto w = real_weights()[3].second;  // a real 3x3 conv, rows of 144 = 4.5 groups of 32 (padding exercised)
+  fq::WeightQuantSpec spec = make_spec(4, true, fq::Granularity::PerGroup, 32, fq::ScaleInit::Mse);
+  spec.scale_fp16 = true;
+  auto qp = fq::init_qparams(w, spec);
+  ASSERT_TRUE(torch::equal(qp.scale.to(torch::kHalf).to(torch::kFloat), qp.scale));
+  auto rtn = fq::quantize_rtn(w, spec, qp);
+  fq::LayerStats stats;
+  auto x = torch::randn({512, w.numel() / w.size(0)});
+  stats.hessian = x.t().mm(x) / 512;
+  for (auto& name : fq::method_names()) {
+    auto r = fq::make_rounder(name);
+    r->init(w, spec, qp, stats);
+    if (name != "gptq") ASSERT_TRUE(torch::equal(r->harden().codes, rtn.codes)) << name;
+    {
+      torch::NoGradGuard ng;
+      for (auto& p : r->parameters()) p.add_(torch::randn_like(p) * 0.1);
+    }
+    auto q = r->harden();
+    EXPECT_TRUE(torch::equal(q.qparams.scale.to(torch::kHalf).to(torch::kFloat), q.qparams.scale)) << name;
+    EXPECT_TRUE(torch::equal(q.dequantize(), r->forward(true).detach())) << name;
+  }
 }

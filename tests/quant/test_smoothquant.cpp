@@ -87,7 +87,7 @@ TEST(SmoothQuant, RealStoriesModelUnchanged) {
     torch::NoGradGuard ng;
     torch::Tensor ref = model->forward(tokens);
     fq::ActAbsMaxCollector before = fq::collect_act_absmax(*model, {tokens});
-    auto applied = fq::smooth_llama(*model, before, alpha);
+    auto applied = fq::smooth_model(*model, before, alpha);
     EXPECT_EQ(applied.size(), static_cast<size_t>(2 * model->num_layers()));
     torch::Tensor out = model->forward(tokens);
     const double diff = (out - ref).abs().max().item<double>();
@@ -120,7 +120,7 @@ TEST(SmoothQuant, RealStoriesModelUnchanged) {
 
 TEST(SmoothQuant, MissingStatsAndBadScalesThrow) {
   auto model = fq::load_llama2c(shared_path("data/lm/stories260K.bin"));
-  EXPECT_THROW(fq::smooth_llama(*model, std::map<std::string, torch::Tensor>{}, 0.5), fq::ModelError);
+  EXPECT_THROW(fq::smooth_model(*model, std::map<std::string, torch::Tensor>{}, 0.5), fq::ModelError);
   torch::Tensor g = torch::ones({4}), w = torch::ones({2, 4});
   EXPECT_THROW(fq::apply_smoothing(g, {&w}, torch::tensor({1.0f, 0.0f, 1.0f, 1.0f})), fq::NumericError);
   EXPECT_THROW(fq::apply_smoothing(g, {&w}, torch::ones({3})), fq::ConfigError);

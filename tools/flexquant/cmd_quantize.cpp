@@ -129,8 +129,12 @@ struct CompareCmd {
 
 struct RecipeCmd {
   RecipeFlags flags;
-  bool markdown = false, keys = false;
+  bool markdown = false, keys = false, list_methods = false;
   void run() {
+    if (list_methods) {
+      std::cout << methods_markdown();
+      return;
+    }
     if (markdown) {
       std::cout << recipe_markdown();
       return;
@@ -176,6 +180,7 @@ const bool reg_recipe = register_command("recipe", "Print the resolved recipe JS
   c->flags.add_to(app);
   app.add_flag("--markdown", c->markdown, "Print the recipe reference (docs/recipe.md)");
   app.add_flag("--keys", c->keys, "List every recipe key");
+  app.add_flag("--methods", c->list_methods, "List the registered methods and what each needs");
   app.callback([c] { c->run(); });
 });
 

@@ -18,7 +18,7 @@ FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch:
                  const torch::Tensor& delta4, const WeightLevels& levels, const WeightQuantSpec& spec) {
   FlexMap m;
   // exp(delta1 - delta1_0) == 1 exactly at init, so s1 == s1_0 and the step-0 codes are RTN's bit for bit.
-  m.s1p = s1_0 * torch::exp(delta1 - delta1_0);
+  m.s1p = stored_scale(s1_0 * torch::exp(delta1 - delta1_0), spec);  // fp16 grids: the value a runtime reads
   m.s1 = expand_to_weight(m.s1p, w.sizes(), spec);
   torch::Tensor logs = delta2;
   if (delta3.defined()) logs = logs + delta3;

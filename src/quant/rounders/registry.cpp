@@ -1,5 +1,6 @@
-// Rounder registry: name -> factory. The built-ins are inserted when the registry is first used (a static
-// registrar in a static library would be dropped by the linker); register_rounder() adds more.
+// Method registry: name -> MethodInfo (what the method needs, its factory). The built-ins are inserted when
+// the registry is first used (a static registrar in a static library would be dropped by the linker);
+// register_method() adds more, from inside or outside the library.
 #include <map>
 #include <mutex>
 
@@ -11,12 +12,18 @@ namespace {
 
 struct Registry {
   std::mutex mu;
-  std::map<std::string, RounderFactory> factories;
+  std::map<std::string, MethodInfo> entries;
   Registry() {
-    factories["rtn"] = rounders::make_rtn;
-    factories["adaround"] = rounders::make_adaround;
-    factories["flexround"] = rounders::make_flexround;
-    factories["lrq"] = rounders::make_lrq;
+    auto add = [&](MethodInfo m) { entries[m.name] = std::move(m); };
+    add({"rtn", "round-to-nearest on the initial grid (the baseline; nothing learned)", {}, rounders::make_rtn});
+    add({"adaround", "AdaRound: learned up/down rounding with an annealed regulariser (methods.md §2)",
+         {/*training=*/true, false}, rounders::make_adaround});
+    add({"flexround", "FlexRound: learned element-wise division and common grid (methods.md §1.1)",
+         {/*training=*/true, false}, rounders::make_flexround});
+    add({"lrq", "LRQ: FlexRound with a low-rank S2 (methods.md §1.6)", {/*training=*/true, false},
+         rounders::make_lrq});
+    add({"gptq", "GPTQ: column-wise error feedback through the input Hessian (methods.md §7.2)",
+         {false, /*hessian=*/true}, rounders::make_gptq});
   }
 };
 
@@ -29,36 +36,42 @@ Registry& registry() {
 
 torch::Tensor Rounder::regularizer(int64_t, int64_t) { return torch::zeros({}); }
 
-std::vector<std::string> rounder_names() {
+std::vector<MethodInfo> methods() {
   auto& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
+  std::vector<MethodInfo> out;
+  for (auto& [name, m] : r.entries) out.push_back(m);
+  return out;
+}
+
+std::vector<std::string> method_names() {
   std::vector<std::string> names;
-  for (auto& [name, f] : r.factories) names.push_back(name);
+  for (auto& m : methods()) names.push_back(m.name);
   return names;
 }
 
-void register_rounder(const std::string& name, RounderFactory factory) {
-  FQ_CHECK(!name.empty() && factory, ConfigError, "register_rounder needs a name and a factory");
+void register_method(MethodInfo info) {
+  FQ_CHECK(!info.name.empty() && info.make, ConfigError, "register_method needs a name and a factory");
   auto& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
-  r.factories[name] = std::move(factory);
+  r.entries[info.name] = std::move(info);
+}
+
+const MethodInfo& method_info(const std::string& name) {
+  auto& r = registry();
+  {
+    std::lock_guard<std::mutex> lock(r.mu);
+    auto it = r.entries.find(name);
+    if (it != r.entries.end()) return it->second;  // entries are never erased: the reference stays valid
+  }
+  std::string list;
+  for (auto& n : method_names()) list += (list.empty() ? "" : " | ") + n;
+  throw ConfigError("method \"" + name + "\" is not known -> allowed: " + list +
+                    " (or a method added with register_method)");
 }
 
 std::unique_ptr<Rounder> make_rounder(const std::string& name, const RounderOptions& opts) {
-  RounderFactory f;
-  {
-    auto& r = registry();
-    std::lock_guard<std::mutex> lock(r.mu);
-    auto it = r.factories.find(name);
-    if (it != r.factories.end()) f = it->second;
-  }
-  if (!f) {
-    std::string list;
-    for (auto& n : rounder_names()) list += (list.empty() ? "" : " | ") + n;
-    throw ConfigError("rounder \"" + name + "\" is not known -> allowed: " + list +
-                      " -> hint: set method to one of these (gptq is not a rounder)");
-  }
-  return f(opts);
+  return method_info(name).make(opts);
 }
 
 }  // namespace flexquant

@@ -1,0 +1,278 @@
+// ggml block types: llama.cpp's reference quantizer, dequantization, and packing of flexquant codes.
+#include "flexquant/ggml_types.h"
+
+#include <c10/util/Half.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+
+#include "flexquant/error.h"
+
+namespace flexquant {
+namespace {
+
+uint16_t to_half_bits(float v) { return c10::Half(v).x; }
+float from_half_bits(uint16_t b) { return static_cast<float>(c10::Half(b, c10::Half::from_bits())); }
+
+void put_u16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
+uint16_t get_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+constexpr int64_t kQK = 32;
+
+// Block layouts (bytes): Q4_0 d|qs[16]; Q4_1 d|m|qs[16]; Q5_0 d|qh[4]|qs[16]; Q5_1 d|m|qh[4]|qs[16]; Q8_0 d|qs[32].
+// Nibbles: byte j holds element j (low) and element j+16 (high); qh bit j holds bit 4 of element j.
+struct Layout {
+  int bits;
+  bool has_min;
+};
+Layout layout(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0: return {4, false};
+    case GgmlType::Q4_1: return {4, true};
+    case GgmlType::Q5_0: return {5, false};
+    case GgmlType::Q5_1: return {5, true};
+    case GgmlType::Q8_0: return {8, false};
+    default: return {0, false};
+  }
+}
+
+// Writes one block from its scale, min and codes (0..2^b-1 for the 4/5-bit types; int8 + 128 for Q8_0).
+void write_block(GgmlType t, uint8_t* out, uint16_t d, uint16_t m, const uint8_t* code) {
+  const Layout l = layout(t);
+  put_u16(out, d);
+  uint8_t* p = out + 2;
+  if (l.has_min) put_u16(p, m), p += 2;
+  if (l.bits == 8) {
+    for (int j = 0; j < kQK; ++j) p[j] = static_cast<uint8_t>(static_cast<int>(code[j]) - 128);
+    return;
+  }
+  if (l.bits == 5) {
+    uint32_t qh = 0;
+    for (int j = 0; j < kQK; ++j) qh |= static_cast<uint32_t>((code[j] >> 4) & 1u) << j;
+    std::memcpy(p, &qh, 4);
+    p += 4;
+  }
+  for (int j = 0; j < kQK / 2; ++j) p[j] = static_cast<uint8_t>((code[j] & 0x0F) | ((code[j + kQK / 2] & 0x0F) << 4));
+}
+
+// Codes (same convention as write_block), d and m of one block.
+void read_block(GgmlType t, const uint8_t* in, float& d, float& m, int* q) {
+  const Layout l = layout(t);
+  d = from_half_bits(get_u16(in));
+  const uint8_t* p = in + 2;
+  m = 0;
+  if (l.has_min) m = from_half_bits(get_u16(p)), p += 2;
+  if (l.bits == 8) {
+    for (int j = 0; j < kQK; ++j) q[j] = static_cast<int8_t>(p[j]);
+    return;
+  }
+  uint32_t qh = 0;
+  if (l.bits == 5) std::memcpy(&qh, p, 4), p += 4;
+  for (int j = 0; j < kQK / 2; ++j) {
+    q[j] = (p[j] & 0x0F) | static_cast<int>(((qh >> j) & 1u) << 4);
+    q[j + kQK / 2] = (p[j] >> 4) | static_cast<int>(((qh >> (j + kQK / 2)) & 1u) << 4);
+  }
+  if (!l.has_min) {
+    const int z = 1 << (l.bits - 1);
+    for (int j = 0; j < kQK; ++j) q[j] -= z;
+  }
+}
+
+// llama.cpp's reference rounding of one block into codes (0..2^b-1; Q8_0 as int8 + 128), d and m.
+void quantize_block_ref(GgmlType t, const float* x, uint16_t& d_bits, uint16_t& m_bits, uint8_t* code) {
+  const Layout l = layout(t);
+  if (l.has_min) {
+    float mn = FLT_MAX, mx = -FLT_MAX;
+    for (int j = 0; j < kQK; ++j) mn = std::min(mn, x[j]), mx = std::max(mx, x[j]);
+    const float d = (mx - mn) / static_cast<float>((1 << l.bits) - 1);
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    d_bits = to_half_bits(d);
+    m_bits = to_half_bits(mn);
+    const int top = (1 << l.bits) - 1;
+    for (int j = 0; j < kQK; ++j) {
+      const float v = (x[j] - mn) * id + 0.5f;
+      int c = l.bits == 4 ? std::min(top, static_cast<int>(static_cast<int8_t>(v))) : static_cast<int>(static_cast<uint8_t>(v));
+      code[j] = static_cast<uint8_t>(c);
+    }
+    return;
+  }
+  m_bits = 0;
+  if (l.bits == 8) {
+    float amax = 0.0f;
+    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    d_bits = to_half_bits(d);
+    for (int j = 0; j < kQK; ++j) code[j] = static_cast<uint8_t>(static_cast<int>(std::round(x[j] * id)) + 128);
+    return;
+  }
+  // Q4_0 / Q5_0: the signed value of largest magnitude maps to the most negative code.
+  float amax = 0.0f, max = 0.0f;
+  for (int j = 0; j < kQK; ++j)
+    if (amax < std::fabs(x[j])) amax = std::fabs(x[j]), max = x[j];
+  const int z = 1 << (l.bits - 1);
+  const float d = max / static_cast<float>(-z);
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  d_bits = to_half_bits(d);
+  const float half_up = static_cast<float>(z) + 0.5f;
+  for (int j = 0; j < kQK; ++j)
+    code[j] = static_cast<uint8_t>(std::min(2 * z - 1, static_cast<int>(static_cast<int8_t>(x[j] * id + half_up))));
+}
+
+void check_row(GgmlType t, int64_t n, const char* who) {
+  const auto& info = ggml_type_info(t);
+  FQ_CHECK(n > 0 && n % info.block == 0, ConfigError, who, ": rows of ", n, " weights do not fit ", info.name,
+           " blocks of ", info.block, " -> allowed: a multiple of ", info.block, "; hint: use f16 or f32 for this tensor");
+}
+
+}  // namespace
+
+const std::vector<GgmlTypeInfo>& ggml_types() {
+  static const std::vector<GgmlTypeInfo> types = {
+      {GgmlType::F32, "f32", 1, 4},       {GgmlType::F16, "f16", 1, 2},       {GgmlType::Q4_0, "q4_0", 32, 18},
+      {GgmlType::Q4_1, "q4_1", 32, 20},   {GgmlType::Q5_0, "q5_0", 32, 22},   {GgmlType::Q5_1, "q5_1", 32, 24},
+      {GgmlType::Q8_0, "q8_0", 32, 34},
+  };
+  return types;
+}
+
+const GgmlTypeInfo& ggml_type_info(GgmlType t) {
+  for (const auto& i : ggml_types())
+    if (i.type == t) return i;
+  throw InternalError(fmt::format("ggml type id {} has no entry", static_cast<uint32_t>(t)));
+}
+
+namespace {
+std::string type_list() {
+  std::string s;
+  for (const auto& i : ggml_types()) s += (s.empty() ? "" : " | ") + std::string(i.name);
+  return s;
+}
+}  // namespace
+
+GgmlType parse_ggml_type(const std::string& name) {
+  std::string lower = name;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  for (const auto& i : ggml_types())
+    if (lower == i.name) return i.type;
+  throw ConfigError("GGUF tensor type \"" + name + "\" is not supported -> allowed: " + type_list());
+}
+
+GgmlType ggml_type_from_id(uint32_t id, const std::string& origin) {
+  for (const auto& i : ggml_types())
+    if (static_cast<uint32_t>(i.type) == id) return i.type;
+  std::string ids;
+  for (const auto& i : ggml_types()) ids += fmt::format("{}{} ({})", ids.empty() ? "" : ", ", static_cast<uint32_t>(i.type), i.name);
+  throw IoError(fmt::format("{}: tensor type id {} is not supported -> supported: {}", origin, id, ids));
+}
+
+int64_t ggml_row_bytes(GgmlType t, int64_t n) {
+  const auto& i = ggml_type_info(t);
+  return n / i.block * i.block_bytes;
+}
+
+std::vector<uint8_t> ggml_quantize_ref(GgmlType t, const float* x, int64_t rows, int64_t n) {
+  check_row(t, n, "ggml_quantize_ref");
+  std::vector<uint8_t> out(static_cast<size_t>(rows * ggml_row_bytes(t, n)));
+  uint8_t* p = out.data();
+  if (t == GgmlType::F32) {
+    std::memcpy(p, x, out.size());
+    return out;
+  }
+  if (t == GgmlType::F16) {
+    for (int64_t i = 0; i < rows * n; ++i) put_u16(p + 2 * i, to_half_bits(x[i]));
+    return out;
+  }
+  const int64_t bytes = ggml_type_info(t).block_bytes;
+  uint8_t code[kQK];
+  for (int64_t b = 0; b < rows * n / kQK; ++b, p += bytes) {
+    uint16_t d, m;
+    quantize_block_ref(t, x + b * kQK, d, m, code);
+    write_block(t, p, d, m, code);
+  }
+  return out;
+}
+
+std::vector<float> ggml_dequantize(GgmlType t, const uint8_t* data, int64_t rows, int64_t n) {
+  check_row(t, n, "ggml_dequantize");
+  std::vector<float> out(static_cast<size_t>(rows * n));
+  if (t == GgmlType::F32) {
+    std::memcpy(out.data(), data, out.size() * 4);
+    return out;
+  }
+  if (t == GgmlType::F16) {
+    for (size_t i = 0; i < out.size(); ++i) out[i] = from_half_bits(get_u16(data + 2 * i));
+    return out;
+  }
+  const bool has_min = layout(t).has_min;
+  const int64_t bytes = ggml_type_info(t).block_bytes;
+  int q[kQK];
+  for (int64_t b = 0; b < rows * n / kQK; ++b) {
+    float d, m;
+    read_block(t, data + b * bytes, d, m, q);
+    for (int j = 0; j < kQK; ++j) {
+      const float v = static_cast<float>(q[j]) * d;
+      out[b * kQK + j] = has_min ? v + m : v;
+    }
+  }
+  return out;
+}
+
+std::optional<WeightQuantSpec> ggml_weight_spec(GgmlType t) {
+  const Layout l = layout(t);
+  if (l.bits == 0 || l.has_min) return std::nullopt;
+  WeightQuantSpec s;
+  s.format = int_weight_format(l.bits);
+  s.symmetric = true;
+  s.granularity = Granularity::PerGroup;
+  s.group_size = kQK;
+  s.scale_fp16 = true;
+  return s;
+}
+
+std::string ggml_grid_mismatch(GgmlType t, const QuantizedTensor& q) {
+  const auto spec = ggml_weight_spec(t);
+  const std::string tn = ggml_type_info(t).name;
+  if (!spec) return tn + " has no flexquant grid (its minimum is a free fp16 value): export it from FP weights";
+  const WeightQuantSpec& s = q.spec;
+  if (!s.integer() || s.bits() != spec->bits())
+    return fmt::format("the weight is on {} but {} needs {}", s.format.name(), tn, spec->format.name());
+  if (!s.symmetric) return tn + " has no zero point: quantize with weight.symmetric=true";
+  if (s.granularity != Granularity::PerGroup || std::min<int64_t>(s.group_size, q.codes.size(2)) != kQK ||
+      q.codes.size(2) != kQK)
+    return tn + " needs one scale per 32 weights: quantize with weight.granularity=group weight.group_size=32";
+  if (!torch::equal(stored_scale(q.qparams.scale, *spec), q.qparams.scale))
+    return tn + " stores half scales: quantize with weight.scale_dtype=fp16";
+  return "";
+}
+
+std::vector<uint8_t> ggml_pack(GgmlType t, const QuantizedTensor& q, const std::string& what) {
+  const std::string why = ggml_grid_mismatch(t, q);
+  FQ_CHECK(why.empty(), ConfigError, what, " cannot be written as ", ggml_type_info(t).name, ": ", why);
+  const int64_t rows = q.shape.at(0);
+  const int64_t n = q.codes.numel() / rows;
+  FQ_CHECK(n * rows == static_cast<int64_t>(q.dequantize().numel()), ConfigError, what, ": rows of ",
+           q.dequantize().numel() / rows, " weights do not fill whole blocks of 32 -> hint: use f32 for this tensor");
+  torch::Tensor codes = q.codes.to(torch::kCPU).contiguous();
+  torch::Tensor scale = q.qparams.scale.to(torch::kCPU, torch::kFloat).contiguous();
+  std::vector<uint8_t> out(static_cast<size_t>(rows * ggml_row_bytes(t, n)));
+  const int64_t bytes = ggml_type_info(t).block_bytes;
+  const uint8_t* c = codes.data_ptr<uint8_t>();
+  const float* sc = scale.data_ptr<float>();
+  for (int64_t b = 0; b < rows * n / kQK; ++b) write_block(t, out.data() + b * bytes, to_half_bits(sc[b]), 0, c + b * kQK);
+  auto back = ggml_dequantize(t, out.data(), rows, n);
+  torch::Tensor want = q.dequantize().to(torch::kCPU, torch::kFloat).contiguous().reshape({-1});
+  FQ_CHECK(std::memcmp(back.data(), want.data_ptr<float>(), back.size() * 4) == 0, InternalError, what,
+           ": packed ", ggml_type_info(t).name, " blocks do not dequantize to the evaluated weights bit for bit");
+  return out;
+}
+
+}  // namespace flexquant

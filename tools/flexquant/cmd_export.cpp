@@ -1,0 +1,41 @@
+// `flexquant export`: write a model (.fqz, GGUF or FP checkpoint) in a runtime's format. Thin wrapper over
+// include/flexquant/export.h.
+#include <fmt/format.h>
+
+#include <iostream>
+
+#include "commands.h"
+#include "flexquant/error.h"
+#include "flexquant/export.h"
+
+namespace flexquant::cli {
+namespace {
+
+struct ExportCmd {
+  std::string model, to = "gguf", out, tokenizer, type = "auto";
+  void run() {
+    FQ_CHECK(to == "gguf", ConfigError, "--to \"", to, "\" is not supported -> allowed: gguf");
+    GgufExportReport rep = export_gguf_file(model, tokenizer, type, out);
+    for (const auto& t : rep.tensors)
+      std::cout << fmt::format("{:<28} {:<5} {}{}\n", t.name, ggml_type_info(t.type).name, t.source,
+                               t.note.empty() ? "" : " (" + t.note + ")");
+    for (const auto& w : rep.warnings) std::cout << "warning: " << w << "\n";
+    std::cout << fmt::format("wrote {} ({} bytes, {} tensors)\n", out, rep.bytes, rep.tensors.size());
+  }
+};
+
+const bool registered = register_command(
+    "export", "Write a .fqz, GGUF or FP language model as GGUF for llama.cpp", [](CLI::App& app) {
+      auto c = std::make_shared<ExportCmd>();
+      app.add_option("--model", c->model, ".fqz (quantized by flexquant), .gguf, llama2.c .bin or HF folder")->required();
+      app.add_option("--to", c->to, "Output format: gguf");
+      app.add_option("--out", c->out, "Output file (.gguf)")->required();
+      app.add_option("--type", c->type,
+                     "Tensor type of the attention/FFN weights: auto (the .fqz's grid; q8_0 for FP) | f32 | f16 | q4_0 | "
+                     "q4_1 | q5_0 | q5_1 | q8_0");
+      app.add_option("--tokenizer", c->tokenizer, "llama2.c tokenizer .bin (default: the GGUF's own or tok512.bin beside the source)");
+      app.callback([c] { c->run(); });
+    });
+
+}  // namespace
+}  // namespace flexquant::cli
