@@ -3,6 +3,7 @@
 # Why libopenblas0-openmp: libtorch's Recommends is satisfied by the reference libblas3 (20x slower GEMM),
 # and the pthread OpenBLAS fights libtorch's OpenMP pool (see docs/toolchain notes in README).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 PKGS=(cmake g++ make zlib1g-dev ccache libtorch-dev libopenblas0-openmp nlohmann-json3-dev libcli11-dev libfmt-dev
       libgtest-dev libgmock-dev libbenchmark-dev dataset-fashion-mnist)
 missing=()
@@ -26,3 +27,14 @@ for lib in libblas.so.3 liblapack.so.3; do
     if [ "$cur" != "$alt" ]; then $SUDO update-alternatives --set "$lib-x86_64-linux-gnu" "$alt" >/dev/null; fi
   fi
 done
+# llama.cpp's prebuilt CPU libraries (node-llama-cpp, pinned in tools/llamacpp/package-lock.json): the runtime that
+# checks GGUF exports in tests and benchmarks. --ignore-scripts: its postinstall would try to download GPU builds.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "[setup] installing: nodejs npm"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if [ ! -e tools/llamacpp/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so ]; then
+  echo "[setup] npm ci in tools/llamacpp (node-llama-cpp 3.21.1, CPU only)"
+  (cd tools/llamacpp && npm ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error)
+fi

@@ -70,6 +70,14 @@ struct PplResult {
   std::string protocol;      ///< PplProtocol::describe()
 };
 
+/// The stream the protocol scores: skip_tokens dropped, then cut to max_tokens. ConfigError when < 2 tokens remain.
+torch::Tensor ppl_stream(const torch::Tensor& stream, const PplProtocol& protocol);
+/// One forward of the protocol: tokens [s, e) of the cut stream; predictions of positions lo..e-1 are scored.
+struct PplWindow {
+  int64_t s, e, lo;
+};
+std::vector<PplWindow> ppl_windows(int64_t stream_tokens, const PplProtocol& protocol);
+
 /// Perplexity of `model` over a token stream [N] under the protocol (its `range` is ignored here).
 PplResult perplexity(ModelAdapter& model, const torch::Tensor& stream, const PplProtocol& protocol, UnitContext& ctx);
 /// Perplexity on a text file: corpus_tokens(path, tok, protocol.range) then the above.

@@ -45,6 +45,9 @@ class Task {
   /// task has one (language models: .gguf, the type from the recipe's grid). Returns the file size.
   virtual int64_t save(ModelAdapter& model, const QuantState& state, const QModelInfo& info, const Recipe& r,
                        const std::string& path) const;
+  /// The metric of an exported file as the runtime users run it in computes it, on the same evaluation data
+  /// (language models: "llama.cpp" on a .gguf). ConfigError naming the runtimes this task has otherwise.
+  virtual double evaluate_in_runtime(const std::string& path, const std::string& runtime) const;
   const Workload& workload() const { return workload_; }
   std::string arch() const { return arch_; }
 

@@ -1,6 +1,7 @@
 // Workloads (CNN image classification, LM perplexity) and the method runner behind the CLI.
 #include "flexquant/pipeline.h"
 
+#include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <torch/types.h>
 
@@ -12,6 +13,7 @@
 #include "flexquant/error.h"
 #include "flexquant/gguf_llama.h"
 #include "flexquant/llama.h"
+#include "flexquant/llamacpp.h"
 #include "flexquant/lm_eval.h"
 #include "flexquant/runtime.h"
 #include "flexquant/smoothquant.h"
@@ -127,6 +129,13 @@ class LanguageTask : public Task {
     o.name = fs::path(workload_.model).stem().string() + " " + recipe_label(r);
     return export_gguf(model, state, *tok_, o, path).bytes;
   }
+  double evaluate_in_runtime(const std::string& path, const std::string& runtime) const override {
+    if (runtime != "llama.cpp") return Task::evaluate_in_runtime(path, runtime);
+    FQ_CHECK(is_gguf(path), ConfigError, "llama.cpp runs .gguf files; \"", path, "\" is not one -> hint: flexquant "
+             "export --to gguf");
+    const PplProtocol p = protocol();
+    return llamacpp_evaluate(path, corpus_tokens(workload_.data, *tok_, p.range), p, 0, at::get_num_threads()).ppl();
+  }
 
  private:
   std::unique_ptr<LlamaModel> load_llama() const {
@@ -206,6 +215,10 @@ int64_t Task::save(ModelAdapter& model, const QuantState& state, const QModelInf
   FQ_CHECK(fs::path(path).extension() == ".fqz", ConfigError, "cannot write \"", path, "\": this ", arch_,
            " model is saved as .fqz -> use an .fqz path");
   return save_qmodel(path, model, state, info);
+}
+
+double Task::evaluate_in_runtime(const std::string& path, const std::string& runtime) const {
+  throw ConfigError("no runtime \"" + runtime + "\" for " + arch_ + " models -> language models: llama.cpp (.gguf)");
 }
 
 double evaluate_fp(const Task& task) {

@@ -180,23 +180,20 @@ void PplProtocol::validate() const {
   FQ_CHECK(batch >= 1, ConfigError, "ppl batch ", batch, " -> allowed >= 1");
 }
 
-PplResult perplexity(ModelAdapter& model, const torch::Tensor& stream_in, const PplProtocol& protocol, UnitContext& ctx) {
+torch::Tensor ppl_stream(const torch::Tensor& stream_in, const PplProtocol& protocol) {
   protocol.validate();
   FQ_CHECK(stream_in.dim() == 1 && stream_in.size(0) >= 2, ConfigError, "perplexity stream shape ", stream_in.sizes(),
            " -> expected a 1-D token stream of >= 2 tokens");
-  torch::NoGradGuard no_grad;
   torch::Tensor stream = stream_in.to(torch::kLong);
   FQ_CHECK(stream.size(0) - protocol.skip_tokens >= 2, ConfigError, "the evaluation text has ", stream.size(0),
            " tokens, and skipping ", protocol.skip_tokens, " leaves fewer than 2 -> lower the skip (--eval-skip)");
   stream = stream.slice(0, protocol.skip_tokens);
   if (protocol.max_tokens > 0 && stream.size(0) > protocol.max_tokens) stream = stream.slice(0, 0, protocol.max_tokens);
-  const int64_t N = stream.size(0);
+  return stream;
+}
 
-  // Windows: start s, end e, first target position lo (targets are positions lo..e-1).
-  struct Win {
-    int64_t s, e, lo;
-  };
-  std::vector<Win> wins;
+std::vector<PplWindow> ppl_windows(int64_t N, const PplProtocol& protocol) {
+  std::vector<PplWindow> wins;
   int64_t scored_until = 1;
   for (int64_t s = 0; s < N - 1; s += protocol.stride) {
     int64_t e = std::min(s + protocol.window, N);
@@ -205,6 +202,14 @@ PplResult perplexity(ModelAdapter& model, const torch::Tensor& stream_in, const 
     scored_until = std::max(scored_until, e);
     if (e == N) break;
   }
+  return wins;
+}
+
+PplResult perplexity(ModelAdapter& model, const torch::Tensor& stream_in, const PplProtocol& protocol, UnitContext& ctx) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor stream = ppl_stream(stream_in, protocol);
+  const int64_t N = stream.size(0);
+  const std::vector<PplWindow> wins = ppl_windows(N, protocol);
 
   Stopwatch sw;
   torch::Device dev = torch::kCPU;

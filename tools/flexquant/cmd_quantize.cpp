@@ -68,13 +68,18 @@ struct QuantizeCmd {
 
 struct EvalCmd {
   Workload w;
-  std::string source;
+  std::string source, runtime = "flexquant";
   void run() {
     bool is_fqz = fs::path(w.model).extension() == ".fqz";
     if (!is_fqz) {
       auto task = make_task(w);
       std::cout << "evaluation: " << task->evaluation_description() << "\n";
-      std::cout << fmt::format("FP32 {} = {:.4f}\n", task->metric_name(), evaluate_fp(*task));
+      if (runtime != "flexquant") {
+        std::cout << fmt::format("{} {} = {:.4f}\n", runtime, task->metric_name(), task->evaluate_in_runtime(w.model, runtime));
+        return;
+      }
+      const bool exported = fs::path(w.model).extension() == ".gguf";
+      std::cout << fmt::format("{} {} = {:.4f}\n", exported ? "flexquant" : "FP32", task->metric_name(), evaluate_fp(*task));
       return;
     }
     QModelInfo info = read_qmodel_info(w.model);
@@ -161,6 +166,7 @@ const bool reg_eval = register_command("eval", "Evaluate an FP model or a .fqz o
   auto c = std::make_shared<EvalCmd>();
   add_workload(app, c->w);
   app.add_option("--source", c->source, "FP model the .fqz was made from (default: the path stored in it)");
+  app.add_option("--runtime", c->runtime, "Who computes the metric: flexquant | llama.cpp (a .gguf, through node-llama-cpp)");
   app.callback([c] { c->run(); });
 });
 

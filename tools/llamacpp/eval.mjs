@@ -2,10 +2,10 @@
 // tools/llamacpp/package.json). Used by tests and benchmarks to check flexquant's exports in the runtime users run.
 //
 //   node tools/llamacpp/eval.mjs MODEL.gguf REQUEST.json > RESULT.json
-// REQUEST: {"windows": [[ids...], ...], "greedy_steps": N, "threads": T}
+// REQUEST: {"windows": [{"ids": [...], "first": k}, ...], "greedy_steps": N, "threads": T}
 // RESULT:  {"nll_sum", "scored", "greedy": [ids from BOS], "n_vocab"}
 // Each window is evaluated in a fresh sequence (F32 KV cache, flash attention off) and scores the next-token
-// probability of every position but the last, as flexquant's perplexity with stride == window does.
+// probability of positions first..len-2 (the windows and `first` come from flexquant's ppl_windows).
 import fs from "node:fs";
 import {getLlama, LlamaLogLevel} from "node-llama-cpp";
 
@@ -16,7 +16,7 @@ if (!modelPath || !requestPath) {
 }
 const req = JSON.parse(fs.readFileSync(requestPath, "utf8"));
 const windows = req.windows ?? [];
-const longest = Math.max(2, req.greedy_steps ? req.greedy_steps + 1 : 2, ...windows.map((w) => w.length));
+const longest = Math.max(2, req.greedy_steps ? req.greedy_steps + 1 : 2, ...windows.map((w) => w.ids.length));
 
 const llama = await getLlama({gpu: false, build: "never", logLevel: LlamaLogLevel.error});
 const model = await llama.loadModel({modelPath});
@@ -28,11 +28,11 @@ const sequence = context.getSequence();
 
 let nllSum = 0;
 let scored = 0;
-for (const w of windows) {
+for (const {ids: w, first} of windows) {
   await sequence.clearHistory();
-  const items = w.map((t, i) => (i + 1 < w.length ? [t, {generateNext: {probabilities: true}}] : t));
+  const items = w.map((t, i) => (i + 1 < w.length && i >= first ? [t, {generateNext: {probabilities: true}}] : t));
   const out = await sequence.controlledEvaluate(items);
-  for (let i = 0; i + 1 < w.length; ++i) {
+  for (let i = first; i + 1 < w.length; ++i) {
     const p = out[i]?.next?.probabilities?.get(w[i + 1]);
     if (p === undefined || !(p > 0)) throw new Error(`no probability for token ${w[i + 1]} at position ${i}`);
     nllSum += -Math.log(p);
@@ -55,7 +55,7 @@ if (req.greedy_steps) {
     last = best;
   }
 }
-console.log(JSON.stringify({nll_sum: nllSum, scored, greedy, n_vocab: model.tokens ? undefined : undefined}));
+console.log(JSON.stringify({nll_sum: nllSum, scored, greedy}));
 await context.dispose();
 await model.dispose();
 await llama.dispose();

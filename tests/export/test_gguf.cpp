@@ -1,0 +1,196 @@
+// GGUF export checked against llama.cpp itself: the reference quantizer byte for byte against libggml-base (the
+// library node-llama-cpp ships, opened with dlopen), flexquant's codes packed exactly, files llama.cpp loads and
+// runs with the same greedy text and (within 1 %) the same perplexity as flexquant's own evaluation.
+#include <gtest/gtest.h>
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "flexquant/error.h"
+#include "flexquant/ggml_types.h"
+#include "flexquant/gguf_llama.h"
+#include "flexquant/llamacpp.h"
+#include "flexquant/lm_eval.h"
+#include "flexquant/pipeline.h"
+#include "flexquant/rounder.h"
+#include "test_data.h"
+
+using namespace flexquant;
+using flexquant::testing::shared_path;
+namespace fs = std::filesystem;
+
+namespace {
+
+using QuantizeChunkFn = size_t (*)(int type, const float* src, void* dst, int64_t start, int64_t nrows,
+                                   int64_t n_per_row, const float* imatrix);
+
+// llama.cpp's ggml_quantize_chunk from the libggml-base that scripts/setup.sh installs. A missing library fails
+// the test with the set-up command: these checks are never skipped.
+QuantizeChunkFn ggml_quantize_chunk() {
+  static QuantizeChunkFn fn = [] {
+    const std::string lib = std::string(FLEXQUANT_SOURCE_DIR) +
+                            "/tools/llamacpp/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so";
+    void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!h) return QuantizeChunkFn{nullptr};
+    return reinterpret_cast<QuantizeChunkFn>(dlsym(h, "ggml_quantize_chunk"));
+  }();
+  return fn;
+}
+
+std::unique_ptr<LlamaModel> stories() { return load_llama2c(shared_path("data/lm/stories260K.bin")); }
+
+std::string tmp(const std::string& name) { return (fs::temp_directory_path() / name).string(); }
+
+}  // namespace
+
+TEST(GgmlTypes, ReferenceQuantizerMatchesLibggmlByteForByte) {
+  QuantizeChunkFn chunk = ggml_quantize_chunk();
+  ASSERT_NE(chunk, nullptr) << "libggml-base.so not found under tools/llamacpp: run scripts/setup.sh";
+  auto model = stories();
+  int64_t bytes_checked = 0, tensors = 0;
+  for (const NamedTensor& nt : model->named_tensors()) {
+    torch::Tensor w = nt.tensor->contiguous();
+    const int64_t n = w.size(-1), rows = w.numel() / n;
+    if (nt.role == TensorRole::Norm || n % 32 != 0) continue;  // ffn_down rows (172) fit no block type
+    ++tensors;
+    for (const auto& info : ggml_types()) {
+      if (info.type == GgmlType::F32) continue;
+      auto ours = ggml_quantize_ref(info.type, w.data_ptr<float>(), rows, n);
+      std::vector<uint8_t> theirs(ours.size() + 64, 0xAB);
+      const size_t written = chunk(static_cast<int>(info.type), w.data_ptr<float>(), theirs.data(), 0, rows, n, nullptr);
+      ASSERT_EQ(written, ours.size()) << info.name << " " << nt.name;
+      ASSERT_EQ(std::memcmp(ours.data(), theirs.data(), ours.size()), 0) << info.name << " " << nt.name;
+      bytes_checked += static_cast<int64_t>(ours.size());
+    }
+  }
+  EXPECT_EQ(tensors, 1 + 5 * 6);  // token_embd and every attention / gate / up weight
+  std::cout << "[ ggml ] " << bytes_checked << " bytes of " << tensors << " real tensors equal libggml-base's\n";
+}
+
+TEST(GgmlTypes, LearnedCodesPackExactlyAndDequantizeBitForBit) {
+  auto model = stories();
+  const QuantLayer& wq = model->layer(0).layers()[LlamaDecoderLayer::Wq];
+  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0}) {
+    WeightQuantSpec spec = *ggml_weight_spec(t);
+    auto r = make_rounder("flexround");
+    r->init(wq.weight, spec, init_qparams(wq.weight, spec));
+    {
+      torch::NoGradGuard ng;
+      for (auto& p : r->parameters()) p.add_(torch::randn_like(p) * 0.05);
+    }
+    QuantizedTensor q = r->harden();
+    EXPECT_EQ(ggml_grid_mismatch(t, q), "");
+    auto bytes = ggml_pack(t, q, "wq");
+    auto back = ggml_dequantize(t, bytes.data(), wq.weight.size(0), wq.weight.size(1));
+    torch::Tensor b = torch::from_blob(back.data(), wq.weight.sizes(), torch::kFloat);
+    EXPECT_TRUE(torch::equal(b, q.dequantize())) << ggml_type_info(t).name;
+    EXPECT_TRUE(torch::equal(b, r->forward(true).detach())) << ggml_type_info(t).name;
+  }
+  // A grid that is not the type's is refused with the recipe setting that fixes it.
+  WeightQuantSpec fp32_scales = *ggml_weight_spec(GgmlType::Q4_0);
+  fp32_scales.scale_fp16 = false;
+  QuantizedTensor q = quantize_rtn(wq.weight, fp32_scales, init_qparams(wq.weight, fp32_scales));
+  flexquant::testing::expect_error<ConfigError>([&] { ggml_pack(GgmlType::Q4_0, q, "layer \"wq\""); },
+                                     {"layer \"wq\"", "q4_0", "weight.scale_dtype=fp16"});
+}
+
+TEST(Gguf, F32ExportReadsBackBitForBitWithItsTokenizer) {
+  auto model = stories();
+  Tokenizer tok = Tokenizer::load(shared_path("data/lm/tok512.bin"));
+  GgufExportOptions o;
+  o.type = GgmlType::F32;
+  const std::string path = tmp("fq_test_f32.gguf");
+  auto rep = export_gguf(*model, QuantState{}, tok, o, path);
+  EXPECT_EQ(rep.tensors.size(), 1u + 5 * 9 + 1);
+  auto back = load_llama_gguf(path);
+  const std::string text = "Once upon a time, there was a little girl named Lily.";
+  Tokenizer tok2 = load_gguf_tokenizer(path);
+  ASSERT_EQ(tok2.encode(text), tok.encode(text));
+  auto ids = tok.encode(text);
+  torch::Tensor x = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end())).unsqueeze(0);
+  EXPECT_TRUE(torch::equal(back->forward(x), model->forward(x)));
+  fs::remove(path);
+}
+
+TEST(Gguf, BadFilesNameTheFileAndField) {
+  auto model = stories();
+  Tokenizer tok = Tokenizer::load(shared_path("data/lm/tok512.bin"));
+  const std::string good = tmp("fq_test_good.gguf");
+  GgufExportOptions o;
+  o.type = GgmlType::Q8_0;
+  export_gguf(*model, QuantState{}, tok, o, good);
+  std::ifstream in(good, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto write = [&](const std::string& name, const std::vector<char>& b) {
+    std::ofstream(tmp(name), std::ios::binary).write(b.data(), static_cast<std::streamsize>(b.size()));
+    return tmp(name);
+  };
+  flexquant::testing::expect_error<IoError>([&] { GgufFile::read(tmp("fq_no_such.gguf")); }, {"fq_no_such.gguf"});
+  auto cut = std::vector<char>(bytes.begin(), bytes.begin() + static_cast<long>(bytes.size() / 2));
+  flexquant::testing::expect_error<IoError>([&] { GgufFile::read(write("fq_cut.gguf", cut)); }, {"fq_cut.gguf", "truncated"});
+  auto head = std::vector<char>(bytes.begin(), bytes.begin() + 100);
+  flexquant::testing::expect_error<IoError>([&] { GgufFile::read(write("fq_head.gguf", head)); }, {"fq_head.gguf", "truncated"});
+  auto v4 = bytes;
+  v4[4] = 4;
+  flexquant::testing::expect_error<IoError>([&] { GgufFile::read(write("fq_v4.gguf", v4)); }, {"fq_v4.gguf", "version 4", "2 and 3"});
+  auto magic = bytes;
+  magic[0] = 'X';
+  flexquant::testing::expect_error<IoError>([&] { GgufFile::read(write("fq_magic.gguf", magic)); }, {"fq_magic.gguf", "not a GGUF"});
+  // An unsupported tensor type (12 = Q4_K): patch the type field of the first tensor info.
+  GgufFile f = GgufFile::read(good);
+  std::string first = f.tensors[0].name;
+  auto pos = std::search(bytes.begin(), bytes.end(), first.begin(), first.end()) - bytes.begin();
+  const size_t type_at = static_cast<size_t>(pos) + first.size() + 4 + 8 * f.tensors[0].ne.size();
+  auto k = bytes;
+  k[type_at] = 12;
+  flexquant::testing::expect_error<IoError>([&] { GgufFile::read(write("fq_k.gguf", k)); }, {"fq_k.gguf", first, "type id 12", "q8_0"});
+  for (auto n : {"fq_cut.gguf", "fq_head.gguf", "fq_v4.gguf", "fq_magic.gguf", "fq_k.gguf"}) fs::remove(tmp(n));
+  fs::remove(good);
+}
+
+// The whole path on the real model: FlexRound on the Q8_0 and Q4_0 grids, saved as .gguf by run_method; the file
+// dequantizes to exactly the evaluated weights, llama.cpp loads it, decodes the same greedy text (Q8_0), and its
+// perplexity is within 1 % of flexquant's.
+TEST(LlamaCpp, FlexRoundExportsRunInLlamaCpp) {
+  Workload w;
+  w.model = shared_path("data/lm/stories260K.bin");
+  w.data = shared_path("data/lm/tinystories_valid_first.txt");
+  w.eval_limit = 4000;
+  auto task = make_task(w);
+  for (const char* type : {"q8_0", "q4_0"}) {
+    Recipe r;
+    r.method = "flexround";
+    r.weight_bits = std::string(type) == "q8_0" ? 8 : 4;
+    r.weight_granularity = "group";
+    r.weight_group_size = 32;
+    r.weight_scale_dtype = "fp16";
+    r.iters = 20;
+    r.calib_samples = 16;
+    r.calib_seq_len = 128;
+    const std::string path = tmp(std::string("fq_test_") + type + ".gguf");
+    MethodResult res = run_method(*task, r, path, [](const std::string&) {});
+    GgufFile f = GgufFile::read(path);
+    EXPECT_EQ(ggml_type_info(f.find_tensor("blk.0.attn_q.weight")->type).name, std::string(type));
+    EXPECT_EQ(f.find_tensor("blk.0.ffn_down.weight")->type, GgmlType::F32);  // rows of 172: exact fallback
+
+    // The file's weights are the ones flexquant evaluated: reloading it gives the same perplexity exactly.
+    auto model = load_llama_gguf(path);
+    UnitContext fp;
+    EXPECT_EQ(task->evaluate(*model, fp), res.metric) << type;
+
+    const double ours = res.metric, theirs = task->evaluate_in_runtime(path, "llama.cpp");
+    std::cout << "[ llama.cpp ] " << type << " perplexity flexquant " << ours << " llama.cpp " << theirs << " ("
+              << 100 * (theirs / ours - 1) << " %)\n";
+    EXPECT_LT(std::abs(theirs / ours - 1), 0.01) << type;
+    if (std::string(type) == "q8_0") {
+      auto mine = generate_greedy(*model, 512, 60, fp);
+      auto lc = llamacpp_evaluate(path, torch::Tensor(), PplProtocol{}, 60);
+      EXPECT_EQ(lc.greedy, mine);
+    }
+    fs::remove(path);
+  }
+}
