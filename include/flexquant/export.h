@@ -26,6 +26,6 @@ LoadedLanguageModel load_language_model_any(const std::string& path, const std::
 /// Writes `in` (any of the above) as GGUF. `type` "auto" = the type whose grid the .fqz's layers are on
 /// (gguf_type_for), q8_0 for an FP model; otherwise a type name (ggml_types()).
 GgufExportReport export_gguf_file(const std::string& in, const std::string& tokenizer, const std::string& type,
-                                  const std::string& out);
+                                  const std::string& out, bool exact_fallback = false);
 
 }  // namespace flexquant

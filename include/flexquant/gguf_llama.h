@@ -4,8 +4,9 @@
 // (token_embd, blk.<i>.attn_{norm,q,k,v,output}, blk.<i>.ffn_{norm,gate,up,down}, output_norm, output), the
 // architecture metadata and the tokenizer. A layer flexquant quantized is written from its codes (ggml_pack:
 // the file dequantizes bit for bit to the weights flexquant evaluated); a layer left in FP is rounded by
-// llama.cpp's own reference quantizer (ggml_quantize_ref). Rows that do not fit the type's blocks fall back
-// as llama.cpp does (f16 for FP rows; f32 for quantized rows, which f16 would round again), with a warning.
+// llama.cpp's own reference quantizer (ggml_quantize_ref). Rows that do not fit the type's blocks fall back to
+// f16 as llama.cpp does, with a warning; for a quantized layer that rounds its dequantized values once more
+// (relative error <= 2^-11), unless exact_fallback asks for f32.
 #pragma once
 #include <map>
 #include <memory>
@@ -24,6 +25,9 @@ struct GgufExportOptions {
   GgmlType embedding_type = GgmlType::F32;  ///< token_embd (and an untied output), which flexquant keeps in FP
   std::map<std::string, GgmlType> overrides;  ///< by GGUF tensor name, e.g. {"blk.0.ffn_down.weight", Q8_0}
   std::string name = "flexquant";           ///< general.name
+  /// Rows that fit no block of `type`: f16 (llama.cpp's choice, equal file size) or, when true, f32 for layers
+  /// flexquant quantized, so that the file holds exactly the evaluated weights.
+  bool exact_fallback = false;
 };
 
 struct GgufTensorReport {

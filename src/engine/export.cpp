@@ -36,11 +36,12 @@ LoadedLanguageModel load_language_model_any(const std::string& path, const std::
 }
 
 GgufExportReport export_gguf_file(const std::string& in, const std::string& tokenizer, const std::string& type,
-                                  const std::string& out) {
+                                  const std::string& out, bool exact_fallback) {
   FQ_CHECK(fs::absolute(in) != fs::absolute(out), ConfigError, "--out \"", out, "\" is the input; choose another path");
   LoadedLanguageModel m = load_language_model_any(in, tokenizer);
   GgufExportOptions o;
   o.name = fs::path(m.source).stem().string();
+  o.exact_fallback = exact_fallback;
   if (type != "auto") o.type = parse_ggml_type(type);
   else if (!m.state.weights.empty()) o.type = gguf_type_for(m.state.weights.begin()->second.spec);
   return export_gguf(*m.model, m.state, m.tokenizer, o, out);

@@ -117,9 +117,10 @@ void add_tensor(GgufWriter& w, GgufExportReport& rep, const NamedTensor& nt, con
   GgufTensorReport tr{name, type, q ? "codes" : (type == GgmlType::F32 ? "fp" : "llama.cpp rtn"), ""};
   const int64_t row = value.size(-1);
   if (row % ggml_type_info(type).block != 0) {
-    const GgmlType fb = q ? GgmlType::F32 : GgmlType::F16;
-    tr.note = fmt::format("rows of {} do not fit {} blocks of {}: written as {}", row, ggml_type_info(type).name,
-                          ggml_type_info(type).block, ggml_type_info(fb).name);
+    const GgmlType fb = q && o.exact_fallback ? GgmlType::F32 : GgmlType::F16;
+    tr.note = fmt::format("rows of {} do not fit {} blocks of {}: written as {}{}", row, ggml_type_info(type).name,
+                          ggml_type_info(type).block, ggml_type_info(fb).name,
+                          q && fb == GgmlType::F16 ? " (its quantized values rounded to f16)" : "");
     rep.warnings.push_back(name + ": " + tr.note);
     log_warn(fmt::format("GGUF export: {}: {}", name, tr.note));
     tr.type = type = fb;

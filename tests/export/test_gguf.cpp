@@ -152,9 +152,9 @@ TEST(Gguf, BadFilesNameTheFileAndField) {
   fs::remove(good);
 }
 
-// The whole path on the real model: FlexRound on the Q8_0 and Q4_0 grids, saved as .gguf by run_method; the file
-// dequantizes to exactly the evaluated weights, llama.cpp loads it, decodes the same greedy text (Q8_0), and its
-// perplexity is within 1 % of flexquant's.
+// The whole path on the real model: FlexRound on the Q8_0 and Q4_0 grids, saved as .gguf by the task; the file
+// dequantizes to exactly the evaluated weights (ffn_down: f16 fallback), llama.cpp loads it, decodes the same greedy
+// text (Q8_0), and its perplexity is within 1 % of flexquant's.
 TEST(LlamaCpp, FlexRoundExportsRunInLlamaCpp) {
   Workload w;
   w.model = shared_path("data/lm/stories260K.bin");
@@ -172,22 +172,45 @@ TEST(LlamaCpp, FlexRoundExportsRunInLlamaCpp) {
     r.calib_samples = 16;
     r.calib_seq_len = 128;
     const std::string path = tmp(std::string("fq_test_") + type + ".gguf");
-    MethodResult res = run_method(*task, r, path, [](const std::string&) {});
+    auto model = task->load_model();
+    QuantState state;
+    quantize(*model, task->calibration(r), r, state, [](const std::string&) {});
+    task->save(*model, state, QModelInfo{}, r, path);
+    UnitContext fp;
+    const double ours = task->evaluate(*model, fp);
     GgufFile f = GgufFile::read(path);
     EXPECT_EQ(ggml_type_info(f.find_tensor("blk.0.attn_q.weight")->type).name, std::string(type));
-    EXPECT_EQ(f.find_tensor("blk.0.ffn_down.weight")->type, GgmlType::F32);  // rows of 172: exact fallback
+    EXPECT_EQ(f.find_tensor("blk.0.ffn_down.weight")->type, GgmlType::F16);  // rows of 172: llama.cpp's fallback
 
-    // The file's weights are the ones flexquant evaluated: reloading it gives the same perplexity exactly.
-    auto model = load_llama_gguf(path);
-    UnitContext fp;
-    EXPECT_EQ(task->evaluate(*model, fp), res.metric) << type;
+    // Every block-typed tensor holds exactly the evaluated weights; ffn_down's differ only by f16 rounding.
+    auto back = load_llama_gguf(path);
+    auto evaluated = model->all_layers();
+    auto loaded = back->all_layers();
+    for (size_t i = 0; i < loaded.size(); ++i) {
+      if (loaded[i]->name.find("w2") != std::string::npos)
+        EXPECT_TRUE(torch::allclose(loaded[i]->weight, evaluated[i]->weight, 1e-3, 0)) << loaded[i]->name;
+      else
+        EXPECT_TRUE(torch::equal(loaded[i]->weight, evaluated[i]->weight)) << loaded[i]->name;
+    }
+    {  // exact_fallback: f32 rows instead, and the file holds exactly every evaluated weight
+      GgufExportOptions o;
+      o.type = parse_ggml_type(type);
+      o.exact_fallback = true;
+      export_gguf(*model, state, load_gguf_tokenizer(path), o, path + ".exact");
+      auto exact = load_llama_gguf(path + ".exact");
+      for (size_t i = 0; i < loaded.size(); ++i)
+        EXPECT_TRUE(torch::equal(exact->all_layers()[i]->weight, evaluated[i]->weight)) << loaded[i]->name;
+      fs::remove(path + ".exact");
+    }
+    const double reloaded = task->evaluate(*back, fp);
+    EXPECT_LT(std::abs(reloaded / ours - 1), 1e-4) << type;
 
-    const double ours = res.metric, theirs = task->evaluate_in_runtime(path, "llama.cpp");
+    const double theirs = task->evaluate_in_runtime(path, "llama.cpp");
     std::cout << "[ llama.cpp ] " << type << " perplexity flexquant " << ours << " llama.cpp " << theirs << " ("
               << 100 * (theirs / ours - 1) << " %)\n";
     EXPECT_LT(std::abs(theirs / ours - 1), 0.01) << type;
     if (std::string(type) == "q8_0") {
-      auto mine = generate_greedy(*model, 512, 60, fp);
+      auto mine = generate_greedy(*back, 512, 60, fp);
       auto lc = llamacpp_evaluate(path, torch::Tensor(), PplProtocol{}, 60);
       EXPECT_EQ(lc.greedy, mine);
     }

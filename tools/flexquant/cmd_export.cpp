@@ -13,9 +13,10 @@ namespace {
 
 struct ExportCmd {
   std::string model, to = "gguf", out, tokenizer, type = "auto";
+  bool exact_fallback = false;
   void run() {
     FQ_CHECK(to == "gguf", ConfigError, "--to \"", to, "\" is not supported -> allowed: gguf");
-    GgufExportReport rep = export_gguf_file(model, tokenizer, type, out);
+    GgufExportReport rep = export_gguf_file(model, tokenizer, type, out, exact_fallback);
     for (const auto& t : rep.tensors)
       std::cout << fmt::format("{:<28} {:<5} {}{}\n", t.name, ggml_type_info(t.type).name, t.source,
                                t.note.empty() ? "" : " (" + t.note + ")");
@@ -34,6 +35,8 @@ const bool registered = register_command(
                      "Tensor type of the attention/FFN weights: auto (the .fqz's grid; q8_0 for FP) | f32 | f16 | q4_0 | "
                      "q4_1 | q5_0 | q5_1 | q8_0");
       app.add_option("--tokenizer", c->tokenizer, "llama2.c tokenizer .bin (default: the GGUF's own or tok512.bin beside the source)");
+      app.add_flag("--exact-fallback", c->exact_fallback,
+                   "Quantized rows that fit no block of --type: f32 (the exact evaluated weights) instead of f16");
       app.callback([c] { c->run(); });
     });
 

@@ -99,7 +99,7 @@ struct EvalCmd {
 struct CompareCmd {
   Workload w;
   RecipeFlags flags;
-  std::string out_dir, markdown;
+  std::string out_dir, markdown, out_format = "fqz";
   void run() {
     auto recipes = flags.resolve();
     auto task = make_task(w);
@@ -113,7 +113,7 @@ struct CompareCmd {
       std::string out;
       if (!out_dir.empty()) {
         fs::create_directories(out_dir);
-        out = (fs::path(out_dir) / fmt::format("{}-{}.fqz", i, recipes[i].method)).string();
+        out = (fs::path(out_dir) / fmt::format("{}-{}.{}", i, recipes[i].method, out_format)).string();
       }
       rows.push_back(run_method(*task, recipes[i], out, *progress_printer()));
       std::cerr << fmt::format("{}: {} = {:.2f}\n", rows.back().label, task->metric_name(), rows.back().metric);
@@ -156,7 +156,7 @@ const bool reg_quantize = register_command("quantize", "Quantize a model with a 
   auto c = std::make_shared<QuantizeCmd>();
   add_workload(app, c->w);
   c->flags.add_to(app);
-  app.add_option("--out", c->out, "Output quantized model (.fqz)");
+  app.add_option("--out", c->out, "Output quantized model: .fqz, or .gguf for a language model on a GGUF grid");
   app.add_flag("--dry-run", c->dry_run, "Resolve and print the plan; quantize nothing, write nothing");
   app.callback([c] { c->run(); });
 });
@@ -176,6 +176,8 @@ const bool reg_compare = register_command("compare", "Run several recipes on one
   add_workload(app, c->w);
   c->flags.add_to(app, /*multiple_recipes=*/true);
   app.add_option("--out-dir", c->out_dir, "Save each quantized model here");
+  app.add_option("--out-format", c->out_format, "Format of the saved models: fqz | gguf (language models)")
+      ->check(CLI::IsMember({"fqz", "gguf"}));
   app.add_option("--markdown", c->markdown, "Also write the table to this file");
   app.callback([c] { c->run(); });
 });

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# GGUF benchmark (issue #10): stories260K, the LM table's protocol (calibration 512 x 256 tokens from paragraphs
+# 0-1999; evaluation paragraphs 2000-, first 60,000 tokens, windows of 512), perplexity as llama.cpp computes it
+# on the exported files (flexquant eval --runtime llama.cpp), beside flexquant's own and the file sizes.
+# Per type: llama.cpp's own round-to-nearest (flexquant export of the FP model, byte-identical to
+# llama-quantize's reference rounding), then RTN / GPTQ / AdaRound / FlexRound learned on the type's exact grid
+# (uint<b> symmetric, groups of 32, fp16 scales) and written from their codes. ffn_down rows (172) fit no 32-block:
+# llama.cpp's RTN writes them f16, flexquant's quantized rows f32 (exact); the sizes column shows the cost.
+# Usage: bench/run_gguf.sh [build-dir] [iters] [row ...]   rows: ref q4_0 q5_0 q8_0 (default all); "table" only
+# reassembles out/bench_gguf/table.md from finished rows (rows may run as parallel processes, FLEXQUANT_ARGS="--threads 1").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+BUILD=${1:-build-bench}; ITERS=${2:-5000}; shift 2 || true
+ROWS=${*:-ref q4_0 q5_0 q8_0}
+SHARED=${FLEXQUANT_SHARED:-../shared}
+OUT=out/bench_gguf; mkdir -p "$OUT"
+MODEL=$SHARED/data/lm/stories260K.bin
+DATA="--data $SHARED/data/lm/tinystories_valid_first.txt --calib-paragraphs 2000"
+declare -A BITS=([q4_0]=4 [q5_0]=5 [q8_0]=8)
+R="recipes/llm-rtn-w4.json,recipes/llm-gptq-w4.json,recipes/llm-adaround-w4.json,recipes/llm-flexround-g32.json"
+GRID="--set weight.symmetric=true --set weight.granularity=group --set weight.group_size=32 --set weight.scale_dtype=fp16"
+bench_binary "$BUILD"
+T="${FLEXQUANT_ARGS:-}"
+
+# judge ROW LABEL FILE: one table line with flexquant's and llama.cpp's perplexity of FILE and its size.
+judge() {
+  local row=$1 label=$2 file=$3 fq lc
+  bench_run "$OUT/$row.$label.fq.cmd" "$OUT/$row.$label.fq.log" $BENCH_BIN $T eval --model "$file" $DATA
+  bench_run "$OUT/$row.$label.lc.cmd" "$OUT/$row.$label.lc.log" $BENCH_BIN $T eval --model "$file" $DATA --runtime llama.cpp
+  fq=$(sed -n 's/^flexquant perplexity = //p' "$OUT/$row.$label.fq.log")
+  lc=$(sed -n 's/^llama.cpp perplexity = //p' "$OUT/$row.$label.lc.log")
+  echo "| $row | $label | $fq | $lc | $(stat -c %s "$file") |" >> "$OUT/$row.md"
+}
+
+for row in $ROWS; do
+  [[ $row == table ]] && continue  # only (re)assemble the table from finished rows
+  rm -f "$OUT/$row.md" "$OUT/$row.cmd"
+  mkdir -p "$OUT/$row"
+  if [[ $row == ref ]]; then
+    for t in f32 f16 q4_1 q5_1; do
+      bench_run "$OUT/ref.$t.export.cmd" "$OUT/ref.$t.export.log" $BENCH_BIN export --model "$MODEL" --type $t --out "$OUT/ref/$t.gguf"
+      judge ref "llama.cpp $t" "$OUT/ref/$t.gguf"
+    done
+  else
+    [[ -n "${BITS[$row]:-}" ]] || bench_die "unknown row '$row' -> allowed: ref ${!BITS[*]}"
+    bench_run "$OUT/$row.export.cmd" "$OUT/$row.export.log" $BENCH_BIN export --model "$MODEL" --type $row --out "$OUT/$row/llamacpp-rtn.gguf"
+    judge $row "llama.cpp rtn" "$OUT/$row/llamacpp-rtn.gguf"
+    bench_run "$OUT/$row.compare.cmd" "$OUT/$row.compare.log" $BENCH_BIN $T compare --model "$MODEL" $DATA --recipe $R \
+      --set weight.bits=${BITS[$row]} $GRID --set calib.samples=512 --set recon.iters=$ITERS --out-dir "$OUT/$row" --out-format gguf
+    for f in "$OUT/$row"/[0-9]-*.gguf; do
+      m=$(basename "$f" .gguf); judge $row "flexquant ${m#*-}" "$f"
+    done
+  fi
+  cat "$OUT/$row".*.cmd | sed 's/^/- /' > "$OUT/$row.cmd"
+done
+{
+  echo "| type | method | flexquant perplexity | llama.cpp perplexity | file bytes |"
+  echo "|---|---|---|---|---|"
+  for row in ref q4_0 q5_0 q8_0; do [[ -f "$OUT/$row.md" ]] && cat "$OUT/$row.md"; done
+  echo; echo "Commands (start date, provenance, command):"; echo
+  for row in ref q4_0 q5_0 q8_0; do [[ -f "$OUT/$row.cmd" ]] && cat "$OUT/$row.cmd"; done
+} > "$OUT/table.md"
+cat "$OUT/table.md"
