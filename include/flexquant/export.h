@@ -23,9 +23,20 @@ struct LoadedLanguageModel {
 /// llama2.c .bin or a Hugging Face folder. `tokenizer` "" = the GGUF's own, else tok512.bin beside the source.
 LoadedLanguageModel load_language_model_any(const std::string& path, const std::string& tokenizer = "");
 
-/// Writes `in` (any of the above) as GGUF. `type` "auto" = the type whose grid the .fqz's layers are on
-/// (gguf_type_for), q8_0 for an FP model; otherwise a type name (ggml_types()).
-GgufExportReport export_gguf_file(const std::string& in, const std::string& tokenizer, const std::string& type,
-                                  const std::string& out, bool exact_fallback = false);
+/// What `flexquant export --to gguf` does.
+struct GgufFileExport {
+  std::string in;                ///< any file load_language_model_any reads
+  std::string out;               ///< .gguf
+  std::string tokenizer;         ///< "" = the source's own (see load_language_model_any)
+  std::string type = "auto";     ///< "auto": the .fqz's grid (gguf_type_for), q8_0 for an FP model; or a type name
+  bool exact_fallback = false;   ///< GgufExportOptions::exact_fallback
+  std::string quantizer = "flexquant";  ///< FP layers: "flexquant" (reference port) | "llama.cpp" (its library)
+  /// Importance matrices from this text (llama.cpp's imatrix: per-column mean of squared inputs of every
+  /// layer over calibration sequences drawn as flexquant's calibration is); needs quantizer "llama.cpp".
+  std::string imatrix_data;
+  int64_t imatrix_samples = 512, imatrix_seq_len = 256, imatrix_paragraphs = 2000;
+  uint64_t seed = 1005;
+};
+GgufExportReport export_gguf_file(const GgufFileExport& e);
 
 }  // namespace flexquant

@@ -28,6 +28,11 @@ struct GgufExportOptions {
   /// Rows that fit no block of `type`: f16 (llama.cpp's choice, equal file size) or, when true, f32 for layers
   /// flexquant quantized, so that the file holds exactly the evaluated weights.
   bool exact_fallback = false;
+  /// Layers left in FP are rounded by llama.cpp's own quantizer in its library (LibGgml) instead of the reference
+  /// port; needed for importance matrices.
+  bool llamacpp_quantizer = false;
+  /// Per-layer importance (adapter layer name -> [in] mean of squared inputs) for llama.cpp's quantizer.
+  std::map<std::string, torch::Tensor> imatrix;
 };
 
 struct GgufTensorReport {

@@ -170,6 +170,7 @@ namespace {
 
 // One unit's quantizers while it is reconstructed.
 struct UnitRun {
+  UnitRun(Unit& u, size_t k) : unit(u), index(k) {}
   Unit& unit;
   size_t index;
   torch::Tensor y_fp;  // the FP unit's output on the FP chain: the target
@@ -243,7 +244,7 @@ UnitReport Reconstructor::run_unit(Unit& unit, size_t k) {
   const bool mem_window = reset_peak_rss();
   unit_sw_ = Stopwatch();
   torch::manual_seed(recipe_.seed + k);  // QDrop masks and LRQ init: reproducible per unit
-  UnitRun u{unit, k};
+  UnitRun u(unit, k);
   UnitContext fp_ctx;
   u.y_fp = chunked(x_fp_, [&](const torch::Tensor& x) { return unit.forward(x, fp_ctx); });
   setup_rounders(u);

@@ -7,6 +7,7 @@
 #include <regex>
 
 #include "flexquant/error.h"
+#include "flexquant/libggml.h"
 #include "flexquant/runtime.h"
 
 namespace flexquant {
@@ -93,10 +94,21 @@ std::vector<int64_t> gguf_ne(const torch::Tensor& t) {
   return std::vector<int64_t>(s.rbegin(), s.rend());
 }
 
-std::vector<uint8_t> quantize_fp(GgmlType type, const torch::Tensor& t) {
+// FP values -> `type`: llama.cpp's reference rounding (our port), or its library with an importance matrix.
+std::vector<uint8_t> quantize_fp(GgmlType type, const torch::Tensor& t, const GgufExportOptions& o,
+                                 const QuantLayer* layer) {
   torch::Tensor c = t.detach().to(torch::kCPU, torch::kFloat).contiguous();
   const int64_t n = c.size(-1);
-  return ggml_quantize_ref(type, c.data_ptr<float>(), c.numel() / n, n);
+  const bool block = type != GgmlType::F32 && type != GgmlType::F16;
+  if (!block || !o.llamacpp_quantizer) return ggml_quantize_ref(type, c.data_ptr<float>(), c.numel() / n, n);
+  torch::Tensor im;
+  if (layer) {
+    auto it = o.imatrix.find(layer->name);
+    if (it != o.imatrix.end()) im = it->second.to(torch::kCPU, torch::kFloat).contiguous();
+  }
+  FQ_CHECK(!im.defined() || im.numel() == n, ConfigError, "imatrix of \"", layer ? layer->name : "", "\" has ",
+           im.defined() ? im.numel() : 0, " columns, the weight ", n);
+  return LibGgml::get().quantize(type, c.data_ptr<float>(), c.numel() / n, n, im.defined() ? im.data_ptr<float>() : nullptr);
 }
 
 // One tensor: its type (fallback when rows do not fit the blocks) and bytes.
@@ -114,7 +126,9 @@ void add_tensor(GgufWriter& w, GgufExportReport& rep, const NamedTensor& nt, con
   if (is_weight) type = o.type;
   if (nt.role == TensorRole::Embedding || nt.role == TensorRole::Classifier) type = o.embedding_type;
   if (auto ov = o.overrides.find(name); ov != o.overrides.end()) type = ov->second;
-  GgufTensorReport tr{name, type, q ? "codes" : (type == GgmlType::F32 ? "fp" : "llama.cpp rtn"), ""};
+  std::string fp_source = o.llamacpp_quantizer ? "llama.cpp (libggml)" : "llama.cpp rtn";
+  if (o.llamacpp_quantizer && nt.layer && o.imatrix.count(nt.layer->name)) fp_source += " + imatrix";
+  GgufTensorReport tr{name, type, q ? "codes" : (type == GgmlType::F32 ? "fp" : fp_source), ""};
   const int64_t row = value.size(-1);
   if (row % ggml_type_info(type).block != 0) {
     const GgmlType fb = q && o.exact_fallback ? GgmlType::F32 : GgmlType::F16;
@@ -130,7 +144,7 @@ void add_tensor(GgufWriter& w, GgufExportReport& rep, const NamedTensor& nt, con
     bytes = ggml_pack(type, *q, "layer \"" + nt.layer->name + "\"");
   } else {
     if (q) tr.source = "codes (dequantized)";
-    bytes = quantize_fp(type, q ? q->dequantize() : value);
+    bytes = quantize_fp(type, q ? q->dequantize() : value, o, q ? nullptr : nt.layer);
   }
   w.add_tensor(name, gguf_ne(value), type, std::move(bytes));
   rep.tensors.push_back(tr);

@@ -3,8 +3,6 @@
 // runs with the same greedy text and (within 1 %) the same perplexity as flexquant's own evaluation.
 #include <gtest/gtest.h>
 
-#include <dlfcn.h>
-
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -13,6 +11,7 @@
 #include "flexquant/error.h"
 #include "flexquant/ggml_types.h"
 #include "flexquant/gguf_llama.h"
+#include "flexquant/libggml.h"
 #include "flexquant/llamacpp.h"
 #include "flexquant/lm_eval.h"
 #include "flexquant/pipeline.h"
@@ -25,22 +24,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using QuantizeChunkFn = size_t (*)(int type, const float* src, void* dst, int64_t start, int64_t nrows,
-                                   int64_t n_per_row, const float* imatrix);
-
-// llama.cpp's ggml_quantize_chunk from the libggml-base that scripts/setup.sh installs. A missing library fails
-// the test with the set-up command: these checks are never skipped.
-QuantizeChunkFn ggml_quantize_chunk() {
-  static QuantizeChunkFn fn = [] {
-    const std::string lib = std::string(FLEXQUANT_SOURCE_DIR) +
-                            "/tools/llamacpp/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so";
-    void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!h) return QuantizeChunkFn{nullptr};
-    return reinterpret_cast<QuantizeChunkFn>(dlsym(h, "ggml_quantize_chunk"));
-  }();
-  return fn;
-}
-
 std::unique_ptr<LlamaModel> stories() { return load_llama2c(shared_path("data/lm/stories260K.bin")); }
 
 std::string tmp(const std::string& name) { return (fs::temp_directory_path() / name).string(); }
@@ -48,8 +31,7 @@ std::string tmp(const std::string& name) { return (fs::temp_directory_path() / n
 }  // namespace
 
 TEST(GgmlTypes, ReferenceQuantizerMatchesLibggmlByteForByte) {
-  QuantizeChunkFn chunk = ggml_quantize_chunk();
-  ASSERT_NE(chunk, nullptr) << "libggml-base.so not found under tools/llamacpp: run scripts/setup.sh";
+  const LibGgml& lib = LibGgml::get();  // IoError with the set-up command when missing: never skipped
   auto model = stories();
   int64_t bytes_checked = 0, tensors = 0;
   for (const NamedTensor& nt : model->named_tensors()) {
@@ -60,15 +42,50 @@ TEST(GgmlTypes, ReferenceQuantizerMatchesLibggmlByteForByte) {
     for (const auto& info : ggml_types()) {
       if (info.type == GgmlType::F32) continue;
       auto ours = ggml_quantize_ref(info.type, w.data_ptr<float>(), rows, n);
-      std::vector<uint8_t> theirs(ours.size() + 64, 0xAB);
-      const size_t written = chunk(static_cast<int>(info.type), w.data_ptr<float>(), theirs.data(), 0, rows, n, nullptr);
-      ASSERT_EQ(written, ours.size()) << info.name << " " << nt.name;
+      auto theirs = lib.quantize(info.type, w.data_ptr<float>(), rows, n, nullptr);
+      ASSERT_EQ(theirs.size(), ours.size()) << info.name << " " << nt.name;
       ASSERT_EQ(std::memcmp(ours.data(), theirs.data(), ours.size()), 0) << info.name << " " << nt.name;
       bytes_checked += static_cast<int64_t>(ours.size());
     }
   }
   EXPECT_EQ(tensors, 1 + 5 * 6);  // token_embd and every attention / gate / up weight
   std::cout << "[ ggml ] " << bytes_checked << " bytes of " << tensors << " real tensors equal libggml-base's\n";
+}
+
+// llama.cpp's importance matrix (mean squared inputs per column, collected on real text) steers its own Q4_0 rounding
+// in libggml: the importance-weighted error of every attention/FFN weight of the real model is lower with it.
+TEST(GgmlTypes, LlamaCppImatrixLowersWeightedErrorOnRealLayers) {
+  auto model = stories();
+  Tokenizer tok = Tokenizer::load(shared_path("data/lm/tok512.bin"));
+  CalibSpec spec;
+  spec.n = 16;
+  spec.len = 256;
+  spec.range.last_paragraph = 200;
+  torch::Tensor calib = calibration_samples(shared_path("data/lm/tinystories_valid_first.txt"), tok, spec);
+  ImatrixCollector c;
+  {
+    torch::NoGradGuard ng;
+    model->forward(calib, c);
+  }
+  auto im = c.imatrix();
+  int better = 0, layers = 0;
+  for (QuantLayer* l : model->all_layers()) {
+    torch::Tensor w = l->weight.contiguous();
+    const int64_t n = w.size(1), rows = w.size(0);
+    if (n % 32) continue;
+    torch::Tensor imp = im.at(l->name).contiguous();
+    auto err = [&](const std::vector<uint8_t>& b) {
+      auto d = ggml_dequantize(GgmlType::Q4_0, b.data(), rows, n);
+      torch::Tensor dq = torch::from_blob(d.data(), w.sizes(), torch::kFloat);
+      return ((dq - w).pow(2) * imp.unsqueeze(0)).sum().item<double>();
+    };
+    const double plain = err(LibGgml::get().quantize(GgmlType::Q4_0, w.data_ptr<float>(), rows, n, nullptr));
+    const double with = err(LibGgml::get().quantize(GgmlType::Q4_0, w.data_ptr<float>(), rows, n, imp.data_ptr<float>()));
+    better += with < plain;
+    ++layers;
+  }
+  EXPECT_EQ(layers, 5 * 6);
+  EXPECT_EQ(better, layers);
 }
 
 TEST(GgmlTypes, LearnedCodesPackExactlyAndDequantizeBitForBit) {

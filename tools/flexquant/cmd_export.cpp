@@ -12,31 +12,39 @@ namespace flexquant::cli {
 namespace {
 
 struct ExportCmd {
-  std::string model, to = "gguf", out, tokenizer, type = "auto";
-  bool exact_fallback = false;
+  GgufFileExport e;
+  std::string to = "gguf";
   void run() {
     FQ_CHECK(to == "gguf", ConfigError, "--to \"", to, "\" is not supported -> allowed: gguf");
-    GgufExportReport rep = export_gguf_file(model, tokenizer, type, out, exact_fallback);
+    GgufExportReport rep = export_gguf_file(e);
     for (const auto& t : rep.tensors)
       std::cout << fmt::format("{:<28} {:<5} {}{}\n", t.name, ggml_type_info(t.type).name, t.source,
                                t.note.empty() ? "" : " (" + t.note + ")");
     for (const auto& w : rep.warnings) std::cout << "warning: " << w << "\n";
-    std::cout << fmt::format("wrote {} ({} bytes, {} tensors)\n", out, rep.bytes, rep.tensors.size());
+    std::cout << fmt::format("wrote {} ({} bytes, {} tensors)\n", e.out, rep.bytes, rep.tensors.size());
   }
 };
 
 const bool registered = register_command(
     "export", "Write a .fqz, GGUF or FP language model as GGUF for llama.cpp", [](CLI::App& app) {
       auto c = std::make_shared<ExportCmd>();
-      app.add_option("--model", c->model, ".fqz (quantized by flexquant), .gguf, llama2.c .bin or HF folder")->required();
+      app.add_option("--model", c->e.in, ".fqz (quantized by flexquant), .gguf, llama2.c .bin or HF folder")->required();
       app.add_option("--to", c->to, "Output format: gguf");
-      app.add_option("--out", c->out, "Output file (.gguf)")->required();
-      app.add_option("--type", c->type,
+      app.add_option("--out", c->e.out, "Output file (.gguf)")->required();
+      app.add_option("--type", c->e.type,
                      "Tensor type of the attention/FFN weights: auto (the .fqz's grid; q8_0 for FP) | f32 | f16 | q4_0 | "
                      "q4_1 | q5_0 | q5_1 | q8_0");
-      app.add_option("--tokenizer", c->tokenizer, "llama2.c tokenizer .bin (default: the GGUF's own or tok512.bin beside the source)");
-      app.add_flag("--exact-fallback", c->exact_fallback,
+      app.add_option("--tokenizer", c->e.tokenizer, "llama2.c tokenizer .bin (default: the GGUF's own or tok512.bin beside the source)");
+      app.add_flag("--exact-fallback", c->e.exact_fallback,
                    "Quantized rows that fit no block of --type: f32 (the exact evaluated weights) instead of f16");
+      app.add_option("--quantizer", c->e.quantizer,
+                     "Who rounds layers left in FP: flexquant (llama.cpp's reference rounding, ported) | llama.cpp (its "
+                     "libggml, needed for --imatrix-data)");
+      app.add_option("--imatrix-data", c->e.imatrix_data,
+                     "Text to compute llama.cpp importance matrices from (mean squared layer inputs; needs --quantizer llama.cpp)");
+      app.add_option("--imatrix-samples", c->e.imatrix_samples, "Calibration sequences for the imatrix (default 512)");
+      app.add_option("--imatrix-paragraphs", c->e.imatrix_paragraphs,
+                     "Draw imatrix sequences from paragraphs [0, N) of the text (default 2000: disjoint from evaluation)");
       app.callback([c] { c->run(); });
     });
 
