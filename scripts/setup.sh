@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS=(cmake g++ make zlib1g-dev ccache libtorch-dev libopenblas0-openmp nlohmann-json3-dev libcli11-dev libfmt-dev
-      libgtest-dev libgmock-dev libbenchmark-dev dataset-fashion-mnist)
+      libgtest-dev libgmock-dev libbenchmark-dev dataset-fashion-mnist libonnx-dev libonnx-testdata libprotobuf-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -37,4 +37,10 @@ fi
 if [ ! -e tools/llamacpp/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so ]; then
   echo "[setup] npm ci in tools/llamacpp (node-llama-cpp 3.21.1, CPU only)"
   (cd tools/llamacpp && npm ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error)
+fi
+# ONNX Runtime's CPU library (onnxruntime-node, pinned in tools/onnxruntime/package-lock.json): checks ONNX imports
+# and QDQ exports. --ignore-scripts: its install script fetches GPU binaries from a host these machines cannot reach.
+if [ ! -e tools/onnxruntime/node_modules/onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime.so.1 ]; then
+  echo "[setup] npm ci in tools/onnxruntime (onnxruntime-node 1.30.0, CPU)"
+  (cd tools/onnxruntime && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 fi

@@ -116,6 +116,11 @@ torch::Tensor from_grouped(const torch::Tensor& wg, at::IntArrayRef shape);
 /// Initial grid for W (any shape [Cout, ...]); never produces a zero or non-finite scale.
 QParams init_qparams(const torch::Tensor& w, const WeightQuantSpec& spec);
 
+/// ConfigError naming the format when `spec` is not a weight grid flexquant quantizes to (integers uint2..uint8;
+/// minifloat / power grids of at most 8 bits, symmetric) or its group size is < 1. The one check of a weight grid:
+/// Recipe::validate and init_qparams both call it.
+void check_weight_spec(const WeightQuantSpec& spec);
+
 /// Scales as the spec stores them: unchanged, or rounded to fp16 and kept >= 2^-24 (spec.scale_fp16).
 torch::Tensor stored_scale(const torch::Tensor& scale, const WeightQuantSpec& spec);
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "flexquant/adapter.h"
 #include "flexquant/rounder.h"
 
 namespace flexquant {
@@ -27,6 +28,7 @@ struct Recipe {
 
   // activations
   int act_bits = 32;                          // 32 = not quantized
+  std::string act_format = "int";             // int (integers at act.bits) | a minifloat / power format name
   bool act_per_token = false;                 // dynamic per-token (LLM) instead of static per-tensor LSQ
   double act_lr = 4e-5;                       // LSQ step learning rate
   int kv_bits = 32;                           // LLM k/v cache bits; 32 = off
@@ -57,6 +59,8 @@ struct Recipe {
   void set(const std::string& key, const std::string& value);
   /// The weight grid of a layer; bits_override > 0 gives an integer grid of that width (first/last layers).
   WeightQuantSpec weight_spec(int bits_override = 0) const;
+  /// The activation quantizer of a site with this role; bits >= 32 means the site stays FP.
+  ActQuantSpec act_spec(SiteRole role) const;
 };
 
 /// One field description, as produced by describe_recipe().
@@ -84,6 +88,7 @@ void visit(Recipe& r, V&& v) {
   v("weight.scale_dtype", r.weight_scale_dtype, "How scales are stored: fp32 | fp16. fp16 rounds every scale, initial and learned, to half before use, as GGUF's Q4_0/Q5_0/Q8_0 blocks store it (the first/last-layer override too).");
   v("weight.first_last_bits", r.first_last_bits, "Bits of a CNN's first and last layer (and the last layer's input); 0 = weight.bits.");
   v("act.bits", r.act_bits, "Activation bits, 2..16; 32 = activations stay FP.");
+  v("act.format", r.act_format, "Activation grid: int (integers at act.bits) or a minifloat / power format of at most 8 bits (fp8_e4m3, fp8_e5m2, fp6_e3m2, fp4_e2m1, ...), symmetric with an LSQ-learned scale; KV-cache sites and a classifier's input kept at weight.first_last_bits stay integer.");
   v("act.per_token", r.act_per_token, "Dynamic per-token min/max activations instead of static per-tensor LSQ.");
   v("act.lr", r.act_lr, "Adam learning rate of the LSQ activation steps.");
   v("act.kv_bits", r.kv_bits, "LLM key/value cache bits (per token); 32 = off.");

@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -124,6 +125,11 @@ torch::Tensor flexround_quantize(const torch::Tensor& w, const torch::Tensor& s1
 struct ActQuantSpec {
   int bits = 8;                 ///< 2..15 quantize; >= 16 (32 = the recipe's "off") is the identity
   bool per_token = false;       ///< dynamic per-token asymmetric min/max (methods.md §1.5), no learned step
+  /// A minifloat / power grid instead of integers (bits = its code width): symmetric, zero point 0, the levels
+  /// of WeightLevels. Static: scale from the 80-step L2.4 shrink search over max|x| / max level, learned by LSQ
+  /// (gradient (q - x/s) where nearest does not saturate, q where it does); per-token: scale = row max|x| / max
+  /// level. Undefined (the default) = integers.
+  std::optional<Format> format;
 };
 
 class ActQuantizer {
@@ -148,8 +154,14 @@ class ActQuantizer {
   void set_grid(float step, float zero_point);  ///< restore a saved grid
 
  private:
+  void calibrate_levels(const torch::Tensor& x);
+  torch::Tensor forward_levels(const torch::Tensor& x);
+  torch::Tensor lsq_step(const torch::Tensor& x, double qmax);
+  torch::Tensor drop(const torch::Tensor& x, const torch::Tensor& xq);
   ActQuantSpec spec_;
   bool non_negative_;
+  std::shared_ptr<WeightLevels> levels_;  // minifloat / power grids
+  double max_level_ = 0;
   bool training_ = false;
   double drop_prob_ = 0.0;
   torch::Tensor step_;   // log-free positive step, requires_grad

@@ -162,7 +162,7 @@ std::unique_ptr<Task> make_task(const Workload& w) {
 }
 
 std::string recipe_label(const Recipe& r) {
-  std::string a = r.act_bits >= 32 ? "32" : std::to_string(r.act_bits);
+  std::string a = r.act_format != "int" ? "[" + r.act_format + "]" : r.act_bits >= 32 ? "32" : std::to_string(r.act_bits);
   const std::string w = r.weight_format == "int" ? std::to_string(r.weight_bits) : "[" + r.weight_format + "]";
   std::string s = fmt::format("{} W{}A{}", r.method, w, a);
   if (r.weight_granularity == "group") s += fmt::format(" g{}", r.weight_group_size);

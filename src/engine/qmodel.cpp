@@ -142,6 +142,7 @@ int64_t save_qmodel(const std::string& path, ModelAdapter& model, const QuantSta
   json acts = json::object();
   for (auto& [key, aq] : state.acts) {
     acts[key] = {{"bits", aq->spec().bits}, {"per_token", aq->spec().per_token}};
+    if (aq->spec().format) acts[key]["format"] = aq->spec().format->name();
     if (!aq->spec().per_token) {
       acts[key]["step"] = aq->step();
       acts[key]["zero_point"] = aq->zero_point();
@@ -208,6 +209,7 @@ QModelInfo load_qmodel(const std::string& path, ModelAdapter& model, QuantState&
       ActQuantSpec as;
       as.bits = aj.at("bits");
       as.per_token = aj.at("per_token");
+      if (aj.contains("format")) as.format = Format::parse(aj.at("format").get<std::string>());
       auto q = std::make_shared<ActQuantizer>(as, s.non_negative);
       if (!as.per_token) q->set_grid(aj.at("step").get<float>(), aj.at("zero_point").get<float>());
       state.acts[key] = q;

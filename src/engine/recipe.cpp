@@ -134,10 +134,6 @@ void Recipe::validate() const {
     const Format f = Format::parse(weight_format);  // ConfigError listing the presets for an unknown name
     FQ_CHECK(!f.is_int(), ConfigError, "weight.format \"", weight_format,
              "\" is an integer format -> use weight.format=int with weight.bits=", f.bits());
-    FQ_CHECK(f.bits() <= 8, ConfigError, "weight.format \"", weight_format, "\" has ", f.bits(),
-             "-bit codes -> allowed: at most 8 bits (fp8_e4m3, fp8_e5m2, fp6_e3m2, fp6_e2m3, fp4_e2m1, pow<b>_a<x>)");
-    FQ_CHECK(weight_symmetric, ConfigError, "weight.format \"", weight_format,
-             "\" has no zero point -> hint: set weight.symmetric=true");
   }
   FQ_CHECK(in(weight_granularity, {"tensor", "channel", "group"}), ConfigError, "weight.granularity \"",
            weight_granularity, "\" is not valid: use tensor | channel | group");
@@ -145,10 +141,16 @@ void Recipe::validate() const {
   FQ_CHECK(in(weight_scale_dtype, {"fp32", "fp16"}), ConfigError, "weight.scale_dtype \"", weight_scale_dtype,
            "\" is not valid: use fp32 | fp16");
   FQ_CHECK(in(weight_init, {"mse", "minmax"}), ConfigError, "weight.init \"", weight_init, "\" is not valid: use mse | minmax");
+  check_weight_spec(weight_spec());  // the grid itself: format width, symmetry (one check, shared with the quantizer)
   FQ_CHECK(first_last_bits == 0 || (first_last_bits >= 2 && first_last_bits <= 8), ConfigError,
            "weight.first_last_bits ", first_last_bits, " is not valid: use 0 (same as weight.bits) or 2..8");
   FQ_CHECK(act_bits == 32 || (act_bits >= 2 && act_bits <= 16), ConfigError, "act.bits ", act_bits,
            " is not valid: use 2..16, or 32 for FP activations");
+  if (act_format != "int") {
+    const Format f = Format::parse(act_format);
+    FQ_CHECK(!f.is_int() && f.bits() <= 8, ConfigError, "act.format \"", act_format, "\" -> allowed: int, or a "
+             "minifloat / power format of at most 8 bits (fp8_e4m3, fp8_e5m2, fp6_e3m2, fp4_e2m1, ...)");
+  }
   FQ_CHECK(kv_bits == 32 || (kv_bits >= 2 && kv_bits <= 16), ConfigError, "act.kv_bits ", kv_bits,
            " is not valid: use 2..16, or 32 for off");
   FQ_CHECK(act_lr >= 0, ConfigError, "act.lr ", act_lr, " must be >= 0");
@@ -240,6 +242,27 @@ WeightQuantSpec Recipe::weight_spec(int bits_override) const {
   s.group_size = weight_group_size;
   s.init = parse_scale_init(weight_init);
   s.scale_fp16 = weight_scale_dtype == "fp16";
+  return s;
+}
+
+ActQuantSpec Recipe::act_spec(SiteRole role) const {
+  ActQuantSpec s;
+  s.per_token = act_per_token || role == SiteRole::KvCache;
+  if (role == SiteRole::KvCache) {
+    s.bits = kv_bits;
+    return s;
+  }
+  s.bits = act_bits;
+  if (act_bits >= 32 && act_format == "int") return s;
+  // A classifier's input stays at first_last_bits like the classifier (QDrop), on integers.
+  if (role == SiteRole::ClassifierInput && first_last_bits > 0) {
+    s.bits = act_format == "int" ? std::max(act_bits, first_last_bits) : first_last_bits;
+    return s;
+  }
+  if (act_format != "int") {
+    s.format = Format::parse(act_format);
+    s.bits = s.format->bits();
+  }
   return s;
 }
 

@@ -36,15 +36,6 @@ torch::Tensor chunked(const torch::Tensor& x, const std::function<torch::Tensor(
   return torch::cat(outs, 0);
 }
 
-// Bits of an activation site (32 = off), from the role its adapter gave it. A classifier's input stays at
-// first_last_bits like the classifier (QDrop).
-int site_bits(const ActSite& s, const Recipe& r) {
-  if (s.role == SiteRole::KvCache) return r.kv_bits;
-  if (r.act_bits >= 32) return 32;
-  if (s.role == SiteRole::ClassifierInput && r.first_last_bits > 0) return std::max(r.act_bits, r.first_last_bits);
-  return r.act_bits;
-}
-
 // Context used while training a unit: weights from the rounders, activations through LSQ quantizers.
 class TrainContext : public UnitContext {
  public:
@@ -298,14 +289,9 @@ void Reconstructor::setup_rounders(UnitRun& u) {
 // inputs with the weights at their initial grid.
 void Reconstructor::setup_act_quantizers(UnitRun& u) {
   for (const ActSite& s : u.unit.act_sites()) {
-    const int bits = site_bits(s, recipe_);
+    const ActQuantSpec as = recipe_.act_spec(s.role);
     std::shared_ptr<ActQuantizer> q;
-    if (bits < 32) {
-      ActQuantSpec as;
-      as.bits = bits;
-      as.per_token = recipe_.act_per_token || s.role == SiteRole::KvCache;
-      q = std::make_shared<ActQuantizer>(as, s.non_negative);
-    }
+    if (as.bits < 32) q = std::make_shared<ActQuantizer>(as, s.non_negative);
     u.acts.push_back(q);
     u.ctx.acts.push_back(q.get());
   }

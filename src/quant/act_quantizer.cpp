@@ -28,8 +28,28 @@ torch::Tensor subsample(const torch::Tensor& flat, int64_t n) {
 }  // namespace
 
 ActQuantizer::ActQuantizer(const ActQuantSpec& spec, bool non_negative) : spec_(spec), non_negative_(non_negative) {
-  FQ_CHECK(spec.bits >= 2, ConfigError, "activation bits ", spec.bits,
+  if (spec.format) {
+    FQ_CHECK(!spec.format->is_int(), ConfigError, "activation format ", spec.format->name(),
+             " is an integer format -> use act.bits for integers");
+    spec_.bits = spec.format->bits();
+    levels_ = std::make_shared<WeightLevels>(*spec.format, torch::Tensor());
+    max_level_ = spec.format->max_value();
+  }
+  FQ_CHECK(spec_.bits >= 2, ConfigError, "activation bits ", spec_.bits,
            " is not valid -> allowed: 2..15, or >= 16 for no quantization");
+}
+
+// Minifloat / power grids: the weights' symmetric shrink search (80 steps of max|x|, L2.4 error), zero point 0.
+void ActQuantizer::calibrate_levels(const torch::Tensor& x) {
+  const double m = std::max(x.abs().max().item<double>(), kMinStep);
+  auto xs = subsample(x, int64_t{1} << 18);
+  double best_step = m / max_level_, best_score = INFINITY;
+  for (int i = 0; i < 80; ++i) {
+    const double step = std::max(m * (1 - 0.01 * i) / max_level_, kMinStep);
+    const double err = (xs - step * levels_->nearest(xs / step)).abs_().pow_(kSearchP).sum().item<double>();
+    if (err < best_score) best_score = err, best_step = step;
+  }
+  set_grid(static_cast<float>(best_step), 0.f);
 }
 
 void ActQuantizer::calibrate(const torch::Tensor& samples) {
@@ -38,6 +58,11 @@ void ActQuantizer::calibrate(const torch::Tensor& samples) {
   check_weight_finite(samples, "activation calibration samples");
   torch::NoGradGuard ng;
   auto x = samples.detach().to(torch::kFloat).reshape(-1);
+  if (levels_) {
+    calibrate_levels(x);
+    step_ = step_.to(samples.device());
+    return;
+  }
   const double qmax = static_cast<double>((int64_t{1} << spec_.bits) - 1);
   double best_step = kMinStep, best_zp = 0, best_score = INFINITY;
   if (non_negative_) {
@@ -73,7 +98,7 @@ void ActQuantizer::calibrate(const torch::Tensor& samples) {
 void ActQuantizer::set_grid(float step, float zero_point) {
   FQ_CHECK(std::isfinite(step) && step > 0, NumericError, "activation step ", step,
            " is not valid -> allowed: finite and > 0");
-  const double qmax = static_cast<double>((int64_t{1} << std::min(spec_.bits, 30)) - 1);
+  const double qmax = levels_ ? 0.0 : static_cast<double>((int64_t{1} << std::min(spec_.bits, 30)) - 1);
   FQ_CHECK(zero_point >= 0 && zero_point <= qmax && std::nearbyint(zero_point) == zero_point, ConfigError,
            "activation zero point ", zero_point, " is not valid -> allowed: an integer in [0, ", qmax, "]");
   auto dev = step_.defined() ? step_.device() : torch::Device(torch::kCPU);
@@ -82,8 +107,42 @@ void ActQuantizer::set_grid(float step, float zero_point) {
   calibrated_ = true;
 }
 
+// LSQ: the positive learned step, its gradient scaled by g = 1/sqrt(numel * q_max) in the backward only.
+torch::Tensor ActQuantizer::lsq_step(const torch::Tensor& x, double qmax) {
+  FQ_CHECK(calibrated_, ConfigError,
+           "static activation quantizer used before calibrate() or set_grid() -> hint: calibrate it on samples");
+  if (step_.device() != x.device()) step_ = step_.detach().to(x.device()).requires_grad_(true);
+  const double g = 1.0 / std::sqrt(static_cast<double>(x.numel()) * qmax);
+  auto s = step_.abs().clamp_min(kMinStep);
+  return s * g + (s - s * g).detach();
+}
+
+torch::Tensor ActQuantizer::forward_levels(const torch::Tensor& x) {
+  if (spec_.per_token) {
+    torch::NoGradGuard ng;
+    auto xd = x.detach();
+    auto scale = (xd.abs().amax(-1, true) / max_level_).clamp_min(kMinStep);
+    return x + (scale * levels_->nearest(xd / scale) - x).detach();
+  }
+  auto s_eff = lsq_step(x, max_level_);
+  auto v = x / s_eff;
+  auto q = levels_->nearest(v.detach());
+  // LSQ on a level set: straight through where nearest did not saturate; saturated values pass q (no x gradient).
+  auto v_ste = torch::where(levels_->passes(v.detach(), q).to(torch::kBool), v + (q - v).detach(), q);
+  return drop(x, v_ste * s_eff);
+}
+
+// QDrop: each element keeps its FP value with probability p, fresh draw every call.
+torch::Tensor ActQuantizer::drop(const torch::Tensor& x, const torch::Tensor& xq) {
+  if (!training_ || drop_prob_ <= 0) return xq;
+  auto u = gen_.defined() ? at::rand(x.sizes(), gen_, x.options().dtype(torch::kFloat))
+                          : torch::rand(x.sizes(), x.options().dtype(torch::kFloat));
+  return torch::where(u < drop_prob_, x, xq);
+}
+
 torch::Tensor ActQuantizer::forward(const torch::Tensor& x) {
   if (is_identity()) return x;
+  if (levels_) return forward_levels(x);
   const double qmax = static_cast<double>((int64_t{1} << spec_.bits) - 1);
   torch::Tensor xq;
   if (spec_.per_token) {
@@ -95,23 +154,11 @@ torch::Tensor ActQuantizer::forward(const torch::Tensor& x) {
     xq = scale * torch::clamp(torch::round(xd / scale), -z, qmax - z);
     return x + (xq - x).detach();  // straight through: the range always covers the row
   }
-  FQ_CHECK(calibrated_, ConfigError,
-           "static activation quantizer used before calibrate() or set_grid() -> hint: calibrate it on samples");
-  if (step_.device() != x.device()) step_ = step_.detach().to(x.device()).requires_grad_(true);
-  // LSQ: positive step, gradient scaled by g in the backward only.
-  const double g = 1.0 / std::sqrt(static_cast<double>(x.numel()) * qmax);
-  auto s = step_.abs().clamp_min(kMinStep);
-  auto s_eff = s * g + (s - s * g).detach();
+  auto s_eff = lsq_step(x, qmax);
   auto v = x / s_eff;
   auto v_round = v + (torch::round(v) - v).detach();  // STE round
   xq = torch::clamp(v_round, -static_cast<double>(zero_point_), qmax - zero_point_) * s_eff;
-  if (training_ && drop_prob_ > 0) {
-    // QDrop: each element keeps its FP value with probability p, fresh draw every call.
-    auto u = gen_.defined() ? at::rand(x.sizes(), gen_, x.options().dtype(torch::kFloat))
-                            : torch::rand(x.sizes(), x.options().dtype(torch::kFloat));
-    xq = torch::where(u < drop_prob_, x, xq);
-  }
-  return xq;
+  return drop(x, xq);
 }
 
 std::vector<torch::Tensor> ActQuantizer::parameters() {

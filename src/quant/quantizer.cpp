@@ -28,20 +28,6 @@ std::string shape_str(at::IntArrayRef s) {
   return os.str();
 }
 
-void check_spec(const WeightQuantSpec& spec) {
-  if (spec.integer()) {
-    const IntFormat& f = spec.format.as_int();
-    FQ_CHECK(f.bits >= 2 && f.bits <= 8 && !f.is_signed, ConfigError, "weight format ", spec.format.name(),
-             " is not supported -> allowed: uint2..uint8 (weight.bits 2..8) -> hint: set weight.bits");
-  } else {
-    FQ_CHECK(spec.bits() <= 8, ConfigError, "weight format ", spec.format.name(), " has ", spec.bits(),
-             "-bit codes -> allowed: at most 8 bits (fp4_e2m1, fp6_e3m2, fp6_e2m3, fp8_e4m3, fp8_e5m2, pow<b>_a<x>)");
-    FQ_CHECK(spec.symmetric, ConfigError, "weight format ", spec.format.name(),
-             " has no zero point -> hint: set weight.symmetric=true");
-  }
-  FQ_CHECK(spec.granularity != Granularity::PerGroup || spec.group_size >= 1, ConfigError, "weight group size ",
-           spec.group_size, " is not valid -> allowed: >= 1");
-}
 
 // The reduction dims of the grouped view for a granularity: per-tensor reduces everything.
 std::vector<int64_t> reduce_dims(Granularity g) {
@@ -317,6 +303,21 @@ QParams init_levels_qparams(const torch::Tensor& wg, const WeightQuantSpec& spec
 
 }  // namespace
 
+void check_weight_spec(const WeightQuantSpec& spec) {
+  if (spec.integer()) {
+    const IntFormat& f = spec.format.as_int();
+    FQ_CHECK(f.bits >= 2 && f.bits <= 8 && !f.is_signed, ConfigError, "weight format ", spec.format.name(),
+             " is not supported -> allowed: uint2..uint8 (weight.bits 2..8) -> hint: set weight.bits");
+  } else {
+    FQ_CHECK(spec.bits() <= 8, ConfigError, "weight format ", spec.format.name(), " has ", spec.bits(),
+             "-bit codes -> allowed: at most 8 bits (fp4_e2m1, fp6_e3m2, fp6_e2m3, fp8_e4m3, fp8_e5m2, pow<b>_a<x>)");
+    FQ_CHECK(spec.symmetric, ConfigError, "weight format ", spec.format.name(),
+             " has no zero point -> hint: set weight.symmetric=true");
+  }
+  FQ_CHECK(spec.granularity != Granularity::PerGroup || spec.group_size >= 1, ConfigError, "weight group size ",
+           spec.group_size, " is not valid -> allowed: >= 1");
+}
+
 torch::Tensor stored_scale(const torch::Tensor& scale, const WeightQuantSpec& spec) {
   if (!spec.scale_fp16) return scale;
   constexpr double kMinHalf = 5.9604644775390625e-08;  // 2^-24, the smallest positive half
@@ -325,7 +326,7 @@ torch::Tensor stored_scale(const torch::Tensor& scale, const WeightQuantSpec& sp
 
 // The initial grid before the spec's scale storage (scale_fp16) is applied.
 static QParams init_qparams_unstored(const torch::Tensor& w_in, const WeightQuantSpec& spec) {
-  check_spec(spec);
+  check_weight_spec(spec);
   check_weight_finite(w_in, "weight");
   torch::NoGradGuard ng;
   auto w = w_in.detach().to(torch::kFloat);

@@ -120,6 +120,33 @@ TEST(Engine, MinifloatGridEndToEndWithReload) {
   std::filesystem::remove(path);
 }
 
+// act.format: LSQ activation steps on a minifloat grid (fp4_e2m1 at every hidden site; the classifier's input stays
+// integer at first_last_bits). Block reconstruction lowers the loss, the .fqz keeps the grids, the reload reproduces.
+TEST(Engine, MinifloatActivationsEndToEndWithReload) {
+  auto task = resnet20_task();
+  auto path = (std::filesystem::temp_directory_path() / "fq_test_r20_a_fp4.fqz").string();
+  Recipe r = small_recipe("flexround", 30);
+  r.act_bits = 32;
+  r.act_format = "fp4_e2m1";
+  auto res = run_method(*task, r, path, [](const std::string&) {});
+  EXPECT_NE(res.label.find("A[fp4_e2m1]"), std::string::npos) << res.label;
+  int improved = 0;
+  for (auto& u : res.report.units) improved += u.loss_end < u.loss_start;
+  EXPECT_GE(improved, 9);
+  EXPECT_EQ(evaluate_qmodel(*task, path), res.metric);
+  auto model = task->load_model();
+  QuantState state;
+  load_qmodel(path, *model, state);
+  int minifloat = 0, integer = 0;
+  for (auto& [key, q] : state.acts) (q->spec().format ? minifloat : integer) += 1;
+  EXPECT_GT(minifloat, 10);
+  EXPECT_EQ(integer, 1);  // the classifier's input
+  Recipe bad;
+  bad.act_format = "int8";
+  EXPECT_THROW(bad.validate(), ConfigError);
+  std::filesystem::remove(path);
+}
+
 TEST(Engine, LanguageModelEndToEnd) {
   auto task = stories_task();
   double fp = evaluate_fp(*task);

@@ -864,7 +864,9 @@ TEST(Fp16Scales, EveryMethodKeepsHalfScalesAndStartsAtNearest) {
   for (auto& name : fq::method_names()) {
     auto r = fq::make_rounder(name);
     r->init(w, spec, qp, stats);
-    if (name != "gptq") ASSERT_TRUE(torch::equal(r->harden().codes, rtn.codes)) << name;
+    if (name != "gptq") {
+      ASSERT_TRUE(torch::equal(r->harden().codes, rtn.codes)) << name;
+    }
     {
       torch::NoGradGuard ng;
       for (auto& p : r->parameters()) p.add_(torch::randn_like(p) * 0.1);
@@ -872,5 +874,56 @@ TEST(Fp16Scales, EveryMethodKeepsHalfScalesAndStartsAtNearest) {
     auto q = r->harden();
     EXPECT_TRUE(torch::equal(q.qparams.scale.to(torch::kHalf).to(torch::kFloat), q.qparams.scale)) << name;
     EXPECT_TRUE(torch::equal(q.dequantize(), r->forward(true).detach())) << name;
+  }
+}
+
+// act.format: LSQ on a minifloat grid (the levels WeightLevels gives the weights). Real activations; values land on
+// the grid; the step gradient is LSQ's on the level set (q - x/s in range, q where nearest saturates) and x passes
+// the gradient only in range; the searched scale beats plain max-scaling; per-token rows scale to their own max.
+TEST(ActQuantizer, MinifloatGridOnRealActivations) {
+  const auto& L = real_layer();
+  for (const char* name : {"fp8_e4m3", "fp4_e2m1"}) {
+    fq::ActQuantSpec spec;
+    spec.format = fq::Format::parse(name);
+    fq::ActQuantizer q(spec, /*non_negative=*/true);
+    EXPECT_EQ(q.spec().bits, spec.format->bits());
+    q.calibrate(L.x_train);
+    EXPECT_EQ(q.zero_point(), 0.f);
+    fq::WeightLevels lv(*spec.format, torch::Tensor());
+    const double maxv = spec.format->max_value();
+    {
+      torch::NoGradGuard ng;
+      auto y = q.forward(L.x_eval);
+      auto r = y / q.step();
+      EXPECT_TRUE(torch::allclose(lv.nearest(r), r, 1e-5, 1e-6)) << name << ": outputs off the grid";
+      fq::ActQuantizer mx(spec, true);
+      mx.set_grid(static_cast<float>(L.x_train.abs().max().item<double>() / maxv), 0.f);
+      // The search includes max-scaling (its first candidate), so it is never worse on the data it saw.
+      EXPECT_LE(fq::lp_error(q.forward(L.x_train), L.x_train), fq::lp_error(mx.forward(L.x_train), L.x_train)) << name;
+    }
+    // Gradients on a signed tensor that saturates somewhere.
+    fq::ActQuantizer g(spec, false);
+    const float step = 0.01f;
+    g.set_grid(step, 0.f);
+    torch::manual_seed(3);
+    auto x = (torch::randn({4, 50}) * step * maxv * 0.7).requires_grad_(true);
+    auto up = torch::randn({4, 50});
+    (g.forward(x) * up).sum().backward();
+    auto v = x.detach() / step;
+    auto qv = lv.nearest(v);
+    auto in = v.abs() <= maxv;
+    const double gs = 1.0 / std::sqrt(200.0 * maxv);
+    const double expect = (torch::where(in, qv - v, qv) * up).sum().item<double>() * gs;
+    EXPECT_NEAR(g.parameters().at(0).grad().item<double>(), expect, 1e-4 * std::abs(expect) + 1e-6) << name;
+    EXPECT_TRUE(torch::allclose(x.grad(), up * in.to(torch::kFloat))) << name;
+    EXPECT_GT((~in).sum().item<int64_t>(), 0) << name << ": no saturated value, the bound path is untested";
+    // Per-token: each row's largest magnitude maps to the largest level.
+    fq::ActQuantSpec pt = spec;
+    pt.per_token = true;
+    fq::ActQuantizer p(pt, false);
+    torch::NoGradGuard ng;
+    auto rows = torch::randn({8, 64});
+    auto y = p.forward(rows);
+    EXPECT_TRUE(torch::allclose(y.abs().amax(-1), rows.abs().amax(-1), 1e-6, 0)) << name;
   }
 }
