@@ -6,13 +6,15 @@
 # llama-quantize's reference rounding), then RTN / GPTQ / AdaRound / FlexRound learned on the type's exact grid
 # (uint<b> symmetric, groups of 32, fp16 scales) and written from their codes. ffn_down rows (172) fit no 32-block:
 # llama.cpp's RTN writes them f16, flexquant's quantized rows f32 (exact); the sizes column shows the cost.
-# Usage: bench/run_gguf.sh [build-dir] [iters] [row ...]   rows: ref q4_0 q5_0 q8_0 (default all); "table" only
+# "imatrix": llama.cpp's own quantizer (libggml) with importance matrices computed as its imatrix tool does (mean
+# squared layer inputs over the same 512 x 256 calibration tokens), for every type.
+# Usage: bench/run_gguf.sh [build-dir] [iters] [row ...]   rows: ref q4_0 q5_0 q8_0 imatrix (default all); "table" only
 # reassembles out/bench_gguf/table.md from finished rows (rows may run as parallel processes, FLEXQUANT_ARGS="--threads 1").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 BUILD=${1:-build-bench}; ITERS=${2:-5000}; shift 2 || true
-ROWS=${*:-ref q4_0 q5_0 q8_0}
+ROWS=${*:-ref q4_0 q5_0 q8_0 imatrix}
 SHARED=${FLEXQUANT_SHARED:-../shared}
 OUT=out/bench_gguf; mkdir -p "$OUT"
 MODEL=$SHARED/data/lm/stories260K.bin
@@ -25,19 +27,26 @@ T="${FLEXQUANT_ARGS:-}"
 
 # judge ROW LABEL FILE: one table line with flexquant's and llama.cpp's perplexity of FILE and its size.
 judge() {
-  local row=$1 label=$2 file=$3 fq lc
-  bench_run "$OUT/$row.$label.fq.cmd" "$OUT/$row.$label.fq.log" $BENCH_BIN $T eval --model "$file" $DATA
-  bench_run "$OUT/$row.$label.lc.cmd" "$OUT/$row.$label.lc.log" $BENCH_BIN $T eval --model "$file" $DATA --runtime llama.cpp
-  fq=$(sed -n 's/^flexquant perplexity = //p' "$OUT/$row.$label.fq.log")
-  lc=$(sed -n 's/^llama.cpp perplexity = //p' "$OUT/$row.$label.lc.log")
-  echo "| $row | $label | $fq | $lc | $(stat -c %s "$file") |" >> "$OUT/$row.md"
+  local row=$1 label=$2 file=$3 type=${4:-$1} fq lc
+  bench_run "$OUT/$row.$type.$label.fq.cmd" "$OUT/$row.$type.$label.fq.log" $BENCH_BIN $T eval --model "$file" $DATA
+  bench_run "$OUT/$row.$type.$label.lc.cmd" "$OUT/$row.$type.$label.lc.log" $BENCH_BIN $T eval --model "$file" $DATA --runtime llama.cpp
+  fq=$(sed -n 's/^flexquant perplexity = //p' "$OUT/$row.$type.$label.fq.log")
+  lc=$(sed -n 's/^llama.cpp perplexity = //p' "$OUT/$row.$type.$label.lc.log")
+  echo "| $type | $label | $fq | $lc | $(stat -c %s "$file") |" >> "$OUT/$row.md"
 }
 
 for row in $ROWS; do
   [[ $row == table ]] && continue  # only (re)assemble the table from finished rows
   rm -f "$OUT/$row.md" "$OUT/$row.cmd"
   mkdir -p "$OUT/$row"
-  if [[ $row == ref ]]; then
+  if [[ $row == imatrix ]]; then
+    for t in q4_0 q5_0 q8_0; do
+      bench_run "$OUT/imatrix.$t.export.cmd" "$OUT/imatrix.$t.export.log" $BENCH_BIN $T export --model "$MODEL" --type $t \
+        --quantizer llama.cpp --imatrix-data $SHARED/data/lm/tinystories_valid_first.txt --imatrix-samples 512 \
+        --imatrix-paragraphs 2000 --out "$OUT/imatrix/$t.gguf"
+      judge imatrix "llama.cpp imatrix" "$OUT/imatrix/$t.gguf" $t
+    done
+  elif [[ $row == ref ]]; then
     for t in f32 f16 q4_1 q5_1; do
       bench_run "$OUT/ref.$t.export.cmd" "$OUT/ref.$t.export.log" $BENCH_BIN export --model "$MODEL" --type $t --out "$OUT/ref/$t.gguf"
       judge ref "llama.cpp $t" "$OUT/ref/$t.gguf"
@@ -57,8 +66,14 @@ done
 {
   echo "| type | method | flexquant perplexity | llama.cpp perplexity | file bytes |"
   echo "|---|---|---|---|---|"
-  for row in ref q4_0 q5_0 q8_0; do [[ -f "$OUT/$row.md" ]] && cat "$OUT/$row.md"; done
+  [[ -f "$OUT/ref.md" ]] && cat "$OUT/ref.md"
+  for row in q4_0 q5_0 q8_0; do
+    [[ -f "$OUT/$row.md" ]] && head -1 "$OUT/$row.md"
+    [[ -f "$OUT/imatrix.md" ]] && grep "^| $row |" "$OUT/imatrix.md"
+    [[ -f "$OUT/$row.md" ]] && tail -n +2 "$OUT/$row.md"
+  done
   echo; echo "Commands (start date, provenance, command):"; echo
-  for row in ref q4_0 q5_0 q8_0; do [[ -f "$OUT/$row.cmd" ]] && cat "$OUT/$row.cmd"; done
+  for row in ref q4_0 q5_0 q8_0 imatrix; do [[ -f "$OUT/$row.cmd" ]] && cat "$OUT/$row.cmd"; done
+  true
 } > "$OUT/table.md"
 cat "$OUT/table.md"
