@@ -898,8 +898,10 @@ TEST(ActQuantizer, MinifloatGridOnRealActivations) {
       EXPECT_TRUE(torch::allclose(lv.nearest(r), r, 1e-5, 1e-6)) << name << ": outputs off the grid";
       fq::ActQuantizer mx(spec, true);
       mx.set_grid(static_cast<float>(L.x_train.abs().max().item<double>() / maxv), 0.f);
-      // The search includes max-scaling (its first candidate), so it is never worse on the data it saw.
-      EXPECT_LE(fq::lp_error(q.forward(L.x_train), L.x_train), fq::lp_error(mx.forward(L.x_train), L.x_train)) << name;
+      // The search includes max-scaling (its first candidate) but scores a strided subsample, so on all the data it
+      // saw it is at worst within a hair of max-scaling.
+      EXPECT_LE(fq::lp_error(q.forward(L.x_train), L.x_train), 1.01 * fq::lp_error(mx.forward(L.x_train), L.x_train))
+          << name;
     }
     // Gradients on a signed tensor that saturates somewhere.
     fq::ActQuantizer g(spec, false);
