@@ -1,5 +1,6 @@
 // `flexquant onnx`: an ONNX model through flexquant's executor beside ONNX Runtime, and the ONNX backend node tests
 // per op. Thin wrapper over include/flexquant/onnx.h and onnxruntime.h.
+#include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <torch/torch.h>
 
@@ -22,7 +23,8 @@ struct OnnxCmd {
   int64_t skip = 1024, limit = 0, batch = 500;
 
   void run() {
-    std::cout << "flexquant: " << version() << " built from " << build_commit() << "\n";
+    std::cout << "flexquant: " << version() << " built from " << build_commit() << ", " << at::get_num_threads()
+              << " threads\n";
     if (!conformance.empty()) return run_conformance();
     FQ_CHECK(!model.empty() && !data.empty(), ConfigError, "pass --model M.onnx --data cifar10:<dir>, or --conformance <dir>");
     OnnxGraph g = OnnxGraph::load(model);
