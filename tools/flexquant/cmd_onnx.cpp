@@ -52,7 +52,7 @@ struct OnnxCmd {
     std::vector<std::string> failures;
     int passed = 0;
     for (const auto& r : results) {
-      auto& c = per_op[r.op.empty() ? "(failed at load)" : r.op];
+      auto& c = per_op[r.op.empty() ? "(several ops, or failed at load)" : r.op];
       c.second += 1;
       c.first += r.passed;
       passed += r.passed;
