@@ -83,3 +83,34 @@ TEST(CliQuantize, BadInputGetsClearErrors) {
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("--eval-skip -5 -> allowed >= 0"), std::string::npos) << r.out;
 }
+
+// The GGUF path through the binary: an .fqz on Q8_0's grid exported with `flexquant export`, then evaluated from the
+// .gguf by flexquant (the same perplexity as the .fqz: the blocks hold the evaluated codes) and by llama.cpp.
+TEST(CliExport, FqzToGgufThenEvalByFlexquantAndLlamaCpp) {
+  const auto dir = std::filesystem::temp_directory_path();
+  const std::string fqz = (dir / "fq_cli_q8.fqz").string(), gguf = (dir / "fq_cli_q8.gguf").string();
+  const std::string common = " --data " + shared_path("data/lm/tinystories_valid_first.txt") + " --eval-limit 3000";
+  auto q = run_cli("--threads 1 quantize --model " + shared_path("data/lm/stories260K.bin") +
+                   " --recipe recipes/llm-flexround-q4_0.json --set weight.bits=8 --recon.iters 10 --calib.samples 8"
+                   " --out " + fqz + common);
+  ASSERT_EQ(q.code, 0) << q.out;
+  auto x = run_cli("export --model " + fqz + " --to gguf --out " + gguf);
+  ASSERT_EQ(x.code, 0) << x.out;
+  EXPECT_NE(x.out.find("blk.0.attn_q.weight"), std::string::npos) << x.out;
+  EXPECT_NE(x.out.find("q8_0"), std::string::npos) << x.out;
+  auto e_fqz = run_cli("--threads 1 eval --model " + fqz + common);
+  auto e_fq = run_cli("--threads 1 eval --model " + gguf + common);
+  auto e_lc = run_cli("--threads 1 eval --model " + gguf + common + " --runtime llama.cpp");
+  ASSERT_EQ(e_fq.code, 0) << e_fq.out;
+  ASSERT_EQ(e_lc.code, 0) << e_lc.out;
+  const double p_fqz = number_after(e_fqz.out, "perplexity"), p_fq = number_after(e_fq.out, "flexquant perplexity"),
+               p_lc = number_after(e_lc.out, "llama.cpp perplexity");
+  EXPECT_GT(p_fq, 0);
+  EXPECT_LT(std::abs(p_fq / p_fqz - 1), 1e-3) << e_fq.out << e_fqz.out;  // ffn_down: f16 fallback
+  EXPECT_LT(std::abs(p_lc / p_fq - 1), 0.01) << e_lc.out;
+  auto bad = run_cli("export --model " + fqz + " --to onnx --out " + gguf);
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  EXPECT_NE(bad.out.find("gguf"), std::string::npos) << bad.out;
+  std::filesystem::remove(fqz);
+  std::filesystem::remove(gguf);
+}
