@@ -47,7 +47,9 @@ std::vector<float> ggml_dequantize(GgmlType t, const uint8_t* data, int64_t rows
 /// The flexquant weight grid that is exactly type t (uint<b> symmetric, per group of 32, fp16 scales);
 /// nullopt for F32/F16 and the types with a free minimum (Q4_1, Q5_1).
 std::optional<WeightQuantSpec> ggml_weight_spec(GgmlType t);
-/// Why q is not on type t's grid ("" when it is): a named mismatch of format, symmetry, group or scale storage.
+/// Why a spec is not type t's grid ("" when it is), naming the recipe setting that fixes it.
+std::string ggml_spec_mismatch(GgmlType t, const WeightQuantSpec& spec);
+/// Why q is not on type t's grid ("" when it is): its spec (ggml_spec_mismatch), whole 32-weight groups, half scales.
 std::string ggml_grid_mismatch(GgmlType t, const QuantizedTensor& q);
 /// Packs a hardened weight [rows, n] that is on type t's grid into t's blocks. Checks that the packed bytes
 /// dequantize to q.dequantize() bit for bit; ConfigError naming `what` otherwise.

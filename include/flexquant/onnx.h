@@ -63,6 +63,11 @@ struct OnnxCaseResult {
 /// Runs every case under `root` whose model uses only supported ops; float outputs must match within
 /// |a - b| <= 1e-4 + 1e-4 |b| (integer and bool outputs exactly). Cases with an unsupported op are not listed.
 std::vector<OnnxCaseResult> onnx_node_conformance(const std::string& root);
+/// Passed and total cases per op; cases without a single op go under "(several ops, or failed at load)".
+struct OnnxOpCount {
+  int passed = 0, total = 0;
+};
+std::map<std::string, OnnxOpCount> onnx_conformance_by_op(const std::vector<OnnxCaseResult>& results);
 
 /// Every op the executor runs, sorted.
 std::vector<std::string> onnx_supported_ops();

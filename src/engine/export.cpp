@@ -13,10 +13,6 @@ namespace fs = std::filesystem;
 
 namespace {
 bool has_ext(const std::string& p, const char* ext) { return fs::path(p).extension() == ext; }
-
-std::unique_ptr<LlamaModel> load_fp(const std::string& path) {
-  return has_ext(path, ".gguf") ? load_llama_gguf(path) : load_language_model(path);
-}
 }  // namespace
 
 LoadedLanguageModel load_language_model_any(const std::string& path, const std::string& tokenizer) {
@@ -25,15 +21,9 @@ LoadedLanguageModel load_language_model_any(const std::string& path, const std::
   m.source = has_ext(path, ".fqz") ? read_qmodel_info(path).source_model : path;
   FQ_CHECK(fs::exists(m.source), IoError, "\"", path, "\" was quantized from \"", m.source,
            "\", which does not exist here -> put the source model back at that path");
-  m.model = load_fp(m.source);
+  m.model = load_llama_any(m.source);
   if (has_ext(path, ".fqz")) load_qmodel(path, *m.model, m.state);
-  if (!tokenizer.empty()) m.tokenizer = Tokenizer::load(tokenizer);
-  else if (has_ext(m.source, ".gguf")) m.tokenizer = load_gguf_tokenizer(m.source);
-  else {
-    const std::string tok = (fs::path(m.source).parent_path() / "tok512.bin").string();
-    FQ_CHECK(fs::exists(tok), IoError, "no tokenizer given and \"", tok, "\" does not exist -> pass --tokenizer");
-    m.tokenizer = Tokenizer::load(tok);
-  }
+  m.tokenizer = load_model_tokenizer(m.source, tokenizer);
   return m;
 }
 

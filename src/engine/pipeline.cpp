@@ -79,17 +79,10 @@ class LanguageTask : public Task {
     FQ_CHECK(!w.data.empty(), ConfigError, "no text for calibration/evaluation: pass --data <text file>, e.g. "
              "../shared/data/lm/tinystories_valid_first.txt");
     FQ_CHECK(fs::exists(w.data), IoError, "text file \"", w.data, "\" does not exist");
-    std::string tok = w.tokenizer;
-    if (tok.empty() && is_gguf(w.model)) {
-      tok_ = std::make_unique<Tokenizer>(load_gguf_tokenizer(w.model));
-    } else {
-      if (tok.empty()) tok = (fs::path(w.model).parent_path() / "tok512.bin").string();
-      FQ_CHECK(fs::exists(tok), IoError, "tokenizer \"", tok, "\" does not exist; pass --tokenizer <tok512.bin>");
-      tok_ = std::make_unique<Tokenizer>(Tokenizer::load(tok));
-    }
-    max_seq_len_ = load_llama().get()->config().max_seq_len;
+    tok_ = std::make_unique<Tokenizer>(load_model_tokenizer(w.model, w.tokenizer));
+    max_seq_len_ = load_llama_any(w.model)->config().max_seq_len;
   }
-  std::unique_ptr<ModelAdapter> load_model() const override { return load_llama(); }
+  std::unique_ptr<ModelAdapter> load_model() const override { return load_llama_any(workload_.model); }
   torch::Tensor calibration(const Recipe& r) const override {
     CalibSpec s;
     s.n = r.calib_samples;
@@ -123,7 +116,7 @@ class LanguageTask : public Task {
   }
   int64_t save(ModelAdapter& model, const QuantState& state, const QModelInfo& info, const Recipe& r,
                const std::string& path) const override {
-    if (fs::path(path).extension() != ".gguf") return Task::save(model, state, info, r, path);
+    if (!is_gguf(path)) return Task::save(model, state, info, r, path);
     GgufExportOptions o;
     o.type = gguf_type_for(r.weight_spec());
     o.name = fs::path(workload_.model).stem().string() + " " + recipe_label(r);
@@ -138,9 +131,6 @@ class LanguageTask : public Task {
   }
 
  private:
-  std::unique_ptr<LlamaModel> load_llama() const {
-    return is_gguf(workload_.model) ? load_llama_gguf(workload_.model) : load_language_model(workload_.model);
-  }
   std::unique_ptr<Tokenizer> tok_;
   int64_t max_seq_len_ = 512;
 };

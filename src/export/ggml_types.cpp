@@ -238,29 +238,38 @@ std::optional<WeightQuantSpec> ggml_weight_spec(GgmlType t) {
   return s;
 }
 
-std::string ggml_grid_mismatch(GgmlType t, const QuantizedTensor& q) {
+std::string ggml_spec_mismatch(GgmlType t, const WeightQuantSpec& s) {
   const auto spec = ggml_weight_spec(t);
   const std::string tn = ggml_type_info(t).name;
   if (!spec) return tn + " has no flexquant grid (its minimum is a free fp16 value): export it from FP weights";
-  const WeightQuantSpec& s = q.spec;
   if (!s.integer() || s.bits() != spec->bits())
     return fmt::format("the weight is on {} but {} needs {}", s.format.name(), tn, spec->format.name());
   if (!s.symmetric) return tn + " has no zero point: quantize with weight.symmetric=true";
-  if (s.granularity != Granularity::PerGroup || std::min<int64_t>(s.group_size, q.codes.size(2)) != kQK ||
-      q.codes.size(2) != kQK)
+  if (s.granularity != Granularity::PerGroup || s.group_size != kQK)
     return tn + " needs one scale per 32 weights: quantize with weight.granularity=group weight.group_size=32";
-  if (!torch::equal(stored_scale(q.qparams.scale, *spec), q.qparams.scale))
-    return tn + " stores half scales: quantize with weight.scale_dtype=fp16";
+  if (!s.scale_fp16) return tn + " stores half scales: quantize with weight.scale_dtype=fp16";
+  return "";
+}
+
+std::string ggml_grid_mismatch(GgmlType t, const QuantizedTensor& q) {
+  std::string why = ggml_spec_mismatch(t, q.spec);
+  if (!why.empty()) return why;
+  const std::string tn = ggml_type_info(t).name;
+  // The spec caps the group at the row length: a row shorter than 32 has one shorter group, no block.
+  if (q.codes.size(2) != kQK) return tn + " needs rows of whole 32-weight blocks: use f16 or f32 for this tensor";
+  if (!torch::equal(stored_scale(q.qparams.scale, q.spec), q.qparams.scale))
+    return tn + " stores half scales, and these scales are not all halves";
   return "";
 }
 
 std::vector<uint8_t> ggml_pack(GgmlType t, const QuantizedTensor& q, const std::string& what) {
   const std::string why = ggml_grid_mismatch(t, q);
   FQ_CHECK(why.empty(), ConfigError, what, " cannot be written as ", ggml_type_info(t).name, ": ", why);
+  torch::Tensor want = q.dequantize().to(torch::kCPU, torch::kFloat).contiguous().reshape({-1});
   const int64_t rows = q.shape.at(0);
   const int64_t n = q.codes.numel() / rows;
-  FQ_CHECK(n * rows == static_cast<int64_t>(q.dequantize().numel()), ConfigError, what, ": rows of ",
-           q.dequantize().numel() / rows, " weights do not fill whole blocks of 32 -> hint: use f32 for this tensor");
+  FQ_CHECK(n * rows == want.numel(), ConfigError, what, ": rows of ", want.numel() / rows,
+           " weights do not fill whole blocks of 32 -> hint: use f32 for this tensor");
   torch::Tensor codes = q.codes.to(torch::kCPU).contiguous();
   torch::Tensor scale = q.qparams.scale.to(torch::kCPU, torch::kFloat).contiguous();
   std::vector<uint8_t> out(static_cast<size_t>(rows * ggml_row_bytes(t, n)));
@@ -269,7 +278,6 @@ std::vector<uint8_t> ggml_pack(GgmlType t, const QuantizedTensor& q, const std::
   const float* sc = scale.data_ptr<float>();
   for (int64_t b = 0; b < rows * n / kQK; ++b) write_block(t, out.data() + b * bytes, to_half_bits(sc[b]), 0, c + b * kQK);
   auto back = ggml_dequantize(t, out.data(), rows, n);
-  torch::Tensor want = q.dequantize().to(torch::kCPU, torch::kFloat).contiguous().reshape({-1});
   FQ_CHECK(std::memcmp(back.data(), want.data_ptr<float>(), back.size() * 4) == 0, InternalError, what,
            ": packed ", ggml_type_info(t).name, " blocks do not dequantize to the evaluated weights bit for bit");
   return out;

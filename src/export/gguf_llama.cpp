@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include <filesystem>
 #include <regex>
 
 #include "flexquant/error.h"
@@ -175,12 +176,8 @@ std::string gguf_tensor_name(const std::string& n) {
 }
 
 GgmlType gguf_type_for(const WeightQuantSpec& spec) {
-  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0}) {
-    const WeightQuantSpec g = *ggml_weight_spec(t);
-    if (spec.integer() && spec.bits() == g.bits() && spec.symmetric && spec.granularity == Granularity::PerGroup &&
-        spec.group_size == 32 && spec.scale_fp16)
-      return t;
-  }
+  for (const GgmlTypeInfo& t : ggml_types())
+    if (ggml_spec_mismatch(t.type, spec).empty()) return t.type;
   throw ConfigError(fmt::format(
       "the recipe's weight grid ({}, {}, group {}, {} scales) is not a GGUF block type -> for q4_0 / q5_0 / q8_0 "
       "use weight.bits=4|5|8 weight.symmetric=true weight.granularity=group weight.group_size=32 "
@@ -242,6 +239,22 @@ std::unique_ptr<LlamaModel> load_llama_gguf(const std::string& path) {
   }
   model->source = path;
   return model;
+}
+
+namespace {
+bool is_gguf(const std::string& path) { return std::filesystem::path(path).extension() == ".gguf"; }
+}  // namespace
+
+std::unique_ptr<LlamaModel> load_llama_any(const std::string& path) {
+  return is_gguf(path) ? load_llama_gguf(path) : load_language_model(path);
+}
+
+Tokenizer load_model_tokenizer(const std::string& model_path, const std::string& tokenizer) {
+  if (tokenizer.empty() && is_gguf(model_path)) return load_gguf_tokenizer(model_path);
+  const std::string tok =
+      tokenizer.empty() ? (std::filesystem::path(model_path).parent_path() / "tok512.bin").string() : tokenizer;
+  FQ_CHECK(std::filesystem::exists(tok), IoError, "tokenizer \"", tok, "\" does not exist; pass --tokenizer <tok512.bin>");
+  return Tokenizer::load(tok);
 }
 
 Tokenizer load_gguf_tokenizer(const std::string& path) {

@@ -81,4 +81,14 @@ std::vector<OnnxCaseResult> onnx_node_conformance(const std::string& root) {
   return out;
 }
 
+std::map<std::string, OnnxOpCount> onnx_conformance_by_op(const std::vector<OnnxCaseResult>& results) {
+  std::map<std::string, OnnxOpCount> per_op;
+  for (const auto& r : results) {
+    auto& c = per_op[r.op.empty() ? "(several ops, or failed at load)" : r.op];
+    c.total += 1;
+    c.passed += r.passed;
+  }
+  return per_op;
+}
+
 }  // namespace flexquant

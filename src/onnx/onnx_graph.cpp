@@ -18,8 +18,7 @@ namespace {
 template <class T>
 torch::Tensor from_vector(const T& field, torch::ScalarType st, const std::vector<int64_t>& shape) {
   std::vector<typename T::value_type> v(field.begin(), field.end());
-  auto t = torch::tensor(v.empty() ? std::vector<typename T::value_type>{} : v);
-  return t.to(st).reshape(shape).clone();
+  return torch::tensor(v).to(st).reshape(shape).clone();
 }
 
 }  // namespace

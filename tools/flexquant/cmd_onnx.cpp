@@ -48,18 +48,15 @@ struct OnnxCmd {
 
   void run_conformance() {
     auto results = onnx_node_conformance(conformance);
-    std::map<std::string, std::pair<int, int>> per_op;
-    std::vector<std::string> failures;
+    const auto per_op = onnx_conformance_by_op(results);
     int passed = 0;
+    std::vector<std::string> failures;
     for (const auto& r : results) {
-      auto& c = per_op[r.op.empty() ? "(several ops, or failed at load)" : r.op];
-      c.second += 1;
-      c.first += r.passed;
       passed += r.passed;
       if (!r.passed) failures.push_back(r.case_name + ": " + r.message.substr(0, 140));
     }
     std::cout << "| op | cases passed |\n|---|---|\n";
-    for (const auto& [op, c] : per_op) std::cout << fmt::format("| {} | {}/{} |\n", op, c.first, c.second);
+    for (const auto& [op, c] : per_op) std::cout << fmt::format("| {} | {}/{} |\n", op, c.passed, c.total);
     std::cout << fmt::format("\n{} of {} cases pass. Failures:\n\n", passed, results.size());
     for (const auto& f : failures) std::cout << "- " << f << "\n";
   }
