@@ -32,7 +32,7 @@ struct QuantLayer {
   LayerKind kind = LayerKind::Linear;
   torch::Tensor weight;
   torch::Tensor bias;  ///< undefined when the layer has none
-  int64_t stride = 1, padding = 0, groups = 1;  ///< Conv2d only
+  int64_t stride = 1, padding = 0, groups = 1, dilation = 1;  ///< Conv2d only (square; asymmetric pads come pre-applied)
   LayerRole role = LayerRole::Hidden;
 
   /// Apply this layer with the given weight (same shape as `weight`).

@@ -3,6 +3,7 @@
 #pragma once
 #include <torch/types.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,7 +24,7 @@ struct Normalization {
 
 /// A labelled image set held in memory.
 struct ImageDataset {
-  std::string name;       ///< "cifar10" or "fashion-mnist"
+  std::string name;       ///< "cifar10", "fashion-mnist", "images" or "npy"
   std::string source;     ///< where it came from (files), for reports
   torch::Tensor images;   ///< float32 [N, C, H, W], normalised
   torch::Tensor labels;   ///< int64 [N], in [0, num_classes)
@@ -62,17 +63,45 @@ struct DatasetSplit {
 /// evaluation: disjoint by construction. ConfigError if the count is out of range.
 DatasetSplit split_calibration(const ImageDataset& data, int64_t calibration_count = 1024);
 
+/// How raw pixels become model inputs, for image folders and uint8 .npy arrays (and the normalisation of
+/// CIFAR-10 / Fashion-MNIST when given): resize the shorter side (bilinear, antialiased), centre-crop, put the
+/// channels in `channel_order`, then x' = (x * scale - mean[c]) / std[c].
+struct ImagePreprocess {
+  int64_t resize = 0;   ///< shorter side to this many pixels; 0 = keep
+  int64_t crop = 0;     ///< centre crop to crop x crop; 0 = none
+  double scale = 1.0 / 255;
+  std::optional<Normalization> norm;  ///< unset: the dataset's own (CIFAR-10/image folders: ImageNet's; Fashion-MNIST: its own)
+  std::string channel_order = "rgb";  ///< "rgb" | "bgr" (the model's expected order)
+  bool is_default() const { return resize == 0 && crop == 0 && scale == 1.0 / 255 && !norm && channel_order == "rgb"; }
+};
+
+/// An image folder, one subfolder per class (classes in name order are labels 0..K-1; torchvision's
+/// ImageFolder convention), PNG / JPEG / BMP files decoded with stb_image (Debian libstb-dev). Records interleave
+/// the classes (record i is the (i / K)-th file of class i % K while every class has files left), so any prefix used
+/// for calibration mixes the classes. IoError naming the file for an unreadable image; ConfigError when images
+/// differ in size and no --resize/--crop makes them equal.
+ImageDataset load_image_folder(const std::string& dir, const ImagePreprocess& p = {});
+
+/// A NumPy .npy array (little-endian f4/f8/u1/i1/i4/i8, C order) as a tensor. IoError naming the file for a bad
+/// magic, header or dtype, or a size that does not match the file.
+torch::Tensor load_npy(const std::string& path);
+/// Images from .npy: float [N, C, H, W] already preprocessed (used as they are), or uint8 [N, H, W, C] / [N, C, H, W]
+/// (C in {1, 3}) preprocessed with `p`; labels from a .npy of integers or a text file with one integer per line.
+ImageDataset load_npy_images(const std::string& images, const std::string& labels, const ImagePreprocess& p = {});
+
 /// A parsed dataset spec "<scheme>:<path>".
 struct DatasetSpec {
-  std::string scheme;  ///< "cifar10" or "fashion-mnist"
-  std::string path;    ///< directory (or, for cifar10, a single record file)
+  std::string scheme;  ///< "cifar10", "fashion-mnist", "images" or "npy"
+  std::string path;    ///< directory (cifar10: or a single record file; npy: "<images.npy>,<labels>")
 };
 
 /// Valid dataset schemes, for help texts.
 std::vector<std::string> dataset_schemes();
-/// Parses "cifar10:<dir>" / "fashion-mnist:<dir>". ConfigError listing the valid schemes otherwise.
+/// Parses "cifar10:<dir>" / "fashion-mnist:<dir>" / "images:<dir>" / "npy:<images.npy>[,<labels>]" (labels default:
+/// labels.npy or labels.txt beside the images). ConfigError listing the valid schemes otherwise.
 DatasetSpec parse_dataset_spec(const std::string& spec);
-/// Parses and loads a spec with the dataset's default normalisation (Fashion-MNIST: the test split).
-ImageDataset load_dataset(const std::string& spec);
+/// Parses and loads a spec (Fashion-MNIST: the test split). CIFAR-10 and Fashion-MNIST take only `p.norm` (their
+/// images have one size); ConfigError for other preprocessing on them.
+ImageDataset load_dataset(const std::string& spec, const ImagePreprocess& p = {});
 
 }  // namespace flexquant

@@ -69,7 +69,7 @@ class HessianAccumulator {
 
  private:
   LayerKind kind_ = LayerKind::Linear;
-  int64_t cols_ = 0, kh_ = 1, kw_ = 1, stride_ = 1, padding_ = 0;
+  int64_t cols_ = 0, kh_ = 1, kw_ = 1, stride_ = 1, padding_ = 0, dilation_ = 1;
   int64_t n_ = 0;
   torch::Tensor h_;
 };

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "flexquant/adapter.h"
+#include "flexquant/datasets.h"
 #include "flexquant/qmodel.h"
 #include "flexquant/recipe.h"
 #include "flexquant/reconstruct.h"
@@ -15,15 +16,19 @@ namespace flexquant {
 
 /// What to quantize and on which data.
 struct Workload {
-  std::string model;          ///< CNN: .safetensors; LM: llama2.c .bin or a Hugging Face folder
-  std::string arch = "auto";  ///< resnet_cifar, resnet18, ..., llama; "auto": llama for .bin/folders
+  std::string model;          ///< CNN: .onnx or .safetensors; LM: llama2.c .bin, a Hugging Face folder or a .gguf
+  std::string arch = "auto";  ///< onnx, resnet_cifar, resnet18, ..., llama; "auto": onnx for .onnx, llama for LMs
   /// CNN: "cifar10:<dir>" | "fashion-mnist:<dir>". LM: a text file (paragraphs separated by blank lines).
   std::string data;
+  ImagePreprocess preprocess;  ///< CNN: how image folders / uint8 .npy pixels become inputs
   std::string tokenizer;      ///< LM: tok512.bin-style tokenizer; default: tok512.bin beside the model
   int64_t eval_limit = 0;     ///< CNN: at most this many evaluation images; LM: tokens (0 = all / 60000)
   /// Skip this many evaluation images / tokens first: a validation slice for choosing hyperparameters that
   /// leaves the reported test slice untouched (e.g. --eval-skip 60000 --eval-limit 60000 for an LM).
   int64_t eval_skip = 0;
+  /// CNN: images [0, eval_start) are the calibration pool, [eval_start, end) the evaluation set (1,024: the
+  /// papers' largest calibration set, so every method in one table is scored on the same images).
+  int64_t eval_start = 1024;
   int64_t calib_paragraphs = 200;  ///< LM: paragraphs [0, n) calibrate, [n, end) evaluate (disjoint)
 };
 
@@ -42,11 +47,11 @@ class Task {
   virtual bool higher_is_better() const = 0;
   virtual double evaluate(ModelAdapter& model, UnitContext& ctx) const = 0;
   /// Writes the quantized model: a .fqz (every task), or a runtime's format by the path's extension where the
-  /// task has one (language models: .gguf, the type from the recipe's grid). Returns the file size.
+  /// task has one (language models: .gguf, the type from the recipe's grid; ONNX image classifiers: QDQ .onnx). Returns the file size.
   virtual int64_t save(ModelAdapter& model, const QuantState& state, const QModelInfo& info, const Recipe& r,
                        const std::string& path) const;
   /// The metric of an exported file as the runtime users run it in computes it, on the same evaluation data
-  /// (language models: "llama.cpp" on a .gguf). ConfigError naming the runtimes this task has otherwise.
+  /// (language models: "llama.cpp" on a .gguf; image classifiers: "onnxruntime" on a .onnx). ConfigError naming the runtimes this task has otherwise.
   virtual double evaluate_in_runtime(const std::string& path, const std::string& runtime) const;
   const Workload& workload() const { return workload_; }
   std::string arch() const { return arch_; }

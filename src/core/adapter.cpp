@@ -7,7 +7,7 @@ namespace flexquant {
 
 torch::Tensor QuantLayer::apply(const torch::Tensor& x, const torch::Tensor& w) const {
   if (kind == LayerKind::Linear) return torch::nn::functional::linear(x, w, bias);
-  return torch::conv2d(x, w, bias, {stride, stride}, {padding, padding}, {1, 1}, groups);
+  return torch::conv2d(x, w, bias, {stride, stride}, {padding, padding}, {dilation, dilation}, groups);
 }
 
 torch::Tensor ModelAdapter::forward(const torch::Tensor& input, UnitContext& ctx) {

@@ -213,7 +213,7 @@ DatasetSplit split_calibration(const ImageDataset& data, int64_t calibration_cou
   return s;
 }
 
-std::vector<std::string> dataset_schemes() { return {"cifar10", "fashion-mnist"}; }
+std::vector<std::string> dataset_schemes() { return {"cifar10", "fashion-mnist", "images", "npy"}; }
 
 DatasetSpec parse_dataset_spec(const std::string& spec) {
   const auto colon = spec.find(':');
@@ -221,16 +221,40 @@ DatasetSpec parse_dataset_spec(const std::string& spec) {
   const auto schemes = dataset_schemes();
   const bool known = std::find(schemes.begin(), schemes.end(), scheme) != schemes.end();
   FQ_CHECK(known, ConfigError, "dataset spec \"", spec, "\" -> unknown scheme \"", scheme,
-           "\" -> valid: cifar10:<dir>, fashion-mnist:<dir> -> hint: e.g. cifar10:../shared/data/cifar10");
+           "\" -> valid: cifar10:<dir>, fashion-mnist:<dir>, images:<dir with one folder per class>, "
+           "npy:<images.npy>[,<labels.npy|.txt>] -> hint: e.g. cifar10:../shared/data/cifar10");
   DatasetSpec d{scheme, spec.substr(colon + 1)};
-  FQ_CHECK(!d.path.empty(), ConfigError, "dataset spec \"", spec, "\" has no path -> write ", scheme, ":<dir>");
+  FQ_CHECK(!d.path.empty(), ConfigError, "dataset spec \"", spec, "\" has no path -> write ", scheme, ":<path>");
   return d;
 }
 
-ImageDataset load_dataset(const std::string& spec) {
+namespace {
+// npy:<images>[,<labels>]: labels default to labels.npy / labels.txt beside the images.
+std::pair<std::string, std::string> npy_paths(const std::string& path) {
+  const auto comma = path.find(',');
+  if (comma != std::string::npos) return {path.substr(0, comma), path.substr(comma + 1)};
+  const fs::path dir = fs::path(path).parent_path();
+  for (const char* name : {"labels.npy", "labels.txt"})
+    if (fs::exists(dir / name)) return {path, (dir / name).string()};
+  throw ConfigError("npy:" + path + " has no labels: neither labels.npy nor labels.txt is beside it -> write "
+                    "npy:<images.npy>,<labels.npy or .txt>");
+}
+}  // namespace
+
+ImageDataset load_dataset(const std::string& spec, const ImagePreprocess& p) {
   const DatasetSpec d = parse_dataset_spec(spec);
+  const bool fixed_size = d.scheme == "cifar10" || d.scheme == "fashion-mnist";
+  FQ_CHECK(!fixed_size || (p.resize == 0 && p.crop == 0 && p.scale == 1.0 / 255 && p.channel_order == "rgb"), ConfigError,
+           d.scheme, " takes only --mean/--std; resize, crop, scale and channel order are for images: and npy: data");
   Stopwatch sw;
-  ImageDataset out = d.scheme == "cifar10" ? load_cifar10(d.path) : load_fashion_mnist(d.path, "test");
+  ImageDataset out;
+  if (d.scheme == "cifar10") out = load_cifar10(d.path, p.norm.value_or(Normalization::cifar10()));
+  else if (d.scheme == "fashion-mnist") out = load_fashion_mnist(d.path, "test", p.norm.value_or(Normalization::fashion_mnist()));
+  else if (d.scheme == "images") out = load_image_folder(d.path, p);
+  else {
+    auto [images, labels] = npy_paths(d.path);
+    out = load_npy_images(images, labels, p);
+  }
   log_debug(detail::concat("loaded ", out.name, " (", out.size(), " images) from ", out.source, " in ",
                            format_duration(sw.seconds())));
   return out;

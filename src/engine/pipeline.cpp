@@ -15,6 +15,9 @@
 #include "flexquant/llama.h"
 #include "flexquant/llamacpp.h"
 #include "flexquant/lm_eval.h"
+#include "flexquant/onnx_export.h"
+#include "flexquant/onnx_model.h"
+#include "flexquant/onnxruntime.h"
 #include "flexquant/runtime.h"
 #include "flexquant/smoothquant.h"
 #include "flexquant/tokenizer.h"
@@ -23,22 +26,33 @@ namespace flexquant {
 namespace fs = std::filesystem;
 namespace {
 
+bool has_extension(const std::string& p, const char* ext) { return fs::path(p).extension() == ext; }
+
 class ImageTask : public Task {
  public:
   explicit ImageTask(const Workload& w) {
     workload_ = w;
-    arch_ = w.arch;
+    arch_ = w.arch == "auto" && has_extension(w.model, ".onnx") ? "onnx" : w.arch;
     FQ_CHECK(arch_ != "auto", ConfigError, "--arch is required for \"", w.model,
-             "\": a safetensors file can hold any image classifier; valid: resnet_cifar, resnet18, resnet50, "
-             "mobilenet_v2, ...");
-    FQ_CHECK(!w.data.empty(), ConfigError, "no evaluation data: pass --data cifar10:<dir> (or fashion-mnist:<dir>)");
-    data_ = load_dataset(w.data);
-    load_image_classifier(w.model, arch_);  // validates the model file up front, before any work
+             "\": a safetensors file can hold any image classifier; valid: onnx (an .onnx file), resnet_cifar, resnet18, "
+             "resnet50, mobilenet_v2, ...");
+    FQ_CHECK(!w.data.empty(), ConfigError, "no evaluation data: pass --data cifar10:<dir> (or fashion-mnist:<dir>, "
+             "images:<dir>, npy:<images.npy>)");
+    data_ = load_dataset(w.data, w.preprocess);
+    eval_start_ = w.eval_start;
+    FQ_CHECK(eval_start_ >= 1 && eval_start_ < data_.size(), ConfigError, "--split ", eval_start_, " leaves ",
+             eval_start_ < 1 ? "no calibration" : "no evaluation", " images in ", w.data, " (", data_.size(),
+             " records) -> allowed 1..", data_.size() - 1);
+    load_model();  // validates the model file up front, before any work
   }
-  std::unique_ptr<ModelAdapter> load_model() const override { return load_image_classifier(workload_.model, arch_); }
+  std::unique_ptr<ModelAdapter> load_model() const override {
+    if (arch_ == "onnx") return OnnxModel::load(workload_.model);
+    return load_image_classifier(workload_.model, arch_);
+  }
   torch::Tensor calibration(const Recipe& r) const override {
     FQ_CHECK(r.calib_samples <= eval_start_, ConfigError, "calib.samples ", r.calib_samples,
-             " would overlap the evaluation images, which start at record ", eval_start_, "; use at most ", eval_start_);
+             " would overlap the evaluation images, which start at record ", eval_start_, "; use at most ", eval_start_,
+             " or move the split (--split)");
     return data_.images.slice(0, 0, r.calib_samples);
   }
   std::string calibration_description(const Recipe& r) const override {
@@ -54,6 +68,27 @@ class ImageTask : public Task {
     auto [b, e] = eval_range();
     return evaluate_classifier(model, data_.images.slice(0, b, e), data_.labels.slice(0, b, e), ctx).top1;
   }
+  int64_t save(ModelAdapter& model, const QuantState& state, const QModelInfo& info, const Recipe& r,
+               const std::string& path) const override {
+    if (!has_extension(path, ".onnx")) return Task::save(model, state, info, r, path);
+    FQ_CHECK(arch_ == "onnx", ConfigError, "QDQ ONNX is written from an ONNX source model; \"", workload_.model,
+             "\" is ", arch_, " safetensors -> quantize the model's .onnx export, or save an .fqz");
+    return export_qdq_onnx(workload_.model, model, state, path).bytes;
+  }
+  double evaluate_in_runtime(const std::string& path, const std::string& runtime) const override {
+    if (runtime != "onnxruntime") return Task::evaluate_in_runtime(path, runtime);
+    FQ_CHECK(has_extension(path, ".onnx"), ConfigError, "ONNX Runtime runs .onnx files; \"", path, "\" is not one -> "
+             "hint: flexquant quantize ... --out model.onnx");
+    auto [b, e] = eval_range();
+    int64_t correct = 0;
+    for (int64_t i = b; i < e; i += 1000) {
+      const int64_t j = std::min(e, i + 1000);
+      correct += (onnxruntime_run(path, data_.images.slice(0, i, j)).argmax(1) == data_.labels.slice(0, i, j))
+                     .sum().item<int64_t>();
+    }
+    return 100.0 * static_cast<double>(correct) / static_cast<double>(e - b);
+  }
+
  private:
   std::pair<int64_t, int64_t> eval_range() const {
     const int64_t b = eval_start_ + workload_.eval_skip;
@@ -64,12 +99,10 @@ class ImageTask : public Task {
     return {b, e};
   }
   ImageDataset data_;
-  // Evaluation always starts after the largest calibration set (1,024 images, the papers' setting), so
-  // every method in one table is scored on the same images.
   int64_t eval_start_ = 1024;
 };
 
-bool is_gguf(const std::string& p) { return fs::path(p).extension() == ".gguf"; }
+bool is_gguf(const std::string& p) { return has_extension(p, ".gguf"); }
 
 class LanguageTask : public Task {
  public:
@@ -208,7 +241,8 @@ int64_t Task::save(ModelAdapter& model, const QuantState& state, const QModelInf
 }
 
 double Task::evaluate_in_runtime(const std::string& path, const std::string& runtime) const {
-  throw ConfigError("no runtime \"" + runtime + "\" for " + arch_ + " models -> language models: llama.cpp (.gguf)");
+  throw ConfigError("no runtime \"" + runtime + "\" for " + arch_ + " models -> language models: llama.cpp (.gguf); "
+                    "image classifiers: onnxruntime (.onnx)");
 }
 
 double evaluate_fp(const Task& task) {

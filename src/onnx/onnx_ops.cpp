@@ -80,23 +80,6 @@ Outs gemm(const OnnxNode& n, const Ins& x, int64_t) {
   return {y};
 }
 
-// Explicit [begin_h, begin_w, end_h, end_w] pads of a 2-D window op, from pads or auto_pad (SAME_UPPER puts the
-// extra pad at the end, SAME_LOWER at the begin).
-std::vector<int64_t> window_pads(const OnnxNode& n, const torch::Tensor& X, const std::vector<int64_t>& k,
-                                 const std::vector<int64_t>& s, const std::vector<int64_t>& d) {
-  const std::string ap = n.attr_s("auto_pad", "NOTSET");
-  if (ap == "VALID") return {0, 0, 0, 0};
-  if (ap != "SAME_UPPER" && ap != "SAME_LOWER") return n.attr_ints("pads", {0, 0, 0, 0});
-  std::vector<int64_t> p(4);
-  for (int i = 0; i < 2; ++i) {
-    const int64_t size = X.size(2 + i), out = (size + s[i] - 1) / s[i];
-    const int64_t total = std::max<int64_t>(0, (out - 1) * s[i] + (k[i] - 1) * d[i] + 1 - size);
-    p[i] = ap == "SAME_UPPER" ? total / 2 : total - total / 2;
-    p[i + 2] = total - p[i];
-  }
-  return p;
-}
-
 // MaxPool / AveragePool (2-D): the input is padded explicitly (-inf / 0), so any pads and auto_pad work; averages
 // divide by the count of real (or, with count_include_pad, real and padded) elements in each window.
 Outs pool(const OnnxNode& n, const Ins& x, int64_t, bool max) {
@@ -106,7 +89,7 @@ Outs pool(const OnnxNode& n, const Ins& x, int64_t, bool max) {
   FQ_CHECK(k.size() == 2, ModelError, where(n), ": kernel_shape must have 2 values");
   auto s = n.attr_ints("strides", {1, 1});
   auto d = n.attr_ints("dilations", {1, 1});
-  auto p = window_pads(n, X, k, s, d);
+  auto p = onnx_window_pads(n, X, k, s, d);
   const bool ceil = n.attr_i("ceil_mode", 0) != 0;
   const std::vector<int64_t> tp = {p[1], p[3], p[0], p[2]};
   if (max) {
@@ -286,6 +269,35 @@ Outs clip(const OnnxNode& n, const Ins& x, int64_t opset) {
   return {X.clamp(n.attr_f("min", -std::numeric_limits<float>::max()), n.attr_f("max", std::numeric_limits<float>::max()))};
 }
 
+// QuantizeLinear / DequantizeLinear: scale and zero point are scalars, or 1-D along `axis` (opset 13).
+torch::Tensor along_axis(const torch::Tensor& p, const torch::Tensor& x, const OnnxNode& n) {
+  if (p.dim() == 0) return p;
+  int64_t axis = n.attr_i("axis", 1);
+  if (axis < 0) axis += x.dim();
+  FQ_CHECK(axis >= 0 && axis < x.dim() && p.dim() == 1 && p.numel() == x.size(axis), ModelError, where(n),
+           ": scale/zero point of ", p.numel(), " values for axis ", axis, " of an input of shape ", x.sizes());
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[axis] = p.numel();
+  return p.reshape(shape);
+}
+
+Outs quantize_linear(const OnnxNode& n, const Ins& x, int64_t) {
+  const torch::Tensor& X = in(n, x, 0);
+  torch::Tensor zp = x.size() > 2 && x[2].defined() ? x[2] : torch::zeros({}, torch::kUInt8);
+  FQ_CHECK(zp.scalar_type() == torch::kUInt8 || zp.scalar_type() == torch::kInt8, ModelError, where(n),
+           ": zero point type ", zp.scalar_type(), " -> supported: uint8, int8");
+  const bool u8 = zp.scalar_type() == torch::kUInt8;
+  auto q = torch::round(X.to(torch::kFloat) / along_axis(in(n, x, 1), X, n)) + along_axis(zp, X, n).to(torch::kFloat);
+  return Outs{q.clamp(u8 ? 0 : -128, u8 ? 255 : 127).to(zp.scalar_type())};
+}
+
+Outs dequantize_linear(const OnnxNode& n, const Ins& x, int64_t) {
+  const torch::Tensor& X = in(n, x, 0);
+  torch::Tensor v = X.to(torch::kFloat);
+  if (x.size() > 2 && x[2].defined()) v = v - along_axis(x[2], X, n).to(torch::kFloat);
+  return Outs{v * along_axis(in(n, x, 1), X, n)};
+}
+
 Outs range(const OnnxNode& n, const Ins& x, int64_t) {
   const torch::Tensor &s = in(n, x, 0), &l = in(n, x, 1), &d = in(n, x, 2);
   return {torch::arange(s.item(), l.item(), d.item(), s.options())};
@@ -346,11 +358,30 @@ const std::map<std::string, OpFn>& registry() {
       {"Cast", [](const OnnxNode& n, const Ins& x, int64_t) {
          return Outs{in(n, x, 0).to(onnx_dtype(static_cast<int32_t>(n.attr_i("to", 1)), where(n)))}; }},
       {"Range", range},
+      {"QuantizeLinear", quantize_linear},
+      {"DequantizeLinear", dequantize_linear},
   };
   return ops;
 }
 
 }  // namespace
+
+// Explicit [begin_h, begin_w, end_h, end_w] pads of a 2-D window op, from pads or auto_pad (SAME_UPPER puts the
+// extra pad at the end, SAME_LOWER at the begin).
+std::vector<int64_t> onnx_window_pads(const OnnxNode& n, const torch::Tensor& X, const std::vector<int64_t>& k,
+                                 const std::vector<int64_t>& s, const std::vector<int64_t>& d) {
+  const std::string ap = n.attr_s("auto_pad", "NOTSET");
+  if (ap == "VALID") return {0, 0, 0, 0};
+  if (ap != "SAME_UPPER" && ap != "SAME_LOWER") return n.attr_ints("pads", {0, 0, 0, 0});
+  std::vector<int64_t> p(4);
+  for (int i = 0; i < 2; ++i) {
+    const int64_t size = X.size(2 + i), out = (size + s[i] - 1) / s[i];
+    const int64_t total = std::max<int64_t>(0, (out - 1) * s[i] + (k[i] - 1) * d[i] + 1 - size);
+    p[i] = ap == "SAME_UPPER" ? total / 2 : total - total / 2;
+    p[i + 2] = total - p[i];
+  }
+  return p;
+}
 
 std::vector<std::string> onnx_supported_ops() {
   std::vector<std::string> out;

@@ -22,8 +22,11 @@ torch::Tensor onnxruntime_run(const std::string& model, const torch::Tensor& inp
   FQ_CHECK(fs::exists(dir / "node_modules" / "onnxruntime-node"), IoError, "ONNX Runtime (onnxruntime-node) is not "
            "installed in ", dir.string(), " -> run scripts/setup.sh (it runs npm ci there)");
   FQ_CHECK(fs::exists(model), IoError, "ONNX model \"", model, "\" does not exist");
-  const fs::path tmp = fs::temp_directory_path() / fmt::format("fq_ort_{}", static_cast<long>(::getpid()));
-  fs::create_directories(tmp);
+  // A fresh directory per call: concurrent runs (threads, processes) never share scratch files.
+  std::string templ = (fs::temp_directory_path() / "fq_ort_XXXXXX").string();
+  FQ_CHECK(::mkdtemp(templ.data()) != nullptr, IoError, "cannot create a scratch directory under ",
+           fs::temp_directory_path().string(), " for ONNX Runtime's input and output -> check TMPDIR");
+  const fs::path tmp = templ;
   torch::Tensor x = input.detach().to(torch::kCPU, torch::kFloat).contiguous();
   {
     std::ofstream f(tmp / "in.f32", std::ios::binary);

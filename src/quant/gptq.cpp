@@ -40,6 +40,7 @@ HessianAccumulator::HessianAccumulator(const QuantLayer& layer) : kind_(layer.ki
     kw_ = layer.weight.size(3);
     stride_ = layer.stride;
     padding_ = layer.padding;
+    dilation_ = layer.dilation;
   }
 }
 
@@ -52,7 +53,7 @@ void HessianAccumulator::add(const torch::Tensor& x) {
     namespace F = torch::nn::functional;
     // [B, Cin*kh*kw, L]; unfold's channel-major (c, ky, kx) order is weight.flatten(1)'s column order.
     torch::Tensor cols = F::unfold(x.to(torch::kFloat),
-                                   F::UnfoldFuncOptions({kh_, kw_}).padding(padding_).stride(stride_));
+                                   F::UnfoldFuncOptions({kh_, kw_}).padding(padding_).stride(stride_).dilation(dilation_));
     rows = cols.transpose(1, 2).reshape({-1, cols_});
   } else {
     FQ_CHECK(x.dim() >= 1 && x.size(-1) == cols_, ModelError, "HessianAccumulator: input shape ", x.sizes(),

@@ -18,11 +18,33 @@ namespace flexquant::cli {
 namespace {
 namespace fs = std::filesystem;
 
+// --mean/--std arrive as lists; the workload holds them as one optional Normalization.
+struct NormFlags {
+  std::vector<double> mean, std;
+};
+
+void add_preprocess(CLI::App& app, Workload& w) {
+  auto norm = std::make_shared<NormFlags>();
+  app.add_option("--resize", w.preprocess.resize, "Images: shorter side to N pixels (bilinear, antialiased)");
+  app.add_option("--crop", w.preprocess.crop, "Images: centre crop N x N after resizing");
+  app.add_option("--pixel-scale", w.preprocess.scale, "Images: pixel multiplier before mean/std (default 1/255)");
+  app.add_option("--mean", norm->mean, "Per-channel mean after scaling (default ImageNet's 0.485 0.456 0.406)");
+  app.add_option("--std", norm->std, "Per-channel std after scaling (default ImageNet's 0.229 0.224 0.225)");
+  app.add_option("--channel-order", w.preprocess.channel_order, "Images: rgb | bgr");
+  app.parse_complete_callback([norm, &w] {
+    FQ_CHECK(norm->mean.empty() == norm->std.empty(), ConfigError, "--mean and --std go together -> give both");
+    if (!norm->mean.empty()) w.preprocess.norm = Normalization{norm->mean, norm->std};
+  });
+}
+
 void add_workload(CLI::App& app, Workload& w, bool model_required = true) {
-  auto* m = app.add_option("--model", w.model, "Model: .safetensors (CNN), llama2.c .bin or HF folder (LM), or .fqz (eval)");
+  auto* m = app.add_option("--model", w.model, "Model: .onnx or .safetensors (CNN), llama2.c .bin, HF folder or .gguf (LM), or .fqz (eval)");
   if (model_required) m->required();
-  app.add_option("--arch", w.arch, "Architecture: resnet_cifar, resnet18, resnet50, mobilenet_v2, llama (auto for LMs)");
-  app.add_option("--data", w.data, "Data: cifar10:<dir>, fashion-mnist:<dir>, or a text file for LMs")->required();
+  app.add_option("--arch", w.arch, "Architecture: onnx, resnet_cifar, resnet18, resnet50, mobilenet_v2, llama (auto for .onnx and LMs)");
+  app.add_option("--data", w.data, "Data: cifar10:<dir>, fashion-mnist:<dir>, images:<dir>, npy:<images.npy>, or a text file for LMs")->required();
+  app.add_option("--split", w.eval_start, "CNN: records [0,N) are the calibration pool, [N,end) the evaluation set "
+                 "(default 1024)");
+  add_preprocess(app, w);
   app.add_option("--tokenizer", w.tokenizer, "LM tokenizer (default: tok512.bin beside the model)");
   app.add_option("--eval-limit", w.eval_limit, "Evaluate on at most N images (CNN) or tokens (LM; default 60000)");
   app.add_option("--eval-skip", w.eval_skip,
@@ -78,7 +100,8 @@ struct EvalCmd {
         std::cout << fmt::format("{} {} = {:.4f}\n", runtime, task->metric_name(), task->evaluate_in_runtime(w.model, runtime));
         return;
       }
-      const bool exported = fs::path(w.model).extension() == ".gguf";
+      const auto ext = fs::path(w.model).extension();
+      const bool exported = ext == ".gguf" || ext == ".onnx";
       std::cout << fmt::format("{} {} = {:.4f}\n", exported ? "flexquant" : "FP32", task->metric_name(), evaluate_fp(*task));
       return;
     }
@@ -156,7 +179,7 @@ const bool reg_quantize = register_command("quantize", "Quantize a model with a 
   auto c = std::make_shared<QuantizeCmd>();
   add_workload(app, c->w);
   c->flags.add_to(app);
-  app.add_option("--out", c->out, "Output quantized model: .fqz, or .gguf for a language model on a GGUF grid");
+  app.add_option("--out", c->out, "Output quantized model: .fqz, .gguf (a language model on a GGUF grid) or .onnx (QDQ, from an ONNX model)");
   app.add_flag("--dry-run", c->dry_run, "Resolve and print the plan; quantize nothing, write nothing");
   app.callback([c] { c->run(); });
 });
@@ -166,7 +189,7 @@ const bool reg_eval = register_command("eval", "Evaluate an FP model or a .fqz o
   auto c = std::make_shared<EvalCmd>();
   add_workload(app, c->w);
   app.add_option("--source", c->source, "FP model the .fqz was made from (default: the path stored in it)");
-  app.add_option("--runtime", c->runtime, "Who computes the metric: flexquant | llama.cpp (a .gguf, through node-llama-cpp)");
+  app.add_option("--runtime", c->runtime, "Who computes the metric: flexquant | llama.cpp (a .gguf, through node-llama-cpp) | onnxruntime (a .onnx)");
   app.callback([c] { c->run(); });
 });
 
@@ -176,8 +199,8 @@ const bool reg_compare = register_command("compare", "Run several recipes on one
   add_workload(app, c->w);
   c->flags.add_to(app, /*multiple_recipes=*/true);
   app.add_option("--out-dir", c->out_dir, "Save each quantized model here");
-  app.add_option("--out-format", c->out_format, "Format of the saved models: fqz | gguf (language models)")
-      ->check(CLI::IsMember({"fqz", "gguf"}));
+  app.add_option("--out-format", c->out_format, "Format of the saved models: fqz | gguf (language models) | onnx (QDQ, ONNX models)")
+      ->check(CLI::IsMember({"fqz", "gguf", "onnx"}));
   app.add_option("--markdown", c->markdown, "Also write the table to this file");
   app.callback([c] { c->run(); });
 });

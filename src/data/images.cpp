@@ -1,0 +1,243 @@
+// Data for any image model: image folders (stb_image from Debian libstb-dev) and NumPy .npy arrays, with the
+// preprocessing users give their own models (include/flexquant/datasets.h).
+#include <torch/nn/functional/upsampling.h>
+#include <torch/torch.h>
+
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_ONLY_PNG
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_BMP
+#define STBI_FAILURE_USERMSG
+#include <stb/stb_image.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "flexquant/datasets.h"
+#include "flexquant/error.h"
+
+namespace flexquant {
+namespace {
+namespace fs = std::filesystem;
+
+constexpr int64_t kMaxDatasetBytes = int64_t{8} << 30;  // float32 images held in memory
+
+Normalization default_norm(int64_t channels) {
+  return channels == 3 ? Normalization::cifar10() : Normalization{std::vector<double>(channels, 0.5), std::vector<double>(channels, 0.5)};
+}
+
+// [C, H, W] float pixels (0..255) -> resized, cropped, reordered, normalised.
+torch::Tensor preprocess(torch::Tensor x, const ImagePreprocess& p, const std::string& what) {
+  namespace F = torch::nn::functional;
+  if (p.resize > 0) {
+    const int64_t h = x.size(1), w = x.size(2), s = std::min(h, w);
+    const std::vector<int64_t> size{std::max<int64_t>(1, h * p.resize / s), std::max<int64_t>(1, w * p.resize / s)};
+    x = F::interpolate(x.unsqueeze(0), F::InterpolateFuncOptions().size(size).mode(torch::kBilinear)
+                                           .align_corners(false).antialias(true)).squeeze(0);
+  }
+  if (p.crop > 0) {
+    FQ_CHECK(x.size(1) >= p.crop && x.size(2) >= p.crop, ConfigError, what, " is ", x.size(1), "x", x.size(2),
+             " after resizing, smaller than --crop ", p.crop, " -> lower --crop or raise --resize");
+    const int64_t top = (x.size(1) - p.crop) / 2, left = (x.size(2) - p.crop) / 2;
+    x = x.slice(1, top, top + p.crop).slice(2, left, left + p.crop);
+  }
+  FQ_CHECK(p.channel_order == "rgb" || p.channel_order == "bgr", ConfigError, "--channel-order ", p.channel_order,
+           " -> allowed: rgb, bgr");
+  if (p.channel_order == "bgr" && x.size(0) == 3) x = x.flip(0);
+  const Normalization n = p.norm.value_or(default_norm(x.size(0)));
+  FQ_CHECK(static_cast<int64_t>(n.mean.size()) == x.size(0) && n.std.size() == n.mean.size(), ConfigError,
+           "--mean/--std give ", n.mean.size(), " and ", n.std.size(), " values for images of ", x.size(0),
+           " channels -> give one per channel");
+  for (double s : n.std) FQ_CHECK(s > 0, ConfigError, "--std ", s, " -> must be > 0");
+  auto mean = torch::tensor(n.mean, torch::kFloat).view({-1, 1, 1});
+  auto stdv = torch::tensor(n.std, torch::kFloat).view({-1, 1, 1});
+  return ((x * static_cast<float>(p.scale) - mean) / stdv).contiguous();
+}
+
+torch::Tensor stack_checked(const std::vector<torch::Tensor>& xs, const std::vector<std::string>& names) {
+  for (size_t i = 1; i < xs.size(); ++i)
+    FQ_CHECK(xs[i].sizes() == xs[0].sizes(), ConfigError, "\"", names[i], "\" gives an input of shape ", xs[i].sizes(),
+             " but \"", names[0], "\" gives ", xs[0].sizes(), " -> pass --resize and --crop so every image has one size");
+  return torch::stack(xs);
+}
+
+bool is_image_file(const fs::path& p) {
+  std::string e = p.extension().string();
+  std::transform(e.begin(), e.end(), e.begin(), ::tolower);
+  return e == ".png" || e == ".jpg" || e == ".jpeg" || e == ".bmp";
+}
+
+torch::Tensor decode_image(const std::string& path, int channels) {
+  int w = 0, h = 0, c = 0;
+  stbi_uc* px = stbi_load(path.c_str(), &w, &h, &c, channels);
+  FQ_CHECK(px != nullptr, IoError, "cannot decode image \"", path, "\": ", stbi_failure_reason(),
+           " -> supported: PNG, JPEG, BMP");
+  torch::Tensor t = torch::from_blob(px, {h, w, channels}, torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat);
+  stbi_image_free(px);
+  return t;
+}
+
+std::vector<std::string> read_npy_header(std::ifstream& in, const std::string& path, int64_t file_size, int64_t& data_at) {
+  char magic[8];
+  in.read(magic, 8);
+  FQ_CHECK(in.gcount() == 8 && std::memcmp(magic, "\x93NUMPY", 6) == 0, IoError, "\"", path,
+           "\" is not a NumPy .npy file (bad magic) -> save arrays with numpy.save");
+  const int major = static_cast<unsigned char>(magic[6]);
+  FQ_CHECK(major >= 1 && major <= 3, IoError, "\"", path, "\": .npy format version ", major, " -> supported 1-3");
+  uint32_t len = 0;
+  unsigned char b[4] = {0, 0, 0, 0};
+  in.read(reinterpret_cast<char*>(b), major == 1 ? 2 : 4);
+  len = b[0] | (b[1] << 8) | (uint32_t(b[2]) << 16) | (uint32_t(b[3]) << 24);
+  data_at = (major == 1 ? 10 : 12) + static_cast<int64_t>(len);
+  FQ_CHECK(in.good() && data_at <= file_size && len <= (1u << 20), IoError, "\"", path, "\": .npy header of ", len,
+           " bytes does not fit the file (", file_size, " bytes): truncated or corrupt");
+  std::string h(len, '\0');
+  in.read(h.data(), len);
+  std::smatch m;
+  const std::regex descr("'descr'\\s*:\\s*'([<>|=])([fiu])(\\d)'"), order("'fortran_order'\\s*:\\s*(True|False)"),
+      shape("'shape'\\s*:\\s*\\(([^)]*)\\)");
+  FQ_CHECK(std::regex_search(h, m, descr), IoError, "\"", path, "\": .npy header has no readable 'descr': ", h);
+  std::vector<std::string> out{m[1], m[2], m[3]};
+  FQ_CHECK(std::regex_search(h, m, order) && m[1] == "False", IoError, "\"", path,
+           "\" is in Fortran order -> save it C-contiguous (numpy.ascontiguousarray)");
+  FQ_CHECK(std::regex_search(h, m, shape), IoError, "\"", path, "\": .npy header has no readable 'shape': ", h);
+  out.push_back(m[1]);
+  return out;
+}
+
+}  // namespace
+
+torch::Tensor load_npy(const std::string& path) {
+  FQ_CHECK(fs::is_regular_file(path), IoError, ".npy file \"", path, "\" does not exist");
+  std::ifstream in(path, std::ios::binary);
+  const int64_t size = static_cast<int64_t>(fs::file_size(path));
+  int64_t data_at = 0;
+  auto h = read_npy_header(in, path, size, data_at);
+  const std::string &endian = h[0], &kind = h[1];
+  const int bytes = std::stoi(h[2]);
+  FQ_CHECK(endian != ">" || bytes == 1, IoError, "\"", path, "\" is big-endian -> save it little-endian");
+  torch::ScalarType t;
+  if (kind == "f" && bytes == 4) t = torch::kFloat;
+  else if (kind == "f" && bytes == 8) t = torch::kDouble;
+  else if (kind == "u" && bytes == 1) t = torch::kUInt8;
+  else if (kind == "i" && bytes == 1) t = torch::kInt8;
+  else if (kind == "i" && bytes == 4) t = torch::kInt;
+  else if (kind == "i" && bytes == 8) t = torch::kLong;
+  else throw IoError("\"" + path + "\": dtype " + kind + h[2] + " -> supported: float32/64, uint8, int8, int32, int64");
+  std::vector<int64_t> dims;
+  int64_t count = 1;
+  std::stringstream ss(h[3]);
+  for (std::string tok; std::getline(ss, tok, ',');) {
+    if (tok.find_first_not_of(" ") == std::string::npos) continue;
+    const int64_t d = std::stoll(tok);
+    FQ_CHECK(d >= 0 && (d == 0 || count <= (int64_t{1} << 40) / std::max<int64_t>(d, 1)), IoError, "\"", path,
+             "\": shape (", h[3], ") is out of range");
+    dims.push_back(d);
+    count *= d;
+  }
+  FQ_CHECK(data_at + count * bytes == size, IoError, "\"", path, "\": shape (", h[3], ") of ", bytes, "-byte values needs ",
+           count * bytes, " data bytes but the file holds ", size - data_at, ": truncated or corrupt");
+  torch::Tensor out = torch::empty(dims, t);
+  in.seekg(data_at);
+  in.read(static_cast<char*>(out.data_ptr()), count * bytes);
+  FQ_CHECK(in.good() || count == 0, IoError, "read error in \"", path, "\"");
+  return out;
+}
+
+ImageDataset load_image_folder(const std::string& dir, const ImagePreprocess& p) {
+  FQ_CHECK(fs::is_directory(dir), IoError, "image folder \"", dir, "\" does not exist -> pass images:<dir> with one "
+           "subfolder per class");
+  std::vector<fs::path> classes;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_directory()) classes.push_back(e.path());
+  std::sort(classes.begin(), classes.end());
+  FQ_CHECK(!classes.empty(), IoError, "image folder \"", dir, "\" has no class subfolders -> put each class's images "
+           "in <dir>/<class name>/");
+  std::vector<std::vector<fs::path>> files(classes.size());
+  for (size_t c = 0; c < classes.size(); ++c) {
+    for (const auto& e : fs::directory_iterator(classes[c]))
+      if (e.is_regular_file() && is_image_file(e.path())) files[c].push_back(e.path());
+    std::sort(files[c].begin(), files[c].end());
+  }
+  const int channels = p.norm && p.norm->mean.size() == 1 ? 1 : 3;
+  std::vector<torch::Tensor> xs;
+  std::vector<std::string> names;
+  std::vector<int64_t> labels;
+  for (size_t i = 0;; ++i) {  // interleave the classes
+    bool any = false;
+    for (size_t c = 0; c < classes.size(); ++c) {
+      if (i >= files[c].size()) continue;
+      any = true;
+      names.push_back(files[c][i].string());
+      xs.push_back(preprocess(decode_image(names.back(), channels), p, "\"" + names.back() + "\""));
+      labels.push_back(static_cast<int64_t>(c));
+      FQ_CHECK(static_cast<int64_t>(xs.size()) * xs[0].numel() * 4 <= kMaxDatasetBytes, ConfigError, "image folder \"",
+               dir, "\" needs more than 8 GiB as float tensors -> use a smaller folder or --resize/--crop");
+    }
+    if (!any) break;
+  }
+  FQ_CHECK(!xs.empty(), IoError, "image folder \"", dir, "\" holds no PNG/JPEG/BMP images");
+  ImageDataset d;
+  d.name = "images";
+  d.source = dir;
+  d.images = stack_checked(xs, names);
+  d.labels = torch::tensor(labels, torch::kLong);
+  d.num_classes = static_cast<int64_t>(classes.size());
+  return d;
+}
+
+ImageDataset load_npy_images(const std::string& images, const std::string& labels, const ImagePreprocess& p) {
+  torch::Tensor x = load_npy(images);
+  FQ_CHECK(x.dim() == 4, IoError, "\"", images, "\" has shape ", x.sizes(), " -> images must be [N, C, H, W] (float) or "
+           "[N, H, W, C] (uint8)");
+  if (x.is_floating_point()) {
+    FQ_CHECK(p.is_default(), ConfigError, "\"", images, "\" holds float images, used as they are; preprocessing flags "
+             "apply to uint8 pixels -> drop them, or save uint8 pixels");
+    x = x.to(torch::kFloat).contiguous();
+  } else {
+    FQ_CHECK(x.scalar_type() == torch::kUInt8, IoError, "\"", images, "\" holds ", x.scalar_type(),
+             " values -> images are float32 (preprocessed) or uint8 pixels");
+    if (x.size(3) <= 4 && x.size(1) > 4) x = x.permute({0, 3, 1, 2});  // NHWC
+    std::vector<torch::Tensor> xs;
+    for (int64_t i = 0; i < x.size(0); ++i)
+      xs.push_back(preprocess(x[i].to(torch::kFloat), p, "\"" + images + "\" image " + std::to_string(i)));
+    x = torch::stack(xs);
+  }
+  torch::Tensor y;
+  if (fs::path(labels).extension() == ".npy") {
+    y = load_npy(labels);
+    FQ_CHECK(!y.is_floating_point() && y.dim() == 1, IoError, "\"", labels, "\" has shape ", y.sizes(), " of ",
+             y.scalar_type(), " -> labels are a 1-D integer array");
+    y = y.to(torch::kLong);
+  } else {
+    std::ifstream in(labels);
+    FQ_CHECK(in.good(), IoError, "labels file \"", labels, "\" does not exist");
+    std::vector<int64_t> v;
+    std::string line;
+    for (int n = 1; std::getline(in, line); ++n) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      try {
+        v.push_back(std::stoll(line));
+      } catch (const std::exception&) {
+        throw IoError("\"" + labels + "\" line " + std::to_string(n) + " is \"" + line + "\", not an integer label");
+      }
+    }
+    y = torch::tensor(v, torch::kLong);
+  }
+  FQ_CHECK(y.size(0) == x.size(0), IoError, "\"", labels, "\" holds ", y.size(0), " labels for ", x.size(0),
+           " images in \"", images, "\"");
+  FQ_CHECK(y.numel() == 0 || y.min().item<int64_t>() >= 0, IoError, "\"", labels, "\" holds a negative label");
+  ImageDataset d;
+  d.name = "npy";
+  d.source = images + ", " + labels;
+  d.images = x;
+  d.labels = y;
+  d.num_classes = y.numel() ? y.max().item<int64_t>() + 1 : 0;
+  return d;
+}
+
+}  // namespace flexquant
