@@ -11,6 +11,7 @@
 #include <stb/stb_image.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -55,7 +56,10 @@ torch::Tensor preprocess(torch::Tensor x, const ImagePreprocess& p, const std::s
   for (double s : n.std) FQ_CHECK(s > 0, ConfigError, "--std ", s, " -> must be > 0");
   auto mean = torch::tensor(n.mean, torch::kFloat).view({-1, 1, 1});
   auto stdv = torch::tensor(n.std, torch::kFloat).view({-1, 1, 1});
-  return ((x * static_cast<float>(p.scale) - mean) / stdv).contiguous();
+  FQ_CHECK(p.scale > 0 && std::isfinite(p.scale), ConfigError, "--pixel-scale ", p.scale, " -> must be > 0");
+  // x / (1/scale), the divisor rounded when integral: x / 255 exactly as the CIFAR-10 loader computes it.
+  const double inv = 1.0 / p.scale, divisor = std::abs(inv - std::round(inv)) < 1e-9 ? std::round(inv) : inv;
+  return ((x / static_cast<float>(divisor) - mean) / stdv).contiguous();
 }
 
 torch::Tensor stack_checked(const std::vector<torch::Tensor>& xs, const std::vector<std::string>& names) {

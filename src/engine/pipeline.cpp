@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <unistd.h>
 
 #include "flexquant/cnn.h"
 #include "flexquant/datasets.h"
@@ -27,6 +29,17 @@ namespace fs = std::filesystem;
 namespace {
 
 bool has_extension(const std::string& p, const char* ext) { return fs::path(p).extension() == ext; }
+
+// The output's folder exists and takes a new file (probed with a temporary one), checked before hours of work.
+void check_writable(const std::string& path) {
+  const fs::path dir = fs::absolute(path).parent_path();
+  FQ_CHECK(fs::is_directory(dir), IoError, "cannot write \"", path, "\": folder ", dir.string(), " does not exist -> "
+           "create it first");
+  const fs::path probe = dir / (".fq_probe_" + std::to_string(::getpid()));
+  bool ok = static_cast<bool>(std::ofstream(probe));
+  fs::remove(probe);
+  FQ_CHECK(ok, IoError, "cannot write \"", path, "\": folder ", dir.string(), " is not writable -> choose another --out");
+}
 
 class ImageTask : public Task {
  public:
@@ -71,9 +84,13 @@ class ImageTask : public Task {
   int64_t save(ModelAdapter& model, const QuantState& state, const QModelInfo& info, const Recipe& r,
                const std::string& path) const override {
     if (!has_extension(path, ".onnx")) return Task::save(model, state, info, r, path);
+    return export_qdq_onnx(workload_.model, model, state, path).bytes;
+  }
+  void check_output(const std::string& path) const override {
+    if (!has_extension(path, ".onnx")) return Task::check_output(path);
     FQ_CHECK(arch_ == "onnx", ConfigError, "QDQ ONNX is written from an ONNX source model; \"", workload_.model,
              "\" is ", arch_, " safetensors -> quantize the model's .onnx export, or save an .fqz");
-    return export_qdq_onnx(workload_.model, model, state, path).bytes;
+    check_writable(path);
   }
   double evaluate_in_runtime(const std::string& path, const std::string& runtime) const override {
     if (runtime != "onnxruntime") return Task::evaluate_in_runtime(path, runtime);
@@ -155,6 +172,10 @@ class LanguageTask : public Task {
     o.name = fs::path(workload_.model).stem().string() + " " + recipe_label(r);
     return export_gguf(model, state, *tok_, o, path).bytes;
   }
+  void check_output(const std::string& path) const override {
+    if (!is_gguf(path)) return Task::check_output(path);
+    check_writable(path);
+  }
   double evaluate_in_runtime(const std::string& path, const std::string& runtime) const override {
     if (runtime != "llama.cpp") return Task::evaluate_in_runtime(path, runtime);
     FQ_CHECK(is_gguf(path), ConfigError, "llama.cpp runs .gguf files; \"", path, "\" is not one -> hint: flexquant "
@@ -210,6 +231,7 @@ MethodResult run_method(const Task& task, const Recipe& recipe, const std::strin
   MethodResult r;
   r.label = recipe_label(recipe);
   r.recipe = recipe;
+  if (!out_path.empty()) task.check_output(out_path);  // before the work, not after it
   auto model = task.load_model();
   torch::Tensor calib = task.calibration(recipe);
   QuantState state;
@@ -235,9 +257,14 @@ MethodResult run_method(const Task& task, const Recipe& recipe, const std::strin
 
 int64_t Task::save(ModelAdapter& model, const QuantState& state, const QModelInfo& info, const Recipe& r,
                    const std::string& path) const {
-  FQ_CHECK(fs::path(path).extension() == ".fqz", ConfigError, "cannot write \"", path, "\": this ", arch_,
-           " model is saved as .fqz -> use an .fqz path");
   return save_qmodel(path, model, state, info);
+}
+
+void Task::check_output(const std::string& path) const {
+  FQ_CHECK(fs::path(path).extension() == ".fqz", ConfigError, "cannot write \"", path, "\": this ", arch_,
+           " model is saved as .fqz", arch_ == "onnx" ? " or .onnx (QDQ)" : arch_ == "llama" ? " or .gguf" : "",
+           " -> use one of those extensions");
+  check_writable(path);
 }
 
 double Task::evaluate_in_runtime(const std::string& path, const std::string& runtime) const {

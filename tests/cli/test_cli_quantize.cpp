@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <regex>
+#include <unistd.h>
 
 #include "cli/cli_runner.h"
 #include "test_data.h"
@@ -37,6 +38,35 @@ TEST(CliQuantize, ResNet20FlexRoundW4A4ThenEvalReproduces) {
   ASSERT_TRUE(std::regex_search(e.out, m, std::regex(R"(at quantization time: top-1 % ([0-9.]+))"))) << e.out;
   EXPECT_NEAR(std::stod(m[1]), acc, 1e-4);
   std::filesystem::remove(out);
+}
+
+// The ONNX path end to end: an .onnx in, QDQ .onnx out; flexquant and ONNX Runtime evaluate the exported file alike
+// and as flexquant evaluated it at quantization; an .fqz of the same run reloads onto the .onnx source.
+TEST(CliQuantize, OnnxInQdqOnnxOutEvaluatedByOnnxRuntime) {
+  namespace fs = std::filesystem;
+  const auto dir = fs::temp_directory_path() / ("fq_cli_onnx_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string common = " --data cifar10:" + shared_path("data/cifar10") + " --split 256 --eval-limit 500";
+  const std::string model = shared_path("data/cifar10/resnet20.onnx");
+  auto q = run_cli("quantize --model " + model + " --recipe recipes/flexround-w4a4.json --recon.iters 10"
+                   " --calib.samples 128 --out " + (dir / "q.onnx").string() + common);
+  ASSERT_EQ(q.code, 0) << q.out;
+  EXPECT_NE(q.out.find("records 256-755"), std::string::npos) << "--split did not move the evaluation set: " << q.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(q.out, m, std::regex(R"(\| flexround W4A4 \| ([0-9.]+) \|)"))) << q.out;
+  const double at_quantization = std::stod(m[1]);
+  auto ours = run_cli("eval --model " + (dir / "q.onnx").string() + common);
+  auto ort = run_cli("eval --model " + (dir / "q.onnx").string() + " --runtime onnxruntime" + common);
+  ASSERT_EQ(ours.code, 0) << ours.out;
+  ASSERT_EQ(ort.code, 0) << ort.out;
+  EXPECT_NEAR(number_after(ours.out, "flexquant top-1 %"), at_quantization, 0.1 + 1e-9) << ours.out;
+  EXPECT_NEAR(number_after(ort.out, "onnxruntime top-1 %"), at_quantization, 0.1 + 1e-9) << ort.out;
+  // A QDQ file is written only from an ONNX source.
+  auto bad = run_cli("quantize --model " + shared_path("data/cifar10/resnet20.safetensors") + " --arch resnet_cifar"
+                     " --recipe recipes/rtn-w4a4.json --calib.samples 64 --out " + (dir / "x.onnx").string() + common);
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.out.find("QDQ ONNX is written from an ONNX source model"), std::string::npos) << bad.out;
+  fs::remove_all(dir);
 }
 
 TEST(CliQuantize, Stories260KFlexRoundW4) {
