@@ -6,6 +6,7 @@
 
 #include "flexquant/gguf_llama.h"
 #include "flexquant/llama.h"
+#include "flexquant/onnx_export.h"
 #include "flexquant/reconstruct.h"
 #include "flexquant/tokenizer.h"
 
@@ -38,5 +39,9 @@ struct GgufFileExport {
   uint64_t seed = 1005;
 };
 GgufExportReport export_gguf_file(const GgufFileExport& e);
+
+/// What `flexquant export --to onnx` does: an .fqz quantized from an .onnx, written as QDQ ONNX (export_qdq_onnx)
+/// from the source model it records (checked by hash).
+QdqExportReport export_onnx_file(const std::string& fqz, const std::string& out);
 
 }  // namespace flexquant

@@ -6,6 +6,7 @@
 #include "flexquant/error.h"
 #include "flexquant/libggml.h"
 #include "flexquant/lm_eval.h"
+#include "flexquant/onnx_model.h"
 #include "flexquant/qmodel.h"
 
 namespace flexquant {
@@ -59,6 +60,22 @@ GgufExportReport export_gguf_file(const GgufFileExport& e) {
   else if (!m.state.weights.empty()) o.type = gguf_type_for(m.state.weights.begin()->second.spec);
   if (!e.imatrix_data.empty()) o.imatrix = compute_imatrix(m, e);
   return export_gguf(*m.model, m.state, m.tokenizer, o, e.out);
+}
+
+QdqExportReport export_onnx_file(const std::string& fqz, const std::string& out) {
+  FQ_CHECK(has_ext(fqz, ".fqz"), ConfigError, "\"", fqz, "\" is not an .fqz -> QDQ ONNX is written from a model "
+           "flexquant quantized from an .onnx (flexquant quantize --model M.onnx --out q.fqz, or --out q.onnx directly)");
+  const QModelInfo info = read_qmodel_info(fqz);
+  FQ_CHECK(info.arch == "onnx", ConfigError, "\"", fqz, "\" was quantized from a ", info.arch, " model (\"",
+           info.source_model, "\"); QDQ ONNX is written from an ONNX source -> quantize the model's .onnx export");
+  FQ_CHECK(fs::exists(info.source_model), IoError, "\"", fqz, "\" was quantized from \"", info.source_model,
+           "\", which does not exist here -> put the source model back at that path");
+  FQ_CHECK(file_hash(info.source_model) == info.source_hash, ModelError, "\"", info.source_model, "\" changed since \"",
+           fqz, "\" was made from it (hash ", info.source_hash, ") -> restore the original model");
+  auto model = OnnxModel::load(info.source_model);
+  QuantState state;
+  load_qmodel(fqz, *model, state);
+  return export_qdq_onnx(info.source_model, *model, state, out);
 }
 
 }  // namespace flexquant

@@ -9,7 +9,9 @@
 #include "flexquant/cnn.h"
 #include "flexquant/datasets.h"
 #include "flexquant/error.h"
+#include "flexquant/export.h"
 #include "flexquant/onnx_export.h"
+#include "flexquant/qmodel.h"
 #include "flexquant/onnx_model.h"
 #include "flexquant/onnxruntime.h"
 #include "flexquant/pipeline.h"
@@ -172,15 +174,25 @@ TEST(OnnxQdq, ResNet20W4A4RunsInOnnxRuntimeAsInFlexquant) {
   EXPECT_NEAR(ort, r.metric, 0.1 + 1e-9);
   EXPECT_GT(r.metric, 60.0);
 
+  // The same run saved as .fqz and exported later (`flexquant export --to onnx`) gives the same file, byte for byte.
+  const std::string fqz = tmp_path("resnet20_w4a4.fqz"), later = tmp_path("resnet20_w4a4_later.onnx");
+  run_method(*task, w4a4("rtn", 0), fqz);
+  export_onnx_file(fqz, later);
+  auto bytes = [](const std::string& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  EXPECT_EQ(bytes(out), bytes(later));
+
   // Dequantized weights: the exported DequantizeLinear nodes (folded at load) equal the quantized layers.
   auto model = task->load_model();
   QuantState state;
-  quantize(*model, task->calibration(w4a4("rtn", 0)), w4a4("rtn", 0), state);
+  load_qmodel(fqz, *model, state);
   auto back = OnnxModel::load(out);
   auto qa = model->all_layers(), qb = back->all_layers();
   ASSERT_EQ(qa.size(), qb.size());
   for (size_t i = 0; i < qa.size(); ++i) EXPECT_TRUE(torch::equal(qa[i]->weight, qb[i]->weight)) << qa[i]->name;
-  fs::remove(out);
+  for (const auto& p : {out, fqz, later}) fs::remove(p);
 }
 
 TEST(OnnxQdq, SmallCnnWithBatchNormExportsAndMatchesOnnxRuntime) {

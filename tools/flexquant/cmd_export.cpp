@@ -1,4 +1,4 @@
-// `flexquant export`: write a model (.fqz, GGUF or FP checkpoint) in a runtime's format. Thin wrapper over
+// `flexquant export`: write a model (.fqz, GGUF or FP checkpoint) in a runtime's format (GGUF, QDQ ONNX). Thin wrapper over
 // include/flexquant/export.h.
 #include <fmt/format.h>
 
@@ -15,7 +15,8 @@ struct ExportCmd {
   GgufFileExport e;
   std::string to = "gguf";
   void run() {
-    FQ_CHECK(to == "gguf", ConfigError, "--to \"", to, "\" is not supported -> allowed: gguf");
+    FQ_CHECK(to == "gguf" || to == "onnx", ConfigError, "--to \"", to, "\" is not supported -> allowed: gguf, onnx");
+    if (to == "onnx") return run_onnx();
     GgufExportReport rep = export_gguf_file(e);
     for (const auto& t : rep.tensors)
       std::cout << fmt::format("{:<28} {:<5} {}{}\n", t.name, ggml_type_info(t.type).name, t.source,
@@ -23,14 +24,21 @@ struct ExportCmd {
     for (const auto& w : rep.warnings) std::cout << "warning: " << w << "\n";
     std::cout << fmt::format("wrote {} ({} bytes, {} tensors)\n", e.out, rep.bytes, rep.tensors.size());
   }
+  void run_onnx() {
+    QdqExportReport rep = export_onnx_file(e.in, e.out);
+    std::cout << fmt::format("wrote {} ({} bytes): {} weights as codes + DequantizeLinear, {} in float, {} activation "
+                             "sites as Clip/QuantizeLinear/DequantizeLinear, {} BatchNormalization folded\n", e.out,
+                             rep.bytes, rep.weights_quantized, rep.weights_float, rep.activation_sites,
+                             rep.batchnorms_folded);
+  }
 };
 
 const bool registered = register_command(
-    "export", "Write a .fqz, GGUF or FP language model as GGUF for llama.cpp", [](CLI::App& app) {
+    "export", "Write a model in a runtime's format: GGUF for llama.cpp (a .fqz, GGUF or FP language model), QDQ ONNX (an .fqz of an ONNX model)", [](CLI::App& app) {
       auto c = std::make_shared<ExportCmd>();
       app.add_option("--model", c->e.in, ".fqz (quantized by flexquant), .gguf, llama2.c .bin or HF folder")->required();
-      app.add_option("--to", c->to, "Output format: gguf");
-      app.add_option("--out", c->e.out, "Output file (.gguf)")->required();
+      app.add_option("--to", c->to, "Output format: gguf | onnx");
+      app.add_option("--out", c->e.out, "Output file (.gguf, .onnx)")->required();
       app.add_option("--type", c->e.type,
                      "Tensor type of the attention/FFN weights: auto (the .fqz's grid; q8_0 for FP) | f32 | f16 | q4_0 | "
                      "q4_1 | q5_0 | q5_1 | q8_0");
