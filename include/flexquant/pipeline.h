@@ -77,14 +77,16 @@ struct MethodResult {
   QuantizeReport report;
 };
 
-/// Quantizes a fresh model copy with `recipe`, evaluates it, optionally saves to `out_path`.
+/// Quantizes a fresh model copy with `recipe`, evaluates it, optionally saves to `out_path` (checked before any
+/// work). With a checkpoint path the engine writes a checkpoint after every unit (and continues from it with
+/// `resume`); it is deleted once the output is saved.
 MethodResult run_method(const Task& task, const Recipe& recipe, const std::string& out_path = "",
-                        const ProgressFn& progress = {});
+                        const ProgressFn& progress = {}, const CheckpointOptions& checkpoint = {});
 
 /// Quantizes the model with the recipe (dispatching GPTQ and SmoothQuant where asked); the library-level
 /// equivalent of the engine for every method.
 QuantizeReport quantize(ModelAdapter& model, const torch::Tensor& calib, const Recipe& recipe, QuantState& state,
-                        const ProgressFn& progress = {}, int64_t max_units = 0);
+                        const ProgressFn& progress = {}, int64_t max_units = 0, const CheckpointOptions& checkpoint = {});
 
 /// FP metric of the task's model.
 double evaluate_fp(const Task& task);

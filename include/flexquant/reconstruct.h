@@ -70,11 +70,20 @@ torch::Tensor quantized_forward(ModelAdapter& model, const QuantState& state, co
 /// Progress callback: unit index, unit count, and a one-line status.
 using ProgressFn = std::function<void(const std::string& line)>;
 
+/// A long run's safety net: after every finished unit the engine writes `path` (under a temporary name, renamed),
+/// holding what the next unit needs; with `resume`, a run whose checkpoint exists continues after its last finished
+/// unit and ends with the result an uninterrupted run gives (same codes, grids and report losses).
+struct CheckpointOptions {
+  std::string path;     ///< "" = no checkpoints
+  bool resume = false;  ///< continue from `path` when it exists (ConfigError if it belongs to another run)
+};
+
 /// Quantizes `model` in place (layers get the dequantized weights) from calibration inputs (images
 /// [N,3,H,W] or tokens [N,T]) under `recipe`; fills `state`. `max_units` > 0 stops after that many units and
 /// leaves the rest FP (tests, or looking at one slow unit).
 QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_inputs, const Recipe& recipe,
-                              QuantState& state, const ProgressFn& progress = {}, int64_t max_units = 0);
+                              QuantState& state, const ProgressFn& progress = {}, int64_t max_units = 0,
+                              const CheckpointOptions& checkpoint = {});
 
 /// The per-layer weight spec the recipe gives a layer (first/last-layer policy for CNNs).
 std::vector<std::vector<WeightQuantSpec>> layer_specs(ModelAdapter& model, const Recipe& recipe);

@@ -216,17 +216,17 @@ std::string recipe_label(const Recipe& r) {
 }
 
 QuantizeReport quantize(ModelAdapter& model, const torch::Tensor& calib, const Recipe& recipe, QuantState& state,
-                        const ProgressFn& progress, int64_t max_units) {
+                        const ProgressFn& progress, int64_t max_units, const CheckpointOptions& checkpoint) {
   if (recipe.smooth_alpha > 0) {
     std::vector<torch::Tensor> batches;
     for (int64_t i = 0; i < calib.size(0); i += 16) batches.push_back(calib.slice(0, i, std::min(i + 16, calib.size(0))));
     state.smooth_scales = smooth_model(model, collect_act_absmax(model, batches), recipe.smooth_alpha);
   }
-  return quantize_model(model, calib, recipe, state, progress, max_units);
+  return quantize_model(model, calib, recipe, state, progress, max_units, checkpoint);
 }
 
 MethodResult run_method(const Task& task, const Recipe& recipe, const std::string& out_path,
-                        const ProgressFn& progress) {
+                        const ProgressFn& progress, const CheckpointOptions& checkpoint) {
   recipe.validate();
   MethodResult r;
   r.label = recipe_label(recipe);
@@ -236,7 +236,7 @@ MethodResult run_method(const Task& task, const Recipe& recipe, const std::strin
   torch::Tensor calib = task.calibration(recipe);
   QuantState state;
   Stopwatch sw;
-  r.report = quantize(*model, calib, recipe, state, progress);
+  r.report = quantize(*model, calib, recipe, state, progress, 0, checkpoint);
   r.seconds = sw.seconds();
   QuantizedContext ctx(state);
   r.metric = task.evaluate(*model, ctx);
@@ -252,6 +252,7 @@ MethodResult run_method(const Task& task, const Recipe& recipe, const std::strin
     info.extra["metric"] = fmt::format("{} {:.4f}", task.metric_name(), r.metric);
     r.size_bytes = task.save(*model, state, info, recipe, out_path);
   }
+  if (!checkpoint.path.empty()) fs::remove(checkpoint.path);  // the run is done and its output saved
   return r;
 }
 

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "flexquant/error.h"
+#include "qstate_io.h"
 #include "flexquant/smoothquant.h"
 #include "flexquant/runtime.h"
 #include "flexquant/safetensors.h"
@@ -123,11 +124,12 @@ std::string file_hash(const std::string& path) {
   return fmt::format("{:016x}", h);
 }
 
-int64_t save_qmodel(const std::string& path, ModelAdapter& model, const QuantState& state, const QModelInfo& info) {
-  std::map<std::string, torch::Tensor> tensors;
-  json layers = json::object();
+void write_quant_state(ModelAdapter& model, const QuantState& state, bool partial,
+                       std::map<std::string, torch::Tensor>& tensors, json& layers, json& acts) {
+  layers = json::object();
   for (QuantLayer* l : model.all_layers()) {
     auto it = state.weights.find(l->name);
+    if (partial && it == state.weights.end()) continue;
     FQ_CHECK(it != state.weights.end(), InternalError, "layer \"", l->name, "\" has no quantized weight");
     const QuantizedTensor& q = it->second;
     tensors[l->name + ".codes"] = pack_codes(q.codes, q.spec.bits());
@@ -139,7 +141,7 @@ int64_t save_qmodel(const std::string& path, ModelAdapter& model, const QuantSta
                        {"spec", spec_to_json(q.spec)}};
   }
   for (auto& [key, sc] : state.smooth_scales) tensors["smooth." + key] = sc.to(torch::kCPU).contiguous();
-  json acts = json::object();
+  acts = json::object();
   for (auto& [key, aq] : state.acts) {
     acts[key] = {{"bits", aq->spec().bits}, {"per_token", aq->spec().per_token}};
     if (aq->spec().format) acts[key]["format"] = aq->spec().format->name();
@@ -148,6 +150,12 @@ int64_t save_qmodel(const std::string& path, ModelAdapter& model, const QuantSta
       acts[key]["zero_point"] = aq->zero_point();
     }
   }
+}
+
+int64_t save_qmodel(const std::string& path, ModelAdapter& model, const QuantState& state, const QModelInfo& info) {
+  std::map<std::string, torch::Tensor> tensors;
+  json layers, acts;
+  write_quant_state(model, state, false, tensors, layers, acts);
   std::map<std::string, std::string> meta = {
       {"format", "flexquant.qmodel"},
       {"format_version", std::to_string(kQModelFormatVersion)},
@@ -169,19 +177,16 @@ int64_t save_qmodel(const std::string& path, ModelAdapter& model, const QuantSta
 
 QModelInfo read_qmodel_info(const std::string& path) { return info_from(load_safetensors(path)); }
 
-QModelInfo load_qmodel(const std::string& path, ModelAdapter& model, QuantState& state) {
-  SafeTensorsFile f = load_safetensors(path);
-  QModelInfo info = info_from(f);
-  FQ_CHECK(info.arch == model.arch(), ModelError, "\"", path, "\" was quantized from a ", info.arch,
-           " model but the model given is ", model.arch());
-  json layers = json::parse(meta_or_throw(f, "layers"));
-  json acts = json::parse(meta_or_throw(f, "activations"));
+void read_quant_state(const SafeTensorsFile& f, const json& layers, const json& acts, ModelAdapter& model,
+                      QuantState& state, bool partial) {
+  const std::string path = f.path;
   state = QuantState{};
   // SmoothQuant first: the norms of the FP model get the same division they got at quantization time.
   for (const auto& name : f.names)
     if (name.rfind("smooth.", 0) == 0) state.smooth_scales[name.substr(7)] = f.at(name);
-  apply_saved_smoothing(model, state.smooth_scales, "\"" + path + "\"");
+  if (!partial) apply_saved_smoothing(model, state.smooth_scales, "\"" + path + "\"");
   for (QuantLayer* l : model.all_layers()) {
+    if (partial && !layers.contains(l->name)) continue;
     FQ_CHECK(layers.contains(l->name), ModelError, "\"", path, "\" has no entry for layer \"", l->name,
              "\"; it does not match this model");
     const json& lj = layers[l->name];
@@ -215,15 +220,40 @@ QModelInfo load_qmodel(const std::string& path, ModelAdapter& model, QuantState&
       state.acts[key] = q;
     }
   }
+}
+
+QModelInfo load_qmodel(const std::string& path, ModelAdapter& model, QuantState& state) {
+  SafeTensorsFile f = load_safetensors(path);
+  QModelInfo info = info_from(f);
+  FQ_CHECK(info.arch == model.arch(), ModelError, "\"", path, "\" was quantized from a ", info.arch,
+           " model but the model given is ", model.arch());
+  read_quant_state(f, json::parse(meta_or_throw(f, "layers")), json::parse(meta_or_throw(f, "activations")), model,
+                   state, false);
   return info;
+}
+
+json unit_report_to_json(const UnitReport& u) {
+  return {{"unit", u.name}, {"method", u.method}, {"iters", u.iters}, {"loss_start", u.loss_start},
+          {"loss_end", u.loss_end}, {"seconds", u.seconds}, {"ms_per_iter", u.ms_per_iter},
+          {"peak_rss_bytes", u.peak_rss_bytes}};
+}
+
+UnitReport unit_report_from_json(const json& j) {
+  UnitReport u;
+  u.name = j.at("unit");
+  u.method = j.at("method");
+  u.iters = j.at("iters");
+  u.loss_start = j.at("loss_start");
+  u.loss_end = j.at("loss_end");
+  u.seconds = j.at("seconds");
+  u.ms_per_iter = j.at("ms_per_iter");
+  u.peak_rss_bytes = j.at("peak_rss_bytes");
+  return u;
 }
 
 std::string report_to_json(const QuantizeReport& r) {
   json units = json::array();
-  for (auto& u : r.units)
-    units.push_back({{"unit", u.name}, {"method", u.method}, {"iters", u.iters}, {"loss_start", u.loss_start},
-                     {"loss_end", u.loss_end}, {"seconds", u.seconds}, {"ms_per_iter", u.ms_per_iter},
-                     {"peak_rss_bytes", u.peak_rss_bytes}});
+  for (auto& u : r.units) units.push_back(unit_report_to_json(u));
   return json{{"units", units}, {"seconds", r.seconds}, {"peak_rss_bytes", r.peak_rss_bytes},
               {"calib_samples", r.calib_samples}}
       .dump();

@@ -11,10 +11,12 @@
 #include <torch/autograd.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "flexquant/error.h"
 #include "flexquant/gptq.h"  // HessianCollector
 #include "flexquant/runtime.h"
+#include "checkpoint.h"
 
 namespace flexquant {
 namespace {
@@ -176,9 +178,10 @@ struct UnitRun {
 // layer and site; it names neither.
 class Reconstructor {
  public:
-  Reconstructor(ModelAdapter& model, const Recipe& recipe, QuantState& state, const ProgressFn& progress)
+  Reconstructor(ModelAdapter& model, const Recipe& recipe, QuantState& state, const ProgressFn& progress,
+                const CheckpointOptions& checkpoint)
       : model_(model), recipe_(recipe), method_(method_info(recipe.method)), state_(state), progress_(progress),
-        gen_(at::make_generator<at::CPUGeneratorImpl>(recipe.seed)) {}
+        checkpoint_(checkpoint), gen_(at::make_generator<at::CPUGeneratorImpl>(recipe.seed)) {}
 
   QuantizeReport run(const torch::Tensor& calib_inputs, int64_t max_units);
 
@@ -200,12 +203,16 @@ class Reconstructor {
   void propagate(UnitRun& u);
   torch::Tensor sample() { return torch::randint(x_q_.size(0), {std::min(recipe_.batch, x_q_.size(0))}, gen_, torch::kLong).to(x_q_.device()); }
   void progress_line(const UnitRun& u, const std::string& what, int64_t it, double running) const;
+  size_t resume(QuantizeReport& report);
+  void save_checkpoint(size_t units_done, const QuantizeReport& report);
 
   ModelAdapter& model_;
   const Recipe& recipe_;
   const MethodInfo& method_;
   QuantState& state_;
   ProgressFn progress_;
+  CheckpointOptions checkpoint_;
+  std::string fingerprint_;
   at::Generator gen_;  // batch sampling across all units
   std::vector<std::vector<WeightQuantSpec>> specs_;
   size_t num_units_ = 0;
@@ -225,7 +232,11 @@ QuantizeReport Reconstructor::run(const torch::Tensor& calib_inputs, int64_t max
   specs_ = layer_specs(model_, recipe_);
   x_fp_ = chunked(calib_inputs, [&](const torch::Tensor& x) { return model_.prologue(x); });
   x_q_ = x_fp_;
-  for (size_t k = 0; k < units.size(); ++k) report.units.push_back(run_unit(*units[k], k));
+  if (!checkpoint_.path.empty()) fingerprint_ = run_fingerprint(model_, recipe_, calib_inputs);
+  for (size_t k = resume(report); k < units.size(); ++k) {
+    report.units.push_back(run_unit(*units[k], k));
+    save_checkpoint(k + 1, report);
+  }
   report.seconds = total.seconds();
   report.peak_rss_bytes = peak_rss_bytes();
   return report;
@@ -395,6 +406,32 @@ void Reconstructor::harden(UnitRun& u) {
   u.rounders.clear();
 }
 
+// Continues after the last unit a checkpoint holds; 0 (from the start) when there is none to resume.
+size_t Reconstructor::resume(QuantizeReport& report) {
+  if (!checkpoint_.resume || checkpoint_.path.empty() || !std::filesystem::exists(checkpoint_.path)) return 0;
+  CheckpointState c = read_checkpoint(checkpoint_.path, model_, state_, fingerprint_);
+  FQ_CHECK(c.units_done <= static_cast<int64_t>(num_units_), ConfigError, "checkpoint \"", checkpoint_.path, "\" holds ",
+           c.units_done, " units but this run has ", num_units_, " -> delete it to start over");
+  const torch::Device dev = x_q_.device();
+  x_fp_ = c.x_fp.to(dev);
+  x_q_ = c.x_q.to(dev);
+  gen_.set_state(c.generator_state);
+  report.units = c.reports;
+  say(fmt::format("resuming after unit {}/{} from {}", c.units_done, num_units_, checkpoint_.path));
+  return static_cast<size_t>(c.units_done);
+}
+
+void Reconstructor::save_checkpoint(size_t units_done, const QuantizeReport& report) {
+  if (checkpoint_.path.empty()) return;
+  CheckpointState c;
+  c.units_done = static_cast<int64_t>(units_done);
+  c.x_fp = x_fp_;
+  c.x_q = x_q_;
+  c.generator_state = gen_.get_state();
+  c.reports = report.units;
+  write_checkpoint(checkpoint_.path, model_, state_, fingerprint_, c);
+}
+
 // The next unit's inputs: the quantized unit on the quantized chain, the FP target on the FP chain.
 void Reconstructor::propagate(UnitRun& u) {
   QuantizedContext qctx(state_);
@@ -411,9 +448,10 @@ void Reconstructor::propagate(UnitRun& u) {
 }  // namespace
 
 QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_inputs, const Recipe& recipe,
-                              QuantState& state, const ProgressFn& progress, int64_t max_units) {
+                              QuantState& state, const ProgressFn& progress, int64_t max_units,
+                              const CheckpointOptions& checkpoint) {
   recipe.validate();
-  return Reconstructor(model, recipe, state, progress).run(calib_inputs, max_units);
+  return Reconstructor(model, recipe, state, progress, checkpoint).run(calib_inputs, max_units);
 }
 
 }  // namespace flexquant

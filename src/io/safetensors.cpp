@@ -4,6 +4,7 @@
 #include "flexquant/safetensors.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -214,8 +215,10 @@ void save_safetensors(const std::string& path, const std::map<std::string, torch
   }
   std::string h = header.dump();
   h.append((8 - h.size() % 8) % 8, ' ');  // pad so the data section starts 8-byte aligned
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  FQ_CHECK(out.good(), IoError, "cannot open ", path, " for writing -> ", std::strerror(errno),
+  // Written under a temporary name and renamed: a crash or a full disk never leaves a half file at `path`.
+  const std::string tmp = path + ".tmp";
+  std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+  FQ_CHECK(out.good(), IoError, "cannot open ", tmp, " for writing -> ", std::strerror(errno),
            " -> hint: does the directory exist and is it writable?");
   unsigned char len_bytes[8];
   uint64_t n = h.size();
@@ -225,7 +228,12 @@ void save_safetensors(const std::string& path, const std::map<std::string, torch
   for (const auto& t : blobs)
     if (t.numel()) out.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.numel() * t.element_size()));
   out.flush();
-  FQ_CHECK(out.good(), IoError, "write error on ", path, " -> ", std::strerror(errno), " -> hint: disk full?");
+  const bool ok = out.good();
+  out.close();
+  if (!ok) std::remove(tmp.c_str());
+  FQ_CHECK(ok, IoError, "write error on ", tmp, " -> ", std::strerror(errno), " -> hint: disk full?");
+  FQ_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IoError, "cannot rename ", tmp, " to ", path, " -> ",
+           std::strerror(errno));
 }
 
 namespace {

@@ -67,7 +67,8 @@ struct QuantizeCmd {
   Workload w;
   RecipeFlags flags;
   std::string out;
-  bool dry_run = false;
+  bool dry_run = false, no_checkpoint = false;
+  CheckpointOptions checkpoint;
   void run() {
     Recipe r = flags.resolve().at(0);
     if (!out.empty()) {
@@ -80,8 +81,13 @@ struct QuantizeCmd {
       std::cout << "recipe: " << r.to_json(-1) << "\n(dry run: nothing quantized or written)\n";
       return;
     }
+    if (checkpoint.path.empty() && !out.empty() && !no_checkpoint) checkpoint.path = out + ".ckpt";
+    FQ_CHECK(!checkpoint.resume || !checkpoint.path.empty(), ConfigError, "--resume needs the checkpoint: pass --out "
+             "(its checkpoint is <out>.ckpt) or --checkpoint <file>");
+    if (checkpoint.resume && !fs::exists(checkpoint.path))
+      std::cout << "no checkpoint at " << checkpoint.path << ": starting from the first unit\n";
     double fp = evaluate_fp(*task);
-    auto res = run_method(*task, r, out, *progress_printer());
+    auto res = run_method(*task, r, out, *progress_printer(), checkpoint);
     std::cout << "\n" << results_table(*task, fp, {res});
     if (!out.empty()) std::cout << "wrote " << out << " (" << res.size_bytes << " bytes)\n";
     std::cout << "peak memory " << res.report.peak_rss_bytes / (1 << 20) << " MiB\n";
@@ -181,6 +187,10 @@ const bool reg_quantize = register_command("quantize", "Quantize a model with a 
   c->flags.add_to(app);
   app.add_option("--out", c->out, "Output quantized model: .fqz, .gguf (a language model on a GGUF grid) or .onnx (QDQ, from an ONNX model)");
   app.add_flag("--dry-run", c->dry_run, "Resolve and print the plan; quantize nothing, write nothing");
+  app.add_option("--checkpoint", c->checkpoint.path, "Write a checkpoint after every unit here (default with --out: "
+                 "<out>.ckpt; deleted once the output is saved)");
+  app.add_flag("--resume", c->checkpoint.resume, "Continue an interrupted run from its checkpoint (same command)");
+  app.add_flag("--no-checkpoint", c->no_checkpoint, "Write no checkpoints");
   app.callback([c] { c->run(); });
 });
 
