@@ -50,8 +50,8 @@ for md in sorted(glob.glob(os.path.join(out, "*-onnx.md"))):
         st = st_rows.get(label)
         o = ort.get(i)
         f = lambda x: "-" if x is None else f"{x:.2f}"
-        d = lambda x: "-" if x is None else f"{x - v:+.2f}"
-        print(f"| {model} | {setting.upper()} | {label.split(' W')[0] + (' +QDrop' if 'QDrop' in label else '')} | {v:.2f} | {f(st)} | {d(st)} | {f(o)} | {d(o)} |")
+        d = lambda a, b: "-" if a is None or b is None else f"{a - b:+.2f}"
+        print(f"| {model} | {setting.upper()} | {label.split(' W')[0] + (' +QDrop' if 'QDrop' in label else '')} | {v:.2f} | {f(st)} | {d(v, st)} | {f(o)} | {d(o, v)} |")
     for p in ("onnx", "safetensors"):
         c = os.path.join(out, f"{stem}-{p}.cmd")
         if os.path.exists(c):

@@ -1,6 +1,8 @@
 // Image-classification CNNs as ModelAdapters, built from safetensors weights with BatchNorm folded into
 // the convolutions: CIFAR ResNet-20/32/44 (option-A shortcut) and the torchvision ResNet-18/34/50/101/152
 // and MobileNetV2 layouts under torchvision's tensor names. Plus BN folding and FP evaluation.
+// Any model exported as .onnx needs none of these (OnnxModel, onnx_model.h, finds the same structure from the
+// graph); they stay for checkpoints that exist only as safetensors (torchvision state dicts).
 //
 // Units and activation sites (QDrop placement, methods.md §3.2):
 //   resnet_cifar: "conv1" (conv+BN+ReLU; site "conv1.out"), blocks "layer<s>.<i>" (sites "<block>.act1"

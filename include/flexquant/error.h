@@ -7,13 +7,13 @@
 
 namespace flexquant {
 
-enum class ErrorKind { Config, Io, Model, Numeric, Internal };
+enum class ErrorKind { Config, Io, Model, Numeric, Internal, Interrupted };
 
 class Error : public std::runtime_error {
  public:
   Error(ErrorKind kind, const std::string& msg) : std::runtime_error(msg), kind_(kind) {}
   ErrorKind kind() const { return kind_; }
-  /// Exit code the CLI uses: 2 usage/recipe, 3 I/O, 4 model, 5 numeric, 70 internal.
+  /// Exit code the CLI uses: 2 usage/recipe, 3 I/O, 4 model, 5 numeric, 70 internal, 130 stopped by a signal.
   int exit_code() const;
 
  private:
@@ -24,6 +24,8 @@ struct ConfigError : Error { explicit ConfigError(const std::string& m) : Error(
 struct IoError : Error { explicit IoError(const std::string& m) : Error(ErrorKind::Io, m) {} };
 struct ModelError : Error { explicit ModelError(const std::string& m) : Error(ErrorKind::Model, m) {} };
 struct NumericError : Error { explicit NumericError(const std::string& m) : Error(ErrorKind::Numeric, m) {} };
+/// A stop was requested (SIGINT/SIGTERM, request_stop()): the work stopped cleanly between two steps.
+struct InterruptedError : Error { explicit InterruptedError(const std::string& m) : Error(ErrorKind::Interrupted, m) {} };
 struct InternalError : Error {
   explicit InternalError(const std::string& m) : Error(ErrorKind::Internal, m + " (this is a flexquant bug, please report it)") {}
 };

@@ -18,6 +18,15 @@ const char* build_commit();
 /// pthread OpenBLAS. Returns a one-line description of the BLAS in use.
 std::string init_runtime(int threads = 0);
 
+/// Stopping long work cleanly. install_stop_handlers() makes the first SIGINT/SIGTERM request a stop (a second one
+/// ends the process at once); long loops call throw_if_stop_requested() between steps, which throws InterruptedError
+/// naming `where`, so finished work (checkpoints, written files) stays and nothing is left half-written.
+void install_stop_handlers();
+void request_stop();
+bool stop_requested();
+void clear_stop_request();
+void throw_if_stop_requested(const std::string& where);
+
 /// Name and config of the BLAS library actually loaded ("OpenBLAS 0.3.21 ... USE_OPENMP" or "reference").
 std::string blas_info();
 

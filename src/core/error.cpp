@@ -9,6 +9,7 @@ int Error::exit_code() const {
     case ErrorKind::Model: return 4;
     case ErrorKind::Numeric: return 5;
     case ErrorKind::Internal: return 70;
+    case ErrorKind::Interrupted: return 130;
   }
   return 70;
 }

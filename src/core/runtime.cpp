@@ -1,5 +1,7 @@
 #include "flexquant/runtime.h"
 
+#include "flexquant/error.h"
+
 #include <dlfcn.h>
 #include <malloc.h>
 #include <fmt/format.h>
@@ -10,6 +12,7 @@
 #include <cstdlib>
 #include <algorithm>
 #include <atomic>
+#include <csignal>
 #include <fstream>
 #include <iostream>
 #include <mutex>
@@ -51,6 +54,28 @@ std::string blas_info() {
   }
   if (!fn) return "reference";
   return std::string("OpenBLAS ") + fn();
+}
+
+namespace {
+volatile std::sig_atomic_t g_stop = 0;
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop) {  // the second signal: the user means it
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+  }
+  g_stop = 1;
+}
+}  // namespace
+
+void install_stop_handlers() {
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+}
+void request_stop() { g_stop = 1; }
+bool stop_requested() { return g_stop != 0; }
+void clear_stop_request() { g_stop = 0; }
+void throw_if_stop_requested(const std::string& where) {
+  if (g_stop) throw InterruptedError("stopped on request (SIGINT/SIGTERM) " + where);
 }
 
 std::string init_runtime(int threads) {

@@ -112,6 +112,7 @@ void run_adam(const std::vector<torch::Tensor>& w_params, const std::vector<torc
           .lr(recipe.lr_schedule == "cosine" ? recipe.lr * cosf : recipe.lr);
     if (!a_params.empty())
       static_cast<torch::optim::AdamOptions&>(opt.param_groups()[g].options()).lr(recipe.act_lr * cosf);
+    throw_if_stop_requested(fmt::format("in {} at iteration {}/{}", what, it, iters));
     opt.zero_grad();
     auto [loss, reg] = step_loss(it);
     (reg.defined() ? loss + reg : loss).backward();
@@ -233,9 +234,20 @@ QuantizeReport Reconstructor::run(const torch::Tensor& calib_inputs, int64_t max
   x_fp_ = chunked(calib_inputs, [&](const torch::Tensor& x) { return model_.prologue(x); });
   x_q_ = x_fp_;
   if (!checkpoint_.path.empty()) fingerprint_ = run_fingerprint(model_, recipe_, calib_inputs);
-  for (size_t k = resume(report); k < units.size(); ++k) {
-    report.units.push_back(run_unit(*units[k], k));
-    save_checkpoint(k + 1, report);
+  size_t k = resume(report);
+  try {
+    for (; k < units.size(); ++k) {
+      throw_if_stop_requested(fmt::format("before unit {}/{}", k + 1, units.size()));
+      report.units.push_back(run_unit(*units[k], k));
+      save_checkpoint(k + 1, report);
+    }
+  } catch (const InterruptedError& e) {
+    throw InterruptedError(std::string(e.what()) +
+                           (checkpoint_.path.empty()
+                                ? "; no checkpoint was being written -> quantize with --out (or --checkpoint F) to keep "
+                                  "finished units"
+                                : fmt::format("; {} finished units are in {} -> rerun the same command with --resume", k,
+                                              checkpoint_.path)));
   }
   report.seconds = total.seconds();
   report.peak_rss_bytes = peak_rss_bytes();

@@ -10,6 +10,7 @@
 #include "flexquant/datasets.h"
 #include "flexquant/error.h"
 #include "flexquant/reconstruct.h"
+#include "flexquant/runtime.h"
 #include "test_data.h"
 
 using namespace flexquant;
@@ -53,22 +54,32 @@ TEST(Checkpoint, ResumedRunEqualsAnUninterruptedOne) {
   QuantState whole_state;
   QuantizeReport whole_report = quantize_model(*whole, calib, r, whole_state);
 
-  // Killed as unit 4 reports done: the progress callback throws as a signal would stop the process, before unit 4's
-  // checkpoint is written, so the run resumes after unit 3.
+  // Stopped as SIGINT stops it (the flag the signal handler sets) while unit 4 reports done: the run stops cleanly
+  // before unit 5 with unit 4 checkpointed.
   auto first = resnet20();
   QuantState first_state;
   auto stop_after_4 = [](const std::string& line) {
-    if (line.find("[ 4/11]") != std::string::npos && line.find("done") != std::string::npos) throw Interrupted();
+    if (line.find("[ 4/11]") != std::string::npos && line.find("done") != std::string::npos) request_stop();
   };
-  EXPECT_THROW(quantize_model(*first, calib, r, first_state, stop_after_4, 0, {ckpt, false}), Interrupted);
+  flexquant::testing::expect_error<InterruptedError>(
+      [&] { quantize_model(*first, calib, r, first_state, stop_after_4, 0, {ckpt, false}); },
+      {"before unit 5/11", "4 finished units are in " + ckpt, "--resume"});
+  clear_stop_request();
   ASSERT_TRUE(fs::exists(ckpt));
+  // Killed outright (no clean stop) inside unit 5: the checkpoint still holds units 1-4.
+  auto killed = resnet20();
+  QuantState killed_state;
+  auto die_in_5 = [](const std::string& line) {
+    if (line.find("[ 5/11]") != std::string::npos) throw Interrupted();
+  };
+  EXPECT_THROW(quantize_model(*killed, calib, r, killed_state, die_in_5, 0, {ckpt, true}), Interrupted);
 
   auto resumed = resnet20();
   QuantState state;
   std::vector<std::string> lines;
   QuantizeReport report =
       quantize_model(*resumed, calib, r, state, [&](const std::string& l) { lines.push_back(l); }, 0, {ckpt, true});
-  EXPECT_EQ(lines.front(), "resuming after unit 3/11 from " + ckpt);
+  EXPECT_EQ(lines.front(), "resuming after unit 4/11 from " + ckpt);
   ASSERT_EQ(report.units.size(), whole_report.units.size());
   for (size_t k = 0; k < report.units.size(); ++k) {
     EXPECT_EQ(report.units[k].loss_start, whole_report.units[k].loss_start) << report.units[k].name;

@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
     if (quiet) set_log_level(LogLevel::Warn);
     if (verbose) set_log_level(LogLevel::Debug);
     std::string blas = init_runtime(threads);
+    install_stop_handlers();
     log_debug("BLAS: " + blas);
   });
   try {
