@@ -4,6 +4,8 @@
 
 #include <filesystem>
 #include <regex>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cli/cli_runner.h"
@@ -67,6 +69,57 @@ TEST(CliQuantize, OnnxInQdqOnnxOutEvaluatedByOnnxRuntime) {
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.out.find("QDQ ONNX is written from an ONNX source model"), std::string::npos) << bad.out;
   fs::remove_all(dir);
+}
+
+// Ctrl-C during a long run: the process stops cleanly (exit 130) keeping its finished units; the same command with
+// --resume finishes the job from the checkpoint and removes it.
+TEST(CliQuantize, SigintStopsCleanlyAndResumeFinishes) {
+  namespace fs = std::filesystem;
+  const char* cli = std::getenv("FLEXQUANT_CLI");
+  ASSERT_NE(cli, nullptr) << "FLEXQUANT_CLI is not set";
+  const auto out = fs::temp_directory_path() / ("fq_cli_sigint_" + std::to_string(::getpid()) + ".fqz");
+  const std::string args = "quantize --model " + shared_path("data/cifar10/resnet20.safetensors") +
+                           " --arch resnet_cifar --recipe recipes/flexround-w4a4.json --recon.iters 30 --calib.samples 64"
+                           " --data cifar10:" + shared_path("data/cifar10") + " --eval-limit 300 --out " + out.string();
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::dup2(fds[1], 1);
+    ::dup2(fds[1], 2);
+    ::close(fds[0]);
+    ::execl("/bin/sh", "sh", "-c", ("exec '" + std::string(cli) + "' " + args).c_str(), nullptr);
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  std::string text, line;
+  bool sent = false;
+  char c;
+  while (::read(fds[0], &c, 1) == 1) {
+    text += c;
+    if (c != '\n') { line += c; continue; }
+    if (!sent && line.find("[ 2/11]") != std::string::npos && line.find("done") != std::string::npos) {
+      ::kill(child, SIGINT);
+      sent = true;
+    }
+    line.clear();
+  }
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  ASSERT_TRUE(sent) << text;
+  ASSERT_TRUE(WIFEXITED(status)) << text;
+  EXPECT_EQ(WEXITSTATUS(status), 130) << text;
+  EXPECT_NE(text.find("stopped on request"), std::string::npos) << text;
+  EXPECT_NE(text.find("--resume"), std::string::npos) << text;
+  EXPECT_TRUE(fs::exists(out.string() + ".ckpt"));
+  EXPECT_FALSE(fs::exists(out));
+  auto r = run_cli(args + " --resume");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(resuming after unit [23]/11)"))) << r.out;
+  EXPECT_TRUE(fs::exists(out));
+  EXPECT_FALSE(fs::exists(out.string() + ".ckpt"));
+  fs::remove(out);
 }
 
 TEST(CliQuantize, Stories260KFlexRoundW4) {
@@ -138,7 +191,7 @@ TEST(CliExport, FqzToGgufThenEvalByFlexquantAndLlamaCpp) {
   EXPECT_GT(p_fq, 0);
   EXPECT_LT(std::abs(p_fq / p_fqz - 1), 1e-3) << e_fq.out << e_fqz.out;  // ffn_down: f16 fallback
   EXPECT_LT(std::abs(p_lc / p_fq - 1), 0.01) << e_lc.out;
-  auto bad = run_cli("export --model " + fqz + " --to onnx --out " + gguf);
+  auto bad = run_cli("export --model " + fqz + " --to tflite --out " + gguf);
   EXPECT_EQ(bad.code, 2) << bad.out;
   EXPECT_NE(bad.out.find("gguf"), std::string::npos) << bad.out;
   std::filesystem::remove(fqz);
