@@ -27,6 +27,14 @@ bool stop_requested();
 void clear_stop_request();
 void throw_if_stop_requested(const std::string& where);
 
+/// Results that do not depend on the thread count: LibTorch's parallel reductions (conv weight gradients, sums)
+/// split their work by thread count, so the same seed gives different last bits, and after reconstruction
+/// different codes, at 1 and 2 threads. This runs every op on one thread (and asks LibTorch for deterministic
+/// algorithms, which matters on CUDA), so the output is the same bytes whatever --threads says; the cost is the
+/// parallel speed-up (docs/RESULTS.md "Reproducibility"). Call after init_runtime.
+void enable_deterministic();
+bool deterministic();
+
 /// Name and config of the BLAS library actually loaded ("OpenBLAS 0.3.21 ... USE_OPENMP" or "reference").
 std::string blas_info();
 

@@ -6,6 +6,7 @@
 #include <malloc.h>
 #include <fmt/format.h>
 #include <torch/types.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 
 #include <cstdio>
@@ -77,6 +78,17 @@ void clear_stop_request() { g_stop = 0; }
 void throw_if_stop_requested(const std::string& where) {
   if (g_stop) throw InterruptedError("stopped on request (SIGINT/SIGTERM) " + where);
 }
+
+namespace {
+bool g_deterministic = false;
+}
+
+void enable_deterministic() {
+  at::set_num_threads(1);
+  at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/true);
+  g_deterministic = true;
+}
+bool deterministic() { return g_deterministic; }
 
 std::string init_runtime(int threads) {
   static std::once_flag once;

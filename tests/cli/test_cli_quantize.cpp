@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli/cli_runner.h"
+#include "flexquant/safetensors.h"
 #include "test_data.h"
 
 using flexquant::testing::run_cli;
@@ -120,6 +121,27 @@ TEST(CliQuantize, SigintStopsCleanlyAndResumeFinishes) {
   EXPECT_TRUE(fs::exists(out));
   EXPECT_FALSE(fs::exists(out.string() + ".ckpt"));
   fs::remove(out);
+}
+
+// --deterministic: the same .fqz tensors, bit for bit, at --threads 1 and --threads 2 (the LSQ steps, learned
+// codes and every float the file holds; only timing metadata may differ).
+TEST(CliQuantize, DeterministicGivesTheSameFileAtAnyThreadCount) {
+  namespace fs = std::filesystem;
+  const auto dir = fs::temp_directory_path() / ("fq_cli_det_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string args = " quantize --model " + shared_path("data/cifar10/resnet20.safetensors") +
+                           " --arch resnet_cifar --recipe recipes/flexround-qdrop-w4a4.json --recon.iters 8"
+                           " --calib.samples 64 --data cifar10:" + shared_path("data/cifar10") + " --eval-limit 200 --out ";
+  auto a = run_cli("--threads 1 --deterministic" + args + (dir / "a.fqz").string());
+  auto b = run_cli("--threads 2 --deterministic" + args + (dir / "b.fqz").string());
+  ASSERT_EQ(a.code, 0) << a.out;
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_NE(b.out.find("1 threads (deterministic)"), std::string::npos) << b.out;
+  auto fa = flexquant::load_safetensors((dir / "a.fqz").string()), fb = flexquant::load_safetensors((dir / "b.fqz").string());
+  ASSERT_EQ(fa.names, fb.names);
+  for (const auto& n : fa.names) EXPECT_TRUE(torch::equal(fa.at(n), fb.at(n))) << n;
+  EXPECT_EQ(fa.metadata.at("activations"), fb.metadata.at("activations"));
+  fs::remove_all(dir);
 }
 
 TEST(CliQuantize, Stories260KFlexRoundW4) {

@@ -24,7 +24,7 @@ struct OnnxCmd {
 
   void run() {
     std::cout << "flexquant: " << version() << " built from " << build_commit() << ", " << at::get_num_threads()
-              << " threads\n";
+              << " threads" << (deterministic() ? " (deterministic)" : "") << "\n";
     if (!conformance.empty()) return run_conformance();
     FQ_CHECK(!model.empty() && !data.empty(), ConfigError, "pass --model M.onnx --data cifar10:<dir>, or --conformance <dir>");
     OnnxGraph g = OnnxGraph::load(model);

@@ -58,7 +58,7 @@ std::shared_ptr<ProgressFn> progress_printer() {
 
 void print_header(const Task& task, const Recipe& r) {
   std::cout << "flexquant:   " << version() << " built from " << build_commit() << ", " << at::get_num_threads()
-            << " threads\n";
+            << " threads" << (deterministic() ? " (deterministic)" : "") << "\n";
   std::cout << "calibration: " << task.calibration_description(r) << "\n";
   std::cout << "evaluation:  " << task.evaluation_description() << "\n";
 }

@@ -32,15 +32,18 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("flexquant ") + version() + " (built from " + build_commit() + ")");
   app.require_subcommand(1);
   int threads = 0;
-  bool quiet = false, verbose = false;
+  bool quiet = false, verbose = false, deterministic_run = false;
   app.add_option("--threads", threads, "Worker threads (default: $FLEXQUANT_THREADS, else all cores)");
   app.add_flag("-q,--quiet", quiet, "Only warnings and errors");
   app.add_flag("-v,--verbose", verbose, "Debug output");
+  app.add_flag("--deterministic", deterministic_run,
+               "Same output bytes at any --threads: every op on one thread (slower; docs/RESULTS.md Reproducibility)");
   for (auto& e : cli::registry()) e.setup(*app.add_subcommand(e.name, e.help));
   app.parse_complete_callback([&] {
     if (quiet) set_log_level(LogLevel::Warn);
     if (verbose) set_log_level(LogLevel::Debug);
     std::string blas = init_runtime(threads);
+    if (deterministic_run) enable_deterministic();
     install_stop_handlers();
     log_debug("BLAS: " + blas);
   });
