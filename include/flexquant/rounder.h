@@ -132,6 +132,10 @@ struct ActQuantSpec {
   std::optional<Format> format;
 };
 
+/// ConfigError naming the format when it is not an activation grid (act.format takes minifloat / power formats of
+/// at most 8 bits; integers are act.bits). The one check: Recipe::validate and ActQuantizer both call it.
+void check_act_format(const Format& format);
+
 class ActQuantizer {
  public:
   ActQuantizer(const ActQuantSpec& spec, bool non_negative);

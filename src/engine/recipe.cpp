@@ -146,11 +146,7 @@ void Recipe::validate() const {
            "weight.first_last_bits ", first_last_bits, " is not valid: use 0 (same as weight.bits) or 2..8");
   FQ_CHECK(act_bits == 32 || (act_bits >= 2 && act_bits <= 16), ConfigError, "act.bits ", act_bits,
            " is not valid: use 2..16, or 32 for FP activations");
-  if (act_format != "int") {
-    const Format f = Format::parse(act_format);
-    FQ_CHECK(!f.is_int() && f.bits() <= 8, ConfigError, "act.format \"", act_format, "\" -> allowed: int, or a "
-             "minifloat / power format of at most 8 bits (fp8_e4m3, fp8_e5m2, fp6_e3m2, fp4_e2m1, ...)");
-  }
+  if (act_format != "int") check_act_format(Format::parse(act_format));
   FQ_CHECK(kv_bits == 32 || (kv_bits >= 2 && kv_bits <= 16), ConfigError, "act.kv_bits ", kv_bits,
            " is not valid: use 2..16, or 32 for off");
   FQ_CHECK(act_lr >= 0, ConfigError, "act.lr ", act_lr, " must be >= 0");

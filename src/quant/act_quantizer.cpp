@@ -27,10 +27,14 @@ torch::Tensor subsample(const torch::Tensor& flat, int64_t n) {
 
 }  // namespace
 
+void check_act_format(const Format& f) {
+  FQ_CHECK(!f.is_int() && f.bits() <= 8, ConfigError, "act.format \"", f.name(), "\" -> allowed: int (the width is "
+           "act.bits), or a minifloat / power format of at most 8 bits (fp8_e4m3, fp8_e5m2, fp6_e3m2, fp4_e2m1, ...)");
+}
+
 ActQuantizer::ActQuantizer(const ActQuantSpec& spec, bool non_negative) : spec_(spec), non_negative_(non_negative) {
   if (spec.format) {
-    FQ_CHECK(!spec.format->is_int(), ConfigError, "activation format ", spec.format->name(),
-             " is an integer format -> use act.bits for integers");
+    check_act_format(*spec.format);
     spec_.bits = spec.format->bits();
     levels_ = std::make_shared<WeightLevels>(*spec.format, torch::Tensor());
     max_level_ = spec.format->max_value();
