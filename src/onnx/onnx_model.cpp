@@ -24,8 +24,9 @@ const std::set<std::string> kSignPreserving = {"MaxPool", "AveragePool", "Global
 // How a layer node is run: ctx.run on (optionally explicitly padded) input.
 struct LayerCall {
   int layer = -1;               // index into the unit's layers, -1: a plain node
-  std::vector<int64_t> pads;    // Conv: [top, left, bottom, right] applied before the layer when not symmetric
-  std::string auto_pad = "NOTSET";  // SAME_*: pads depend on the input size, found at run time
+  // Conv whose pads the layer's symmetric `padding` cannot hold (asymmetric, or auto_pad SAME_*, which depends on
+  // the input size): the node's own pads are applied explicitly before the layer.
+  bool explicit_pads = false;
 };
 
 std::string strip_suffix(std::string s, const std::string& suffix) {
@@ -98,14 +99,13 @@ class GraphUnit : public Unit {
 };
 
 torch::Tensor GraphUnit::run_layer(const LayerCall& c, const OnnxNode& n, const torch::Tensor& x, UnitContext& ctx) {
-  std::vector<int64_t> pads = c.pads;
-  if (c.auto_pad == "SAME_UPPER" || c.auto_pad == "SAME_LOWER") {
-    const QuantLayer& l = layers_[c.layer];
-    pads = onnx_window_pads(n, x, {l.weight.size(2), l.weight.size(3)}, {l.stride, l.stride}, {l.dilation, l.dilation});
-  }
   torch::Tensor h = x;
-  if (!pads.empty() && std::any_of(pads.begin(), pads.end(), [](int64_t p) { return p != 0; }))
+  if (c.explicit_pads) {
+    const QuantLayer& l = layers_[c.layer];
+    const auto pads =
+        onnx_window_pads(n, x, {l.weight.size(2), l.weight.size(3)}, {l.stride, l.stride}, {l.dilation, l.dilation});
     h = torch::constant_pad_nd(x, {pads[1], pads[3], pads[0], pads[2]}, 0.0);
+  }
   return ctx.run(layers_[c.layer], c.layer, h);
 }
 
@@ -185,13 +185,11 @@ void OnnxModelBuilder::find_layers() {
       l.stride = same_pair(n.attr_ints("strides", {1, 1}), "strides", n, path());
       l.dilation = same_pair(n.attr_ints("dilations", {1, 1}), "dilations", n, path());
       l.groups = n.attr_i("group", 1);
-      call.auto_pad = n.attr_s("auto_pad", "NOTSET");
+      const std::string auto_pad = n.attr_s("auto_pad", "NOTSET");
       const auto pads = n.attr_ints("pads", {0, 0, 0, 0});
-      if (call.auto_pad == "VALID") call.auto_pad = "NOTSET";  // no padding
-      else if (call.auto_pad == "NOTSET" && pads.size() == 4 && std::all_of(pads.begin(), pads.end(), [&](int64_t p) { return p == pads[0]; }))
-        l.padding = pads[0];
-      else if (call.auto_pad == "NOTSET")
-        call.pads = pads;
+      const bool symmetric = pads.size() == 4 && std::all_of(pads.begin(), pads.end(), [&](int64_t p) { return p == pads[0]; });
+      if (auto_pad == "NOTSET" && symmetric) l.padding = pads[0];
+      else call.explicit_pads = auto_pad != "VALID";
     } else if (n.op == "Gemm" && w.dim() == 2 && n.attr_i("transA", 0) == 0) {
       src.transposed = n.attr_i("transB", 0) == 0;
       l.weight = (src.transposed ? w.t() : w).contiguous() * n.attr_f("alpha", 1.f);
