@@ -13,23 +13,16 @@ namespace flexquant {
 namespace {
 using json = nlohmann::json;
 constexpr const char* kFormat = "flexquant.checkpoint";
-
-uint64_t fnv(uint64_t h, const void* data, size_t n) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
-
 }  // namespace
 
 std::string run_fingerprint(ModelAdapter& model, const Recipe& recipe, const torch::Tensor& calib) {
   torch::Tensor c = calib.detach().to(torch::kCPU).contiguous();
-  uint64_t h = fnv(1469598103934665603ull, c.data_ptr(), c.numel() * c.element_size());
+  uint64_t h = fnv1a(kFnv1aStart, c.data_ptr(), c.numel() * c.element_size());
   std::string units;
   for (Unit* u : model.units()) units += u->name() + ",";
   for (QuantLayer* l : model.all_layers()) {
     torch::Tensor w = l->weight.detach().to(torch::kCPU).contiguous();
-    h = fnv(h, w.data_ptr(), w.numel() * w.element_size());
+    h = fnv1a(h, w.data_ptr(), w.numel() * w.element_size());
   }
   return fmt::format("{} | {} | {:016x}", recipe.to_json(-1), units, h);
 }

@@ -109,19 +109,22 @@ std::string file_hash(const std::string& path) {
   } else {
     files.push_back(path);
   }
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = kFnv1aStart;
   std::vector<char> buf(1 << 16);
   for (auto& p : files) {
     std::ifstream f(p, std::ios::binary);
     while (f) {
       f.read(buf.data(), buf.size());
-      for (std::streamsize i = 0; i < f.gcount(); ++i) {
-        h ^= static_cast<uint8_t>(buf[i]);
-        h *= 1099511628211ull;
-      }
+      h = fnv1a(h, buf.data(), static_cast<size_t>(f.gcount()));
     }
   }
   return fmt::format("{:016x}", h);
+}
+
+uint64_t fnv1a(uint64_t h, const void* data, size_t n) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
 }
 
 void write_quant_state(ModelAdapter& model, const QuantState& state, bool partial,

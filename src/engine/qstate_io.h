@@ -23,6 +23,10 @@ void write_quant_state(ModelAdapter& model, const QuantState& state, bool partia
 void read_quant_state(const SafeTensorsFile& f, const nlohmann::json& layers, const nlohmann::json& acts,
                       ModelAdapter& model, QuantState& state, bool partial);
 
+/// FNV-1a 64 over bytes, continuing from `h` (file_hash and checkpoint fingerprints).
+constexpr uint64_t kFnv1aStart = 1469598103934665603ull;
+uint64_t fnv1a(uint64_t h, const void* data, size_t n);
+
 nlohmann::json unit_report_to_json(const UnitReport& u);
 UnitReport unit_report_from_json(const nlohmann::json& j);
 
