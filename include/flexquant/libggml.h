@@ -22,9 +22,12 @@ class LibGgml {
   /// ggml_quantize_chunk: `rows` rows of `n` floats into `t`'s blocks; `imatrix` [n] per-column importance
   /// (llama.cpp's imatrix: mean of squared activations) or null for its reference rounding.
   std::vector<uint8_t> quantize(GgmlType t, const float* x, int64_t rows, int64_t n, const float* imatrix) const;
+  /// ggml's own dequantize_row_<type> (exported by libggml-base) of `rows` rows of `n` weights.
+  std::vector<float> dequantize(GgmlType t, const uint8_t* data, int64_t rows, int64_t n) const;
   std::string path;
 
  private:
+  void* handle_ = nullptr;
   using QuantizeChunk = size_t (*)(int, const float*, void*, int64_t, int64_t, int64_t, const float*);
   using QuantizeInit = void (*)(int);
   QuantizeChunk chunk_ = nullptr;

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "flexquant/error.h"
+#include "ggml_kquants.h"
 
 namespace flexquant {
 namespace {
@@ -139,7 +140,8 @@ const std::vector<GgmlTypeInfo>& ggml_types() {
   static const std::vector<GgmlTypeInfo> types = {
       {GgmlType::F32, "f32", 1, 4},       {GgmlType::F16, "f16", 1, 2},       {GgmlType::Q4_0, "q4_0", 32, 18},
       {GgmlType::Q4_1, "q4_1", 32, 20},   {GgmlType::Q5_0, "q5_0", 32, 22},   {GgmlType::Q5_1, "q5_1", 32, 24},
-      {GgmlType::Q8_0, "q8_0", 32, 34},
+      {GgmlType::Q8_0, "q8_0", 32, 34},   {GgmlType::Q2_K, "q2_k", 256, 84},  {GgmlType::Q3_K, "q3_k", 256, 110},
+      {GgmlType::Q4_K, "q4_k", 256, 144}, {GgmlType::Q5_K, "q5_k", 256, 176}, {GgmlType::Q6_K, "q6_k", 256, 210},
   };
   return types;
 }
@@ -192,6 +194,11 @@ std::vector<uint8_t> ggml_quantize_ref(GgmlType t, const float* x, int64_t rows,
     return out;
   }
   const int64_t bytes = ggml_type_info(t).block_bytes;
+  if (const kquant::KSpec* ks = kquant::kspec(t)) {
+    for (int64_t b = 0; b < rows * n / kquant::kSuper; ++b, p += bytes)
+      kquant::pack(*ks, kquant::quantize_ref(*ks, x + b * kquant::kSuper), p);
+    return out;
+  }
   uint8_t code[kQK];
   for (int64_t b = 0; b < rows * n / kQK; ++b, p += bytes) {
     uint16_t d, m;
@@ -212,8 +219,13 @@ std::vector<float> ggml_dequantize(GgmlType t, const uint8_t* data, int64_t rows
     for (size_t i = 0; i < out.size(); ++i) out[i] = from_half_bits(get_u16(data + 2 * i));
     return out;
   }
-  const bool has_min = layout(t).has_min;
   const int64_t bytes = ggml_type_info(t).block_bytes;
+  if (const kquant::KSpec* ks = kquant::kspec(t)) {
+    for (int64_t b = 0; b < rows * n / kquant::kSuper; ++b)
+      kquant::dequantize(*ks, kquant::unpack(*ks, data + b * bytes), out.data() + b * kquant::kSuper);
+    return out;
+  }
+  const bool has_min = layout(t).has_min;
   int q[kQK];
   for (int64_t b = 0; b < rows * n / kQK; ++b) {
     float d, m;

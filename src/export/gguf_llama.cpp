@@ -1,4 +1,5 @@
 // Llama <-> GGUF (include/flexquant/gguf_llama.h).
+#include <algorithm>
 #include "flexquant/gguf_llama.h"
 
 #include <fmt/format.h>
@@ -34,6 +35,11 @@ uint32_t file_type(GgmlType t) {
     case GgmlType::Q8_0: return 7;
     case GgmlType::Q5_0: return 8;
     case GgmlType::Q5_1: return 9;
+    case GgmlType::Q2_K: return 10;
+    case GgmlType::Q3_K: return 12;  // llama.cpp's names: Q3_K_M, Q4_K_M, Q5_K_M (its most used mixes)
+    case GgmlType::Q4_K: return 15;
+    case GgmlType::Q5_K: return 17;
+    case GgmlType::Q6_K: return 18;
   }
   return 0;
 }
@@ -204,6 +210,15 @@ GgufExportReport export_gguf(ModelAdapter& adapter, const QuantState& state, con
   return rep;
 }
 
+namespace {
+// Values LlamaModel holds for `c` (every tensor); fits int64 after LlamaConfig::validate's maxima.
+int64_t param_count(const LlamaConfig& c) {
+  const int64_t per_layer = 2 * c.dim + 2 * c.dim * c.dim + 2 * c.kv_dim() * c.dim + 3 * c.hidden_dim * c.dim +
+                            (c.qkv_bias ? c.dim + 2 * c.kv_dim() : 0);
+  return c.vocab_size * c.dim * (c.tied_classifier ? 1 : 2) + c.n_layers * per_layer + c.dim;
+}
+}  // namespace
+
 std::unique_ptr<LlamaModel> load_llama_gguf(const std::string& path) {
   GgufFile f = GgufFile::read(path);
   const std::string arch = f.has("general.architecture") ? f.at("general.architecture").s : "";
@@ -228,6 +243,12 @@ std::unique_ptr<LlamaModel> load_llama_gguf(const std::string& path) {
              "\": partial rotary embeddings (rope.dimension_count ", meta_u32(f, "llama.rope.dimension_count"),
              " < head size ", c.dim / c.n_heads, ") are not supported");
   c.validate("\"" + path + "\"");
+  // The metadata must not size memory on its own: the tensors in the file have to hold at least as many values.
+  int64_t stored = 0;
+  for (const auto& t : f.tensors) stored = std::min(stored + t.numel(), param_count(c));  // no overflow
+  FQ_CHECK(stored >= param_count(c), ModelError, "GGUF file \"", path, "\": its metadata describes a model of ",
+           param_count(c), " parameters but its tensors hold ", stored,
+           " values -> hint: the metadata does not belong to these tensors (corrupt file)");
   auto model = std::make_unique<LlamaModel>(c);
   torch::NoGradGuard ng;
   for (const NamedTensor& nt : model->named_tensors()) {

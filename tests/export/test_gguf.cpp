@@ -40,7 +40,7 @@ TEST(GgmlTypes, ReferenceQuantizerMatchesLibggmlByteForByte) {
     if (nt.role == TensorRole::Norm || n % 32 != 0) continue;  // ffn_down rows (172) fit no block type
     ++tensors;
     for (const auto& info : ggml_types()) {
-      if (info.type == GgmlType::F32) continue;
+      if (info.type == GgmlType::F32 || info.block == 256) continue;  // k-quants: KQuantsMatchLibggmlByteForByte
       auto ours = ggml_quantize_ref(info.type, w.data_ptr<float>(), rows, n);
       auto theirs = lib.quantize(info.type, w.data_ptr<float>(), rows, n, nullptr);
       ASSERT_EQ(theirs.size(), ours.size()) << info.name << " " << nt.name;
@@ -50,6 +50,53 @@ TEST(GgmlTypes, ReferenceQuantizerMatchesLibggmlByteForByte) {
   }
   EXPECT_EQ(tensors, 1 + 5 * 6);  // token_embd and every attention / gate / up weight
   std::cout << "[ ggml ] " << bytes_checked << " bytes of " << tensors << " real tensors equal libggml-base's\n";
+}
+
+namespace {
+
+// Real weights (every stories260K tensor but the norms, flattened into 256-wide rows: its own rows of 64 and 172 fit
+// no super-block) and the edge cases of the k-quants' searches: zero super-blocks, zero sub-blocks, a lone outlier
+// that rounds small sub-block scales to 0, constant, one-signed and sub-threshold (1e-20) blocks.
+std::vector<std::pair<std::string, torch::Tensor>> kquant_rows() {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  auto model = stories();
+  for (const NamedTensor& nt : model->named_tensors())
+    if (nt.role != TensorRole::Norm) out.emplace_back(nt.name, nt.tensor->contiguous().reshape({-1, 256}).clone());
+  torch::manual_seed(7);
+  torch::Tensor e = torch::randn({8, 256}) * 0.02;
+  e[0].zero_();
+  e[1].slice(0, 0, 128).zero_();
+  e[2][5] = 40.0;
+  e[3].fill_(0.25);
+  e[4] = e[4].abs();
+  e[5] = -e[5].abs();
+  e[6].fill_(1e-20);
+  e[7].slice(0, 32, 48).fill_(-3.0);
+  out.emplace_back("edge cases", e);
+  return out;
+}
+
+}  // namespace
+
+// Every k-quant: our reference rounding gives libggml-base's bytes, and our dequantization its floats, bit for bit.
+TEST(GgmlTypes, KQuantsMatchLibggmlByteForByte) {
+  const LibGgml& lib = LibGgml::get();
+  int64_t bytes = 0;
+  for (const auto& [name, w] : kquant_rows()) {
+    for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
+      const char* tn = ggml_type_info(t).name;
+      const int64_t rows = w.size(0);
+      auto ours = ggml_quantize_ref(t, w.data_ptr<float>(), rows, 256);
+      auto theirs = lib.quantize(t, w.data_ptr<float>(), rows, 256, nullptr);
+      ASSERT_EQ(ours.size(), theirs.size()) << tn << " " << name;
+      ASSERT_EQ(std::memcmp(ours.data(), theirs.data(), ours.size()), 0) << tn << " " << name;
+      auto back = ggml_dequantize(t, ours.data(), rows, 256);
+      auto ref = lib.dequantize(t, ours.data(), rows, 256);
+      ASSERT_EQ(std::memcmp(back.data(), ref.data(), back.size() * 4), 0) << tn << " dequantize " << name;
+      bytes += static_cast<int64_t>(ours.size());
+    }
+  }
+  std::cout << "[ ggml ] " << bytes << " k-quant bytes equal libggml-base's, and their dequantization\n";
 }
 
 // llama.cpp's importance matrix (mean squared inputs per column, collected on real text) steers its own Q4_0 rounding
@@ -163,8 +210,8 @@ TEST(Gguf, BadFilesNameTheFileAndField) {
   auto pos = std::search(bytes.begin(), bytes.end(), first.begin(), first.end()) - bytes.begin();
   const size_t type_at = static_cast<size_t>(pos) + first.size() + 4 + 8 * f.tensors[0].ne.size();
   auto k = bytes;
-  k[type_at] = 12;
-  flexquant::testing::expect_error<IoError>([&] { GgufFile::read(write("fq_k.gguf", k)); }, {"fq_k.gguf", first, "type id 12", "q8_0"});
+  k[type_at] = 16;  // IQ2_XXS: not supported
+  flexquant::testing::expect_error<IoError>([&] { GgufFile::read(write("fq_k.gguf", k)); }, {"fq_k.gguf", first, "type id 16", "q8_0"});
   for (auto n : {"fq_cut.gguf", "fq_head.gguf", "fq_v4.gguf", "fq_magic.gguf", "fq_k.gguf"}) fs::remove(tmp(n));
   fs::remove(good);
 }
