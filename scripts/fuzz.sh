@@ -83,7 +83,7 @@ run_one() {
   mkdir -p "$corpus" "$findings" "$(dirname "$log")"
   local t0=$SECONDS rc=0
   "$B/fuzz_$t" -runs="$RUNS" -max_total_time="$MAX_TIME" -max_len="${MAX_LEN[$t]}" -timeout=10 \
-    -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1 -artifact_prefix="$findings/" \
+    -rss_limit_mb=2048 -malloc_limit_mb=1024 -print_final_stats=1 -artifact_prefix="$findings/" \
     "$corpus" "$S/$t" >"$log" 2>&1 || rc=$?
   echo "$t $rc $((SECONDS - t0))" >"$log.status"
 }

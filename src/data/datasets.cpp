@@ -64,6 +64,8 @@ std::vector<std::string> cifar_files_in(const std::string& dir) {
   return files;
 }
 
+constexpr size_t kMaxIdxBytes = size_t{256} << 20;  // Fashion-MNIST's largest file: 45 MiB
+
 // Fashion-MNIST: gzread reads gzipped and plain files alike.
 std::vector<unsigned char> read_gz(const std::string& path) {
   gzFile f = gzopen(path.c_str(), "rb");
@@ -71,7 +73,14 @@ std::vector<unsigned char> read_gz(const std::string& path) {
   std::vector<unsigned char> out;
   unsigned char buf[1 << 16];
   int n;
-  while ((n = gzread(f, buf, sizeof(buf))) > 0) out.insert(out.end(), buf, buf + n);
+  while ((n = gzread(f, buf, sizeof(buf))) > 0) {
+    out.insert(out.end(), buf, buf + n);
+    if (out.size() > kMaxIdxBytes) {  // a few KB of gzip can expand to gigabytes
+      gzclose(f);
+      throw IoError(detail::concat("IDX file ", path, " decompresses to more than ", kMaxIdxBytes >> 20,
+                                   " MiB -> Fashion-MNIST's largest file holds 45 MiB -> hint: corrupt or not IDX"));
+    }
+  }
   int err = 0;
   const char* msg = gzerror(f, &err);
   const std::string emsg = msg ? msg : "";
@@ -99,7 +108,8 @@ std::vector<unsigned char> read_idx(const std::string& path, int ndims, std::vec
   size_t count = 1;
   for (int i = 0; i < ndims; ++i) {
     dims.push_back(be32(raw.data() + 4 + 4 * i));
-    count *= static_cast<size_t>(dims.back());
+    // saturates instead of wrapping, so a header whose product overflows cannot match the data size
+    count = std::min<size_t>(count, 2 * kMaxIdxBytes) * static_cast<size_t>(dims.back());
   }
   FQ_CHECK(raw.size() - head == count, IoError, (raw.size() - head < count ? "truncated" : "oversized"), " IDX file ",
            path, " -> ", raw.size() - head, " data bytes -> the header's dimensions need ", count);

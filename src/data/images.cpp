@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <regex>
 #include <sstream>
 
@@ -26,6 +27,7 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr int64_t kMaxDatasetBytes = int64_t{8} << 30;  // float32 images held in memory
+constexpr int64_t kMaxImagePixels = int64_t{1} << 26;   // per image
 
 Normalization default_norm(int64_t channels) {
   return channels == 3 ? Normalization::cifar10() : Normalization{std::vector<double>(channels, 0.5), std::vector<double>(channels, 0.5)};
@@ -75,9 +77,56 @@ bool is_image_file(const fs::path& p) {
   return e == ".png" || e == ".jpg" || e == ".jpeg" || e == ".bmp";
 }
 
+// stb_image 2.27 (Debian's libstb-dev) builds each JPEG Huffman table into a 257-byte array without checking the
+// table's code count (DHT: 16 counts of up to 255 each), so a crafted JPEG writes past it into the decoder's state
+// (found by fuzz/fuzz_image.cpp; upstream checks it since). The DHT segments are checked here before stb reads the
+// file: every marker stb would process is found the same way (length-delimited segments, and a byte scan for
+// markers inside entropy-coded data), and each table it would build is walked as it walks it.
+bool jpeg_huffman_tables_fit(const std::string& b) {
+  auto u8 = [&](size_t i) { return i < b.size() ? static_cast<unsigned char>(b[i]) : 0u; };
+  for (size_t i = 2; i + 1 < b.size();) {
+    if (u8(i) != 0xFF || u8(i + 1) == 0xFF) {  // data, or fill bytes before a marker
+      ++i;
+      continue;
+    }
+    const unsigned m = u8(i + 1);
+    if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) {  // stuffed 0xFF, TEM, RSTn, SOI: no length
+      i += 2;
+      continue;
+    }
+    if (m == 0xD9) break;  // EOI
+    const size_t len = (u8(i + 2) << 8) | u8(i + 3);
+    if (m == 0xC4) {  // DHT: tables while the segment has bytes left, as stbi__process_marker reads them
+      int64_t left = static_cast<int64_t>(len) - 2;
+      for (size_t p = i + 4; left > 0 && p < b.size();) {
+        int64_t n = 0;
+        for (size_t k = 1; k <= 16; ++k) n += u8(p + k);
+        if (n > 256) return false;
+        p += 17 + static_cast<size_t>(n);
+        left -= 17 + n;
+      }
+    }
+    i += 2 + std::max<size_t>(len, 2);
+  }
+  return true;
+}
+
 torch::Tensor decode_image(const std::string& path, int channels) {
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  FQ_CHECK(in.good() || in.eof(), IoError, "cannot read image \"", path, "\"");
+  FQ_CHECK(bytes.size() <= (size_t{1} << 30), IoError, "image \"", path, "\" has ", bytes.size(),
+           " bytes -> at most 1 GiB per image");
+  FQ_CHECK(bytes.rfind("\xFF\xD8", 0) != 0 || jpeg_huffman_tables_fit(bytes), IoError, "cannot decode image \"",
+           path, "\": a JPEG Huffman table holds more than 256 codes -> the file is corrupt");
   int w = 0, h = 0, c = 0;
-  stbi_uc* px = stbi_load(path.c_str(), &w, &h, &c, channels);
+  // A header can claim any size, and stb allocates it before it finds the data missing (a BMP even decodes the
+  // missing pixels as zeros): 64 megapixels at most, i.e. <= 768 MiB once the pixels are float32.
+  if (stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &w, &h, &c))
+    FQ_CHECK(int64_t{w} * h <= kMaxImagePixels, IoError, "image \"", path, "\" is ", w, "x", h,
+             " pixels -> at most 64 megapixels; hint: downscale it, the model resizes it to its input size anyway");
+  stbi_uc* px = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()),
+                                      &w, &h, &c, channels);
   FQ_CHECK(px != nullptr, IoError, "cannot decode image \"", path, "\": ", stbi_failure_reason(),
            " -> supported: PNG, JPEG, BMP");
   torch::Tensor t = torch::from_blob(px, {h, w, channels}, torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat);
@@ -102,8 +151,8 @@ std::vector<std::string> read_npy_header(std::ifstream& in, const std::string& p
   std::string h(len, '\0');
   in.read(h.data(), len);
   std::smatch m;
-  const std::regex descr("'descr'\\s*:\\s*'([<>|=])([fiu])(\\d)'"), order("'fortran_order'\\s*:\\s*(True|False)"),
-      shape("'shape'\\s*:\\s*\\(([^)]*)\\)");
+  static const std::regex descr("'descr'\\s*:\\s*'([<>|=])([fiu])(\\d)'"), order("'fortran_order'\\s*:\\s*(True|False)"),
+      shape("'shape'\\s*:\\s*\\(([^)]*)\\)");  // built once: compiling a std::regex costs more than reading a header
   FQ_CHECK(std::regex_search(h, m, descr), IoError, "\"", path, "\": .npy header has no readable 'descr': ", h);
   std::vector<std::string> out{m[1], m[2], m[3]};
   FQ_CHECK(std::regex_search(h, m, order) && m[1] == "False", IoError, "\"", path,
@@ -137,7 +186,14 @@ torch::Tensor load_npy(const std::string& path) {
   std::stringstream ss(h[3]);
   for (std::string tok; std::getline(ss, tok, ',');) {
     if (tok.find_first_not_of(" ") == std::string::npos) continue;
-    const int64_t d = std::stoll(tok);
+    int64_t d = -1;
+    size_t used = 0;
+    try {
+      d = std::stoll(tok, &used);
+    } catch (const std::exception&) {  // not a number, or beyond int64
+    }
+    FQ_CHECK(used > 0 && tok.find_first_not_of(" L", used) == std::string::npos, IoError, "\"", path,
+             "\": .npy shape (", h[3], ") holds \"", tok, "\", not a dimension -> the file is corrupt");
     FQ_CHECK(d >= 0 && (d == 0 || count <= (int64_t{1} << 40) / std::max<int64_t>(d, 1)), IoError, "\"", path,
              "\": shape (", h[3], ") is out of range");
     dims.push_back(d);

@@ -178,7 +178,31 @@ int64_t save_qmodel(const std::string& path, ModelAdapter& model, const QuantSta
   return static_cast<int64_t>(fs::file_size(path));
 }
 
-QModelInfo read_qmodel_info(const std::string& path) { return info_from(load_safetensors(path)); }
+// Runs fn on a .fqz's metadata and tensors: what nlohmann::json, std::stoi or LibTorch throws on a malformed file
+// (a field missing or of the wrong type, bad JSON, codes that do not fit their shape) becomes a ModelError naming it.
+template <class F>
+auto fqz_fields(const std::string& path, F&& fn) -> decltype(fn()) {
+  auto fail = [&](const char* what) {
+    return ModelError(detail::concat("\"", path, "\" is not a valid .fqz: ", what,
+                                     " -> hint: the file is corrupt or was not written by flexquant"));
+  };
+  try {
+    return fn();
+  } catch (const Error&) {
+    throw;
+  } catch (const json::exception& e) {
+    throw fail(e.what());
+  } catch (const c10::Error& e) {
+    throw fail(e.what_without_backtrace());
+  } catch (const std::logic_error& e) {  // std::stoi's invalid_argument / out_of_range
+    throw fail(e.what());
+  }
+}
+
+QModelInfo read_qmodel_info(const std::string& path) {
+  SafeTensorsFile f = load_safetensors(path);
+  return fqz_fields(path, [&] { return info_from(f); });
+}
 
 void read_quant_state(const SafeTensorsFile& f, const json& layers, const json& acts, ModelAdapter& model,
                       QuantState& state, bool partial) {
@@ -200,7 +224,11 @@ void read_quant_state(const SafeTensorsFile& f, const json& layers, const json& 
              json(q.shape).dump(), " but the model's weight is ", json(l->weight.sizes().vec()).dump());
     auto gshape = lj.at("grouped_shape").get<std::vector<int64_t>>();
     int64_t count = 1;
-    for (auto d : gshape) count *= d;
+    for (auto d : gshape) {
+      FQ_CHECK(d >= 0 && (d == 0 || count <= (int64_t{1} << 48) / d), ModelError, "layer \"", l->name, "\" in \"",
+               path, "\" has grouped_shape ", json(gshape).dump(), " -> each >= 0, at most 2^48 codes");
+      count *= d;
+    }
     q.codes = unpack_codes(f.at(l->name + ".codes"), q.spec.bits(), count).view(gshape);
     q.qparams.scale = f.at(l->name + ".scale");
     q.qparams.zero_point = f.at(l->name + ".zero_point");
@@ -227,12 +255,14 @@ void read_quant_state(const SafeTensorsFile& f, const json& layers, const json& 
 
 QModelInfo load_qmodel(const std::string& path, ModelAdapter& model, QuantState& state) {
   SafeTensorsFile f = load_safetensors(path);
-  QModelInfo info = info_from(f);
-  FQ_CHECK(info.arch == model.arch(), ModelError, "\"", path, "\" was quantized from a ", info.arch,
-           " model but the model given is ", model.arch());
-  read_quant_state(f, json::parse(meta_or_throw(f, "layers")), json::parse(meta_or_throw(f, "activations")), model,
-                   state, false);
-  return info;
+  return fqz_fields(path, [&] {
+    QModelInfo info = info_from(f);
+    FQ_CHECK(info.arch == model.arch(), ModelError, "\"", path, "\" was quantized from a ", info.arch,
+             " model but the model given is ", model.arch());
+    read_quant_state(f, json::parse(meta_or_throw(f, "layers")), json::parse(meta_or_throw(f, "activations")), model,
+                     state, false);
+    return info;
+  });
 }
 
 json unit_report_to_json(const UnitReport& u) {

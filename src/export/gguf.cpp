@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -38,6 +39,7 @@ namespace {
 
 constexpr uint64_t kMaxCount = uint64_t{1} << 24;  // tensors, kv pairs, array items: far above any real model
 constexpr uint64_t kMaxString = uint64_t{1} << 26;
+constexpr int64_t kMaxElements = int64_t{1} << 48;  // per tensor; keeps numel() and bytes() far from overflow
 
 // Bounded little-endian reads that name the file and the field on failure.
 class Reader {
@@ -52,6 +54,7 @@ class Reader {
     FQ_CHECK(pos() + n <= size_, IoError, "GGUF file \"", path_, "\" is truncated: ", field, " needs ", n,
              " bytes at offset ", pos(), " but the file has ", size_, " bytes");
     in_.read(static_cast<char*>(dst), static_cast<std::streamsize>(n));
+    pos_ += n;
   }
   template <class T>
   T scalar(const std::string& field) {
@@ -61,19 +64,21 @@ class Reader {
   }
   std::string string(const std::string& field) {
     const uint64_t n = scalar<uint64_t>(field + " (length)");
-    FQ_CHECK(n <= kMaxString, IoError, "GGUF file \"", path_, "\" is corrupt: ", field, " claims ", n, " bytes");
+    FQ_CHECK(n <= kMaxString && n <= remaining(), IoError, "GGUF file \"", path_, "\" is corrupt: ", field, " claims ", n,
+             " bytes but ", remaining(), " follow");
     std::string s(n, '\0');
     bytes(s.data(), n, field);
     return s;
   }
-  uint64_t pos() { return static_cast<uint64_t>(in_.tellg()); }
+  uint64_t pos() const { return pos_; }  // kept here: tellg() is a system call, and a vocabulary takes ~10^5 reads
+  uint64_t remaining() const { return size_ - pos_; }
   uint64_t size() const { return size_; }
   const std::string& path() const { return path_; }
 
  private:
   std::string path_;
   std::ifstream in_;
-  uint64_t size_ = 0;
+  uint64_t size_ = 0, pos_ = 0;
 };
 
 GgufValue read_value(Reader& r, GgufKind kind, const std::string& key, int depth) {
@@ -98,8 +103,11 @@ GgufValue read_value(Reader& r, GgufKind kind, const std::string& key, int depth
       FQ_CHECK(elem <= static_cast<uint32_t>(GgufKind::F64) && elem != static_cast<uint32_t>(GgufKind::Array), IoError,
                "GGUF file \"", r.path(), "\" is corrupt: metadata \"", key, "\" has array element type ", elem);
       const uint64_t n = r.scalar<uint64_t>(key + " (array length)");
-      FQ_CHECK(n <= kMaxCount, IoError, "GGUF file \"", r.path(), "\" is corrupt: metadata \"", key, "\" claims ", n,
-               " items");
+      // Every item takes at least 1 byte (a string: its 8-byte length), so the rest of the file bounds the count
+      // before anything is reserved for it.
+      const uint64_t min_item = elem == static_cast<uint32_t>(GgufKind::String) ? 8 : 1;
+      FQ_CHECK(n <= kMaxCount && n <= r.remaining() / min_item, IoError, "GGUF file \"", r.path(),
+               "\" is corrupt: metadata \"", key, "\" claims ", n, " items but ", r.remaining(), " bytes follow");
       v.elem = static_cast<GgufKind>(elem);
       v.items.reserve(n);
       for (uint64_t i = 0; i < n; ++i) v.items.push_back(read_value(r, v.elem, key, depth + 1));
@@ -191,10 +199,12 @@ GgufFile GgufFile::read(const std::string& path) {
     t.name = r.string(fmt::format("name of tensor {}", i));
     const uint32_t nd = r.scalar<uint32_t>("n_dims of tensor \"" + t.name + "\"");
     FQ_CHECK(nd >= 1 && nd <= 4, IoError, "GGUF file \"", path, "\": tensor \"", t.name, "\" has ", nd, " dimensions");
+    int64_t numel = 1;
     for (uint32_t d = 0; d < nd; ++d) {
       t.ne.push_back(r.scalar<int64_t>("dims of tensor \"" + t.name + "\""));
-      FQ_CHECK(t.ne.back() > 0 && t.ne.back() < (int64_t{1} << 40), IoError, "GGUF file \"", path, "\": tensor \"",
-               t.name, "\" has dimension ", t.ne.back());
+      FQ_CHECK(t.ne.back() > 0 && t.ne.back() <= kMaxElements / numel, IoError, "GGUF file \"", path, "\": tensor \"",
+               t.name, "\" has dimension ", t.ne.back(), " -> allowed: positive, at most 2^48 elements in all");
+      numel *= t.ne.back();
     }
     t.type = ggml_type_from_id(r.scalar<uint32_t>("type of tensor \"" + t.name + "\""),
                                "GGUF file \"" + path + "\", tensor \"" + t.name + "\"");
@@ -207,10 +217,12 @@ GgufFile GgufFile::read(const std::string& path) {
     f.tensors.push_back(std::move(t));
   }
   f.data_offset = align_up(r.pos(), f.alignment);
-  for (const auto& t : f.tensors)
-    FQ_CHECK(f.data_offset + t.offset + static_cast<uint64_t>(t.bytes()) <= r.size(), IoError, "GGUF file \"", path,
-             "\" is truncated: tensor \"", t.name, "\" needs bytes up to ", f.data_offset + t.offset + t.bytes(),
-             " but the file has ", r.size());
+  for (const auto& t : f.tensors) {
+    const uint64_t room = r.size() - std::min(r.size(), f.data_offset);  // in the data section
+    FQ_CHECK(t.offset <= room && static_cast<uint64_t>(t.bytes()) <= room - t.offset, IoError, "GGUF file \"", path,
+             "\" is truncated: tensor \"", t.name, "\" needs ", t.bytes(), " bytes at data offset ", t.offset,
+             " but the data section holds ", room);
+  }
   return f;
 }
 

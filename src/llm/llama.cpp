@@ -25,6 +25,17 @@ void LlamaConfig::validate(const std::string& source) const {
   positive(n_kv_heads, "n_kv_heads");
   positive(vocab_size, "vocab_size");
   positive(max_seq_len, "max_seq_len");
+  // Sane maxima, far above any released model, so that a corrupt header is refused before anything is allocated
+  // from it and every size product of these fields fits int64.
+  auto at_most = [&](int64_t v, int64_t max, const char* what) {
+    FQ_CHECK(v <= max, ModelError, source, ": ", what, " -> ", v, " -> allowed at most ", max,
+             " (far above any released model); hint: the file is corrupt or not a Llama-family checkpoint");
+  };
+  at_most(dim, int64_t{1} << 20, "dim");
+  at_most(hidden_dim, int64_t{1} << 20, "hidden_dim");
+  at_most(n_layers, 4096, "n_layers");
+  at_most(vocab_size, int64_t{1} << 24, "vocab_size");
+  at_most(max_seq_len, int64_t{1} << 30, "max_seq_len");
   FQ_CHECK(dim % n_heads == 0, ModelError, source, ": dim ", dim, " is not a multiple of n_heads ", n_heads,
            " -> allowed: dim = n_heads * head_dim");
   FQ_CHECK(head_dim() % 2 == 0, ModelError, source, ": head_dim ", head_dim(), " is odd -> RoPE needs an even head_dim");

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <type_traits>
 
 #include "flexquant/error.h"
 #include "flexquant/llama.h"
@@ -135,9 +136,17 @@ nlohmann::json read_json(const fs::path& p) {
   }
 }
 
+// j[key] as T, `def` when absent or null; ModelError naming the file and key when it has another type.
 template <typename T>
-T get_or(const nlohmann::json& j, const char* key, T def) {
-  return j.contains(key) && !j[key].is_null() ? j[key].get<T>() : def;
+T get_or(const nlohmann::json& j, const char* key, T def, const std::string& file) {
+  if (!j.contains(key) || j[key].is_null()) return def;
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)  // a float would be cast (UB when out of range)
+    FQ_CHECK(j[key].is_number_integer(), ModelError, file, ": \"", key, "\" is ", j[key].dump(), " -> expected an integer");
+  try {
+    return j[key].get<T>();
+  } catch (const nlohmann::json::exception& e) {
+    throw ModelError(detail::concat(file, ": \"", key, "\" is ", j[key].dump(), " -> ", e.what()));
+  }
 }
 
 // name -> tensor across shards; remembers the file each came from for messages.
@@ -147,13 +156,16 @@ struct TensorSource {
   std::string dir;
 
   bool contains(const std::string& n) const { return tensors.count(n) != 0; }
-  torch::Tensor get(const std::string& n, std::vector<int64_t> shape) const {
+  const torch::Tensor& check(const std::string& n, const std::vector<int64_t>& shape) const {
     auto it = tensors.find(n);
     FQ_CHECK(it != tensors.end(), ModelError, "missing tensor -> ", n, " -> not found in the safetensors of ", dir,
              "; hint: is this a Llama/Mistral/Qwen2 checkpoint with HF tensor names?");
     FQ_CHECK(it->second.sizes().vec() == shape, ModelError, "tensor ", n, " in ", file_of.at(n), " has shape ",
              it->second.sizes(), " -> expected ", torch::IntArrayRef(shape), " from config.json");
-    return it->second.to(torch::kFloat32);
+    return it->second;
+  }
+  torch::Tensor get(const std::string& n, const std::vector<int64_t>& shape) const {
+    return check(n, shape).to(torch::kFloat32);
   }
 };
 
@@ -166,30 +178,30 @@ std::unique_ptr<LlamaModel> load_llama_hf(const std::string& dir_str) {
   FQ_CHECK(fs::exists(dir / "config.json"), IoError, "missing config.json -> ", (dir / "config.json").string(),
            " -> a Hugging Face model folder needs config.json beside its *.safetensors");
   nlohmann::json c = read_json(dir / "config.json");
-  std::string type = get_or<std::string>(c, "model_type", "llama");
+  const std::string config_path = (dir / "config.json").string();
+  FQ_CHECK(c.is_object(), ModelError, config_path, " is not a JSON object -> ", c.type_name());
+  std::string type = get_or<std::string>(c, "model_type", "llama", config_path);
   static const std::set<std::string> kTypes = {"llama", "mistral", "qwen2"};
   FQ_CHECK(kTypes.count(type), ModelError, dir_str, "/config.json: model_type \"", type,
            "\" -> allowed llama, mistral, qwen2");
   LlamaConfig cfg;
-  try {
-    cfg.dim = c.at("hidden_size").get<int64_t>();
-    cfg.hidden_dim = c.at("intermediate_size").get<int64_t>();
-    cfg.n_layers = c.at("num_hidden_layers").get<int64_t>();
-    cfg.n_heads = c.at("num_attention_heads").get<int64_t>();
-    cfg.vocab_size = c.at("vocab_size").get<int64_t>();
-  } catch (const nlohmann::json::exception& e) {
-    throw ModelError(detail::concat(dir_str, "/config.json: ", e.what(),
-                                    " -> needs hidden_size, intermediate_size, num_hidden_layers, "
-                                    "num_attention_heads, vocab_size"));
-  }
-  cfg.n_kv_heads = get_or<int64_t>(c, "num_key_value_heads", cfg.n_heads);
-  cfg.max_seq_len = get_or<int64_t>(c, "max_position_embeddings", 2048);
-  cfg.norm_eps = get_or<double>(c, "rms_norm_eps", 1e-6);
-  cfg.rope_theta = get_or<double>(c, "rope_theta", 10000.0);
-  cfg.tied_classifier = get_or<bool>(c, "tie_word_embeddings", false);
-  if (c.contains("head_dim") && !c["head_dim"].is_null())
-    FQ_CHECK(c["head_dim"].get<int64_t>() * cfg.n_heads == cfg.dim, ModelError, dir_str, "/config.json: head_dim ",
-             c["head_dim"].get<int64_t>(), " * num_attention_heads != hidden_size -> unsupported");
+  for (const char* key : {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"})
+    FQ_CHECK(c.contains(key), ModelError, config_path, ": no \"", key, "\" -> needs hidden_size, intermediate_size, "
+             "num_hidden_layers, num_attention_heads, vocab_size");
+  cfg.dim = get_or<int64_t>(c, "hidden_size", 0, config_path);
+  cfg.hidden_dim = get_or<int64_t>(c, "intermediate_size", 0, config_path);
+  cfg.n_layers = get_or<int64_t>(c, "num_hidden_layers", 0, config_path);
+  cfg.n_heads = get_or<int64_t>(c, "num_attention_heads", 0, config_path);
+  cfg.vocab_size = get_or<int64_t>(c, "vocab_size", 0, config_path);
+  cfg.n_kv_heads = get_or<int64_t>(c, "num_key_value_heads", cfg.n_heads, config_path);
+  cfg.max_seq_len = get_or<int64_t>(c, "max_position_embeddings", 2048, config_path);
+  cfg.norm_eps = get_or<double>(c, "rms_norm_eps", 1e-6, config_path);
+  cfg.rope_theta = get_or<double>(c, "rope_theta", 10000.0, config_path);
+  cfg.tied_classifier = get_or<bool>(c, "tie_word_embeddings", false, config_path);
+  const int64_t head_dim = get_or<int64_t>(c, "head_dim", 0, config_path);
+  FQ_CHECK(head_dim == 0 || (cfg.n_heads > 0 && head_dim == cfg.dim / cfg.n_heads && cfg.dim % cfg.n_heads == 0),
+           ModelError, dir_str, "/config.json: head_dim ", head_dim,
+           " * num_attention_heads != hidden_size -> unsupported");
   FQ_CHECK(!c.contains("rope_scaling") || c["rope_scaling"].is_null(), ModelError, dir_str,
            "/config.json: rope_scaling -> ", c["rope_scaling"].dump(), " -> only plain RoPE is supported");
   cfg.validate(dir_str + "/config.json");
@@ -201,7 +213,11 @@ std::unique_ptr<LlamaModel> load_llama_hf(const std::string& dir_str) {
     std::set<std::string> files;
     FQ_CHECK(idx.contains("weight_map") && idx["weight_map"].is_object(), IoError,
              (dir / "model.safetensors.index.json").string(), " has no weight_map object");
-    for (auto& [k, v] : idx["weight_map"].items()) files.insert(v.get<std::string>());
+    for (auto& [k, v] : idx["weight_map"].items()) {
+      FQ_CHECK(v.is_string(), IoError, (dir / "model.safetensors.index.json").string(), ": weight_map[\"", k,
+               "\"] is ", v.dump(), " -> expected a shard file name");
+      files.insert(v.get<std::string>());
+    }
     for (auto& f : files) shards.push_back(dir / f);
   } else {
     for (auto& e : fs::directory_iterator(dir))
@@ -220,14 +236,27 @@ std::unique_ptr<LlamaModel> load_llama_hf(const std::string& dir_str) {
     }
   }
   cfg.qkv_bias = src.contains("model.layers.0.self_attn.q_proj.bias");
+  const int64_t D = cfg.dim, H = cfg.hidden_dim, V = cfg.vocab_size, KV = cfg.kv_dim();
+  const std::vector<std::vector<int64_t>> shapes = {{D, D}, {KV, D}, {KV, D}, {D, D}, {H, D}, {H, D}, {D, H}};
+  // Every tensor present with its shape before the model is allocated: config.json alone must not size memory.
+  src.check("model.embed_tokens.weight", {V, D});
+  src.check("model.norm.weight", {D});
+  if (!cfg.tied_classifier) src.check("lm_head.weight", {V, D});
+  for (int i = 0; i < cfg.n_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    src.check(p + "input_layernorm.weight", {D});
+    src.check(p + "post_attention_layernorm.weight", {D});
+    for (int j = 0; j < 7; ++j) {
+      src.check(p + kHfNames[j] + ".weight", shapes[j]);
+      if (j <= 2 && cfg.qkv_bias) src.check(p + kHfNames[j] + ".bias", {shapes[j][0]});
+    }
+  }
 
   auto model = std::make_unique<LlamaModel>(cfg);
   model->source = dir_str;
-  const int64_t D = cfg.dim, H = cfg.hidden_dim, V = cfg.vocab_size, KV = cfg.kv_dim();
   model->tok_embeddings().copy_(src.get("model.embed_tokens.weight", {V, D}));
   model->final_norm().copy_(src.get("model.norm.weight", {D}));
   if (!cfg.tied_classifier) model->classifier().copy_(src.get("lm_head.weight", {V, D}));
-  const std::vector<std::vector<int64_t>> shapes = {{D, D}, {KV, D}, {KV, D}, {D, D}, {H, D}, {H, D}, {D, H}};
   for (int i = 0; i < cfg.n_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     LlamaDecoderLayer& layer = model->layer(i);

@@ -45,16 +45,29 @@ torch::Tensor onnx_tensor(const onnx::TensorProto& p, const std::string& what) {
   FQ_CHECK(p.data_location() != onnx::TensorProto::EXTERNAL, ModelError, what,
            ": tensor \"", p.name(), "\" keeps its data in an external file -> save the model with the weights inside");
   const torch::ScalarType st = onnx_dtype(p.data_type(), what + ", tensor \"" + p.name() + "\"");
+  // The element count comes from the dims alone; it is checked against the data the file holds before anything
+  // is allocated (a tensor claiming 2^60 elements is refused, not attempted).
   int64_t numel = 1;
-  for (int64_t d : shape) numel *= d;
+  for (int64_t d : shape) {
+    FQ_CHECK(d >= 0 && (d == 0 || numel <= (int64_t{1} << 48) / d), ModelError, what, ": tensor \"", p.name(),
+             "\" has dims ", torch::IntArrayRef(shape), " -> each must be >= 0, at most 2^48 elements in all");
+    numel *= d;
+  }
   if (p.has_raw_data()) {
     const std::string& raw = p.raw_data();
+    const int64_t elem = static_cast<int64_t>(c10::elementSize(st));
+    FQ_CHECK(static_cast<int64_t>(raw.size()) == numel * elem, ModelError, what, ": tensor \"", p.name(), "\" has ",
+             raw.size(), " bytes of raw data for ", numel, " elements of ", elem, " bytes");
     torch::Tensor t = torch::empty(shape, torch::TensorOptions().dtype(st));
-    FQ_CHECK(static_cast<int64_t>(raw.size()) == numel * static_cast<int64_t>(t.element_size()), ModelError, what,
-             ": tensor \"", p.name(), "\" has ", raw.size(), " bytes of raw data for ", numel, " elements");
-    std::memcpy(t.data_ptr(), raw.data(), raw.size());
+    if (numel) std::memcpy(t.data_ptr(), raw.data(), raw.size());
     return t;
   }
+  const int64_t stored = p.data_type() == onnx::TensorProto::FLOAT    ? p.float_data_size()
+                         : p.data_type() == onnx::TensorProto::DOUBLE ? p.double_data_size()
+                         : p.data_type() == onnx::TensorProto::INT64  ? p.int64_data_size()
+                                                                      : p.int32_data_size();
+  FQ_CHECK(stored == numel, ModelError, what, ": tensor \"", p.name(), "\" holds ", stored, " values for dims ",
+           torch::IntArrayRef(shape), " (", numel, " elements)");
   switch (p.data_type()) {
     case onnx::TensorProto::FLOAT: return from_vector(p.float_data(), st, shape);
     case onnx::TensorProto::DOUBLE: return from_vector(p.double_data(), st, shape);
@@ -160,11 +173,20 @@ OnnxGraph OnnxGraph::load(const std::string& path) {
     const bool foldable = std::all_of(n.inputs.begin(), n.inputs.end(),
                                       [&](const std::string& s) { return s.empty() || g.constants.count(s); });
     if (n.op == "Constant") {
-      g.constants[n.outputs.at(0)] = constant_value(n);
+      FQ_CHECK(n.outputs.size() == 1, ModelError, "\"", path, "\": Constant node \"", n.name, "\" has ",
+               n.outputs.size(), " outputs -> expected 1");
+      g.constants[n.outputs[0]] = constant_value(n);
     } else if (foldable) {
       std::vector<torch::Tensor> ins;
       for (const auto& s : n.inputs) ins.push_back(s.empty() ? torch::Tensor() : g.constants.at(s));
-      auto outs = onnx_run_node(n, ins, g.opset);
+      std::vector<torch::Tensor> outs;
+      try {
+        outs = onnx_run_node(n, ins, g.opset);
+      } catch (const c10::Error& e) {  // LibTorch refused the op's inputs (shapes, types): the file's fault
+        throw ModelError(detail::concat("\"", path, "\": node \"", n.name, "\" (", n.op,
+                                        ") cannot run on its constant inputs -> ", e.what_without_backtrace(),
+                                        " -> hint: the graph is corrupt or not valid ONNX"));
+      }
       for (size_t i = 0; i < n.outputs.size() && i < outs.size(); ++i) g.constants[n.outputs[i]] = outs[i];
     } else {
       g.nodes.push_back(std::move(n));

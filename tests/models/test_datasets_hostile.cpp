@@ -1,0 +1,76 @@
+// Dataset readers on hostile input (issue #14): IDX decompression is bounded, and a .npy shape that is not numbers is an IoError naming the file.
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+#include "flexquant/datasets.h"
+#include "flexquant/error.h"
+#include "hostile_input.h"
+#include "test_data.h"
+
+namespace fs = std::filesystem;
+using namespace flexquant;
+using flexquant::testing::expect_error;
+using flexquant::testing::fuzz_regression;
+using flexquant::testing::le;
+using flexquant::testing::write_temp;
+
+namespace {
+
+std::string be32(uint32_t v) { return {char(v >> 24), char(v >> 16), char(v >> 8), char(v)}; }
+
+// An IDX labels file with `n` labels, plain.
+std::string idx_labels(uint32_t n) { return be32(0x0801) + be32(n) + std::string(n, '\0'); }
+
+}  // namespace
+
+TEST(DatasetsHostile, IdxDecompressionIsBounded) {
+  // 300 MiB of zeros gzip to ~300 KB; the reader decompressed all of it before checking the header.
+  const std::string dir = fs::path(write_temp("bomb/t10k-labels-idx1-ubyte", idx_labels(1))).parent_path().string();
+  const std::string images = dir + "/t10k-images-idx3-ubyte.gz";
+  gzFile f = gzopen(images.c_str(), "wb1");
+  ASSERT_TRUE(f);
+  const std::string head = be32(0x0803) + be32(1) + be32(28) + be32(28), zeros(1 << 20, '\0');
+  gzwrite(f, head.data(), static_cast<unsigned>(head.size()));
+  for (int i = 0; i < 300; ++i) gzwrite(f, zeros.data(), static_cast<unsigned>(zeros.size()));
+  gzclose(f);
+  expect_error<IoError>([&] { load_fashion_mnist(dir, "test"); }, {"t10k-images-idx3-ubyte.gz", "decompresses to more than"});
+}
+
+TEST(DatasetsHostile, NpyShapeThatIsNotNumbersIsAnIoError) {
+  // std::stoll's std::invalid_argument / std::out_of_range escaped, naming neither file nor field.
+  auto npy = [](const std::string& shape) {
+    std::string h = "{'descr': '|u1', 'fortran_order': False, 'shape': (" + shape + "), }";
+    while ((10 + h.size() + 1) % 64) h += ' ';
+    h += '\n';
+    return std::string("\x93NUMPY\x01\x00", 8) + char(h.size()) + char(0) + h;
+  };
+  for (const std::string shape : {"abc,", "99999999999999999999999,", "1e3,"}) {
+    const std::string p = write_temp("bad.npy", npy(shape));
+    expect_error<IoError>([&] { load_npy(p); }, {"bad.npy", "shape", "not a dimension"});
+  }
+}
+
+TEST(DatasetsHostile, JpegHuffmanTableWithTooManyCodesIsRefused) {
+  // Found by fuzz_image: a DHT segment with 680 codes; stb_image 2.27 wrote them into its 257-byte size table,
+  // past the end into the decoder's state (UBSan: index 257 out of bounds).
+  const std::string jpg = fuzz_regression("image/stb-huffman-table-overflow.jpg");
+  std::ifstream in(jpg, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string dir = fs::path(write_temp("huffman/cat/0.jpg", bytes)).parent_path().parent_path().string();
+  expect_error<IoError>([&] { load_image_folder(dir); }, {"0.jpg", "Huffman table", "more than 256 codes"});
+}
+
+TEST(DatasetsHostile, ImageHeaderClaimingGigapixelsIsRefusedBeforeDecoding) {
+  // A 54-byte BMP header claiming 16384 x 16384 pixels: stb decoded the missing pixels as zeros (768 MiB), then
+  // they became 3 GiB of float32.
+  const std::string bmp = "BM" + le<uint32_t>(54) + le<uint32_t>(0) + le<uint32_t>(54) + le<uint32_t>(40) +
+                          le<int32_t>(16384) + le<int32_t>(16384) + le<uint16_t>(1) + le<uint16_t>(24) +
+                          le<uint32_t>(0) + le<uint32_t>(0) + le<int32_t>(0) + le<int32_t>(0) + le<uint32_t>(0) +
+                          le<uint32_t>(0);
+  const std::string dir = fs::path(write_temp("huge/cat/0.bmp", bmp)).parent_path().parent_path().string();
+  expect_error<IoError>([&] { load_image_folder(dir); }, {"0.bmp", "16384x16384", "at most 64 megapixels"});
+}
