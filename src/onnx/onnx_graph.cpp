@@ -182,10 +182,9 @@ OnnxGraph OnnxGraph::load(const std::string& path) {
       std::vector<torch::Tensor> outs;
       try {
         outs = onnx_run_node(n, ins, g.opset);
-      } catch (const c10::Error& e) {  // LibTorch refused the op's inputs (shapes, types): the file's fault
-        throw ModelError(detail::concat("\"", path, "\": node \"", n.name, "\" (", n.op,
-                                        ") cannot run on its constant inputs -> ", e.what_without_backtrace(),
-                                        " -> hint: the graph is corrupt or not valid ONNX"));
+      } catch (const ModelError& e) {  // the executor's message names the node; this one names the file too
+        throw ModelError(detail::concat("\"", path, "\": ", e.what(), " (while folding constants at load; the graph is "
+                                        "corrupt or not valid ONNX)"));
       }
       for (size_t i = 0; i < n.outputs.size() && i < outs.size(); ++i) g.constants[n.outputs[i]] = outs[i];
     } else {

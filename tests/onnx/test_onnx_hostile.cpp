@@ -1,5 +1,5 @@
 // The ONNX reader on hostile input (issue #14): a tensor's dims are checked against the data the file holds before
-// anything is allocated, and a constant subgraph LibTorch cannot run is a ModelError naming the node.
+// anything is allocated, and a constant subgraph LibTorch cannot run is a ModelError naming the file and the node.
 #include <gtest/gtest.h>
 #include <onnx/onnx_pb.h>
 
@@ -70,7 +70,7 @@ TEST(OnnxHostile, TypedDataOfTheWrongCountIsAModelError) {
 }
 
 TEST(OnnxHostile, ConstantFoldingThatLibTorchRefusesNamesTheNode) {
-  // Add of [2] and [3] constants folds at load; LibTorch's broadcast error escaped as c10::Error.
+  // Add of [2] and [3] constants folds at load; the error named the node but not the file.
   const std::string p = onnx_file("fold.onnx", [](onnx::GraphProto& g) {
     for (auto [name, n] : {std::pair<const char*, int>{"a", 2}, {"b", 3}}) {
       onnx::TensorProto* t = g.add_initializer();
@@ -86,5 +86,5 @@ TEST(OnnxHostile, ConstantFoldingThatLibTorchRefusesNamesTheNode) {
     add->add_input("b");
     add->add_output("c");
   });
-  expect_error<ModelError>([&] { OnnxGraph::load(p); }, {"fold.onnx", "bad_add", "Add", "cannot run"});
+  expect_error<ModelError>([&] { OnnxGraph::load(p); }, {"fold.onnx", "bad_add", "Add", "folding constants"});
 }
