@@ -38,6 +38,19 @@ namespace flexquant {
 
 enum class ScaleInit { MinMax, Mse };
 
+/// Storage of the group scales.
+///   Fp32:   as learned.
+///   Fp16:   IEEE half, kept >= 2^-24 (GGUF's Q4_0 / Q5_0 / Q8_0).
+///   KQuant: ggml's k-quant two-level scales: every 256 weights (a super-block) share a fp16 super-scale d and
+///           each group's scale is d * sc with an integer sc (Q2_K 4 bits, Q3_K / Q4_K / Q5_K 6 bits, Q6_K 8 bits);
+///           the asymmetric types store a per-group offset dmin * m instead of a zero point (QParams::offset).
+///           The grid is fixed by bits, group size and symmetry: uint2 g16 asymmetric = Q2_K, uint3 g16 symmetric =
+///           Q3_K, uint4 / uint5 g32 asymmetric = Q4_K / Q5_K, uint6 g16 symmetric = Q6_K; rows a multiple of 256.
+///           Initial grid: llama.cpp's own search (its reference quantizer), in canonical form (kquant_scales).
+enum class ScaleDtype { Fp32, Fp16, KQuant };
+std::string to_string(ScaleDtype s);
+ScaleDtype parse_scale_dtype(const std::string& s);   ///< "fp32" | "fp16" | "kquant"
+
 std::string to_string(ScaleInit s);
 ScaleInit parse_scale_init(const std::string& s);     ///< "minmax" | "mse"
 
@@ -50,10 +63,9 @@ struct WeightQuantSpec {
   Granularity granularity = Granularity::PerChannel;
   int64_t group_size = 128;                       ///< PerGroup only; capped at the row length
   ScaleInit init = ScaleInit::Mse;                ///< L2.4 search (methods.md §1.2 / §10.12) or plain min/max
-  /// Scales are stored as IEEE half (GGUF's block types): every scale, initial or learned, is rounded to fp16
-  /// (and kept >= 2^-24, the smallest positive half) before it is used, so the dequantized weight is exactly
-  /// what a runtime computes from the stored half.
-  bool scale_fp16 = false;
+  /// How scales are stored; every scale, initial or learned, is projected onto it (stored_scale) before use, so
+  /// the dequantized weight is exactly what a runtime computes from the stored values.
+  ScaleDtype scale_dtype = ScaleDtype::Fp32;
   int bits() const { return format.bits(); }
   bool integer() const { return format.is_int(); }
 };
@@ -66,6 +78,9 @@ Format int_weight_format(int bits);
 struct QParams {
   torch::Tensor scale;       ///< fp32, > 0
   torch::Tensor zero_point;  ///< fp32, integer-valued, in [0, 2^b-1]
+  /// Undefined, or (k-quants with mins) fp32 >= 0 in the parameter shape: value = scale * level - offset, with the
+  /// zero point 0. Methods never see it: make_rounder's rounders work on w + offset (as ggml rounds (x + m) / d).
+  torch::Tensor offset;
 };
 
 /// The levels a weight is rounded onto, at unit scale (value = scale * level), for values of any shape that
@@ -121,8 +136,14 @@ QParams init_qparams(const torch::Tensor& w, const WeightQuantSpec& spec);
 /// Recipe::validate and init_qparams both call it.
 void check_weight_spec(const WeightQuantSpec& spec);
 
-/// Scales as the spec stores them: unchanged, or rounded to fp16 and kept >= 2^-24 (spec.scale_fp16).
+/// Scales as the spec stores them (scale_dtype): unchanged; rounded to fp16 and kept >= 2^-24; or, for KQuant, per
+/// super-block d = fp16(max scale / top) and each scale d * clamp(round(scale / d), 1, cap), where top is the
+/// largest sub-scale (Q2_K 15, Q4_K/Q5_K 63, Q3_K 32, Q6_K 128) and cap is top for the largest group and, for the
+/// signed Q3_K / Q6_K, top - 1 for the others (which may then take either orientation). A projection:
+/// stored_scale(stored_scale(s)) == stored_scale(s).
 torch::Tensor stored_scale(const torch::Tensor& scale, const WeightQuantSpec& spec);
+/// KQuant grids: why `spec` (with rows of k weights) is none of the five k-quant grids, "" when it is one.
+std::string kquant_mismatch(const WeightQuantSpec& spec, int64_t k = 0);
 
 /// Round-to-nearest-even fake quantization of W with fixed qparams (returns W's shape).
 torch::Tensor fake_quant_rtn(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp);

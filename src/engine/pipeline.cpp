@@ -14,6 +14,7 @@
 #include "flexquant/datasets.h"
 #include "flexquant/error.h"
 #include "flexquant/gguf_llama.h"
+#include "flexquant/gguf_mix.h"
 #include "flexquant/llama.h"
 #include "flexquant/llamacpp.h"
 #include "flexquant/lm_eval.h"
@@ -168,7 +169,12 @@ class LanguageTask : public Task {
                const std::string& path) const override {
     if (!is_gguf(path)) return Task::save(model, state, info, r, path);
     GgufExportOptions o;
-    o.type = gguf_type_for(r.weight_spec());
+    if (r.weight_mix.empty()) {
+      o.type = gguf_type_for(r.weight_spec());
+    } else {
+      o.type = gguf_mix_base(r.weight_mix);
+      for (const auto& [layer, t] : gguf_mix_types(r.weight_mix, model)) o.overrides[gguf_tensor_name(layer + ".weight")] = t;
+    }
     o.name = fs::path(workload_.model).stem().string() + " " + recipe_label(r);
     return export_gguf(model, state, *tok_, o, path).bytes;
   }

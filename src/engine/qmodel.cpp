@@ -26,13 +26,13 @@ WeightQuantSpec spec_from_json(const json& j) {
   s.granularity = parse_granularity(j.at("granularity"));
   s.group_size = j.at("group_size");
   s.init = parse_scale_init(j.value("init", "mse"));
-  s.scale_fp16 = j.value("scale_dtype", "fp32") == "fp16";
+  s.scale_dtype = parse_scale_dtype(j.value("scale_dtype", "fp32"));
   return s;
 }
 
 json spec_to_json(const WeightQuantSpec& s) {
   return {{"format", s.format.name()}, {"bits", s.bits()}, {"symmetric", s.symmetric}, {"granularity", to_string(s.granularity)},
-          {"group_size", s.group_size}, {"init", to_string(s.init)}, {"scale_dtype", s.scale_fp16 ? "fp16" : "fp32"}};
+          {"group_size", s.group_size}, {"init", to_string(s.init)}, {"scale_dtype", to_string(s.scale_dtype)}};
 }
 
 std::string meta_or_throw(const SafeTensorsFile& f, const std::string& key) {
@@ -138,6 +138,8 @@ void write_quant_state(ModelAdapter& model, const QuantState& state, bool partia
     tensors[l->name + ".codes"] = pack_codes(q.codes, q.spec.bits());
     tensors[l->name + ".scale"] = q.qparams.scale.to(torch::kCPU).to(torch::kFloat).contiguous();
     tensors[l->name + ".zero_point"] = q.qparams.zero_point.to(torch::kCPU).to(torch::kFloat).contiguous();
+    if (q.qparams.offset.defined())
+      tensors[l->name + ".offset"] = q.qparams.offset.to(torch::kCPU).to(torch::kFloat).contiguous();
     if (l->bias.defined()) tensors[l->name + ".bias"] = l->bias.to(torch::kCPU).contiguous();
     layers[l->name] = {{"shape", q.shape},
                        {"grouped_shape", q.codes.sizes().vec()},
@@ -232,6 +234,7 @@ void read_quant_state(const SafeTensorsFile& f, const json& layers, const json& 
     q.codes = unpack_codes(f.at(l->name + ".codes"), q.spec.bits(), count).view(gshape);
     q.qparams.scale = f.at(l->name + ".scale");
     q.qparams.zero_point = f.at(l->name + ".zero_point");
+    if (f.contains(l->name + ".offset")) q.qparams.offset = f.at(l->name + ".offset");
     auto dev = l->weight.device();
     l->weight = q.dequantize().to(dev);
     if (f.contains(l->name + ".bias")) l->bias = f.at(l->name + ".bias").to(dev);

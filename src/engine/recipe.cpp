@@ -12,6 +12,7 @@
 
 #include "flexquant/error.h"
 #include "flexquant/format.h"
+#include "flexquant/gguf_mix.h"
 
 namespace flexquant {
 namespace {
@@ -138,10 +139,10 @@ void Recipe::validate() const {
   FQ_CHECK(in(weight_granularity, {"tensor", "channel", "group"}), ConfigError, "weight.granularity \"",
            weight_granularity, "\" is not valid: use tensor | channel | group");
   FQ_CHECK(weight_group_size >= 1, ConfigError, "weight.group_size ", weight_group_size, " must be >= 1");
-  FQ_CHECK(in(weight_scale_dtype, {"fp32", "fp16"}), ConfigError, "weight.scale_dtype \"", weight_scale_dtype,
-           "\" is not valid: use fp32 | fp16");
+  parse_scale_dtype(weight_scale_dtype);  // ConfigError naming the allowed values
   FQ_CHECK(in(weight_init, {"mse", "minmax"}), ConfigError, "weight.init \"", weight_init, "\" is not valid: use mse | minmax");
   check_weight_spec(weight_spec());  // the grid itself: format width, symmetry (one check, shared with the quantizer)
+  if (!weight_mix.empty()) gguf_mix_base(weight_mix);  // ConfigError listing the mixes
   FQ_CHECK(first_last_bits == 0 || (first_last_bits >= 2 && first_last_bits <= 8), ConfigError,
            "weight.first_last_bits ", first_last_bits, " is not valid: use 0 (same as weight.bits) or 2..8");
   FQ_CHECK(act_bits == 32 || (act_bits >= 2 && act_bits <= 16), ConfigError, "act.bits ", act_bits,
@@ -237,7 +238,7 @@ WeightQuantSpec Recipe::weight_spec(int bits_override) const {
   s.granularity = parse_granularity(weight_granularity);
   s.group_size = weight_group_size;
   s.init = parse_scale_init(weight_init);
-  s.scale_fp16 = weight_scale_dtype == "fp16";
+  s.scale_dtype = parse_scale_dtype(weight_scale_dtype);
   return s;
 }
 

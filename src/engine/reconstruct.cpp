@@ -14,6 +14,8 @@
 #include <filesystem>
 
 #include "flexquant/error.h"
+#include "flexquant/ggml_types.h"
+#include "flexquant/gguf_mix.h"  // weight.mix: a GGUF type per layer
 #include "flexquant/gptq.h"  // HessianCollector
 #include "flexquant/runtime.h"
 #include "checkpoint.h"
@@ -145,16 +147,26 @@ torch::Tensor quantized_forward(ModelAdapter& model, const QuantState& state, co
   return model.forward(input, ctx);
 }
 
+// A type mix names a grid per layer (the GGUF type's own); otherwise the recipe's grid, with the adapter's edge
+// layers at first_last_bits.
+WeightQuantSpec layer_spec(const QuantLayer& l, const Recipe& recipe, const std::map<std::string, GgmlType>& mix) {
+  if (!mix.empty()) {
+    WeightQuantSpec s = *ggml_weight_spec(mix.at(l.name));
+    s.init = parse_scale_init(recipe.weight_init);
+    return s;
+  }
+  const bool edge = l.role != LayerRole::Hidden;  // the stem or the classifier, as the adapter says
+  return recipe.weight_spec(edge && recipe.first_last_bits > 0 ? recipe.first_last_bits : 0);
+}
+
 std::vector<std::vector<WeightQuantSpec>> layer_specs(ModelAdapter& model, const Recipe& recipe) {
+  const auto mix = recipe.weight_mix.empty() ? std::map<std::string, GgmlType>{} : gguf_mix_types(recipe.weight_mix, model);
   auto units = model.units();
   std::vector<std::vector<WeightQuantSpec>> specs;
   for (size_t k = 0; k < units.size(); ++k) {
     auto& layers = units[k]->layers();
     std::vector<WeightQuantSpec> s;
-    for (const QuantLayer& l : layers) {
-      const bool edge = l.role != LayerRole::Hidden;  // the stem or the classifier, as the adapter says
-      s.push_back(recipe.weight_spec(edge && recipe.first_last_bits > 0 ? recipe.first_last_bits : 0));
-    }
+    for (const QuantLayer& l : layers) s.push_back(layer_spec(l, recipe, mix));
     specs.push_back(std::move(s));
   }
   return specs;
@@ -301,7 +313,7 @@ void Reconstructor::setup_rounders(UnitRun& u) {
   const auto stats = collect_stats(u);
   const auto& specs = specs_[u.index];
   for (size_t i = 0; i < layers.size(); ++i) {
-    auto r = method_.make(recipe_.rounder);
+    auto r = make_rounder(method_.name, recipe_.rounder);
     r->init(layers[i].weight, specs[i], init_qparams(layers[i].weight, specs[i]), stats[i]);
     u.ctx.rounders.push_back(r.get());
     u.rounders.push_back(std::move(r));

@@ -11,7 +11,7 @@
 #include <cstring>
 
 #include "flexquant/error.h"
-#include "ggml_kquants.h"
+#include "../formats/ggml_kquants.h"
 
 namespace flexquant {
 namespace {
@@ -239,14 +239,21 @@ std::vector<float> ggml_dequantize(GgmlType t, const uint8_t* data, int64_t rows
 }
 
 std::optional<WeightQuantSpec> ggml_weight_spec(GgmlType t) {
+  WeightQuantSpec s;
+  s.granularity = Granularity::PerGroup;
+  if (const kquant::KSpec* ks = kquant::kspec(t)) {
+    s.format = int_weight_format(ks->bits);
+    s.symmetric = !ks->has_min;
+    s.group_size = ks->sub;
+    s.scale_dtype = ScaleDtype::KQuant;
+    return s;
+  }
   const Layout l = layout(t);
   if (l.bits == 0 || l.has_min) return std::nullopt;
-  WeightQuantSpec s;
   s.format = int_weight_format(l.bits);
   s.symmetric = true;
-  s.granularity = Granularity::PerGroup;
   s.group_size = kQK;
-  s.scale_fp16 = true;
+  s.scale_dtype = ScaleDtype::Fp16;
   return s;
 }
 
@@ -256,23 +263,64 @@ std::string ggml_spec_mismatch(GgmlType t, const WeightQuantSpec& s) {
   if (!spec) return tn + " has no flexquant grid (its minimum is a free fp16 value): export it from FP weights";
   if (!s.integer() || s.bits() != spec->bits())
     return fmt::format("the weight is on {} but {} needs {}", s.format.name(), tn, spec->format.name());
-  if (!s.symmetric) return tn + " has no zero point: quantize with weight.symmetric=true";
-  if (s.granularity != Granularity::PerGroup || s.group_size != kQK)
-    return tn + " needs one scale per 32 weights: quantize with weight.granularity=group weight.group_size=32";
-  if (!s.scale_fp16) return tn + " stores half scales: quantize with weight.scale_dtype=fp16";
+  if (s.symmetric != spec->symmetric)
+    return fmt::format("{} is {}: quantize with weight.symmetric={}", tn, spec->symmetric ? "symmetric" : "asymmetric (mins)",
+                       spec->symmetric ? "true" : "false");
+  if (s.granularity != Granularity::PerGroup || s.group_size != spec->group_size)
+    return fmt::format("{} needs one scale per {} weights: quantize with weight.granularity=group weight.group_size={}", tn,
+                       spec->group_size, spec->group_size);
+  if (s.scale_dtype != spec->scale_dtype)
+    return fmt::format("{} stores {} scales: quantize with weight.scale_dtype={}", tn, to_string(spec->scale_dtype),
+                       to_string(spec->scale_dtype));
   return "";
 }
 
 std::string ggml_grid_mismatch(GgmlType t, const QuantizedTensor& q) {
   std::string why = ggml_spec_mismatch(t, q.spec);
   if (!why.empty()) return why;
-  const std::string tn = ggml_type_info(t).name;
-  // The spec caps the group at the row length: a row shorter than 32 has one shorter group, no block.
-  if (q.codes.size(2) != kQK) return tn + " needs rows of whole 32-weight blocks: use f16 or f32 for this tensor";
+  const auto& info = ggml_type_info(t);
+  const std::string tn = info.name;
+  // The spec caps the group at the row length: a row shorter than a group has one shorter group, no block.
+  if (q.codes.size(2) != q.spec.group_size || (q.codes.size(1) * q.codes.size(2)) % info.block != 0)
+    return fmt::format("{} needs rows of whole {}-weight blocks: use f16 or f32 for this tensor", tn, info.block);
   if (!torch::equal(stored_scale(q.qparams.scale, q.spec), q.qparams.scale))
-    return tn + " stores half scales, and these scales are not all halves";
+    return tn + " stores " + to_string(q.spec.scale_dtype) + " scales, and these scales are not all on that grid";
   return "";
 }
+
+namespace {
+
+// One super-block of k-quant codes from flexquant's grid (scales already projected: d * integer; offsets
+// dmin * integer; symmetric zero points zq or zq - 1, the orientation of a signed scale). Sets `ok` false when a
+// value is not on the type's grid.
+kquant::KBlock kblock_from_grid(const kquant::KSpec& ks, const float* scale, const float* zero, const float* offset,
+                                const uint8_t* code, bool& ok) {
+  kquant::KBlock b;
+  const int top = ks.has_min ? ks.scale_hi : -ks.scale_lo;
+  const int n = ks.subs();
+  int arg = 0;
+  for (int j = 1; j < n; ++j)
+    if (scale[j] > scale[arg]) arg = j;
+  const float d = std::max(from_half_bits(to_half_bits(scale[arg] / static_cast<float>(top))), 5.9604644775390625e-08f);
+  // Symmetric types: d's sign puts the largest group at the negative end (-32 / -128), as ggml does.
+  const bool arg_flipped = !ks.has_min && zero[arg] != static_cast<float>(ks.zq);
+  b.d = ks.has_min || arg_flipped ? d : -d;
+  float mo = 0;
+  for (int j = 0; j < n; ++j) mo = std::max(mo, ks.has_min ? offset[j] : 0.f);
+  b.dmin = mo / static_cast<float>(top);
+  for (int j = 0; j < n; ++j) {
+    const bool flipped = !ks.has_min && zero[j] != static_cast<float>(ks.zq);
+    const float mag = std::nearbyint(scale[j] / d);
+    b.sc[j] = static_cast<int>(flipped == arg_flipped ? -mag : mag);
+    if (ks.has_min) b.sc[j] = static_cast<int>(mag), b.m[j] = b.dmin > 0 ? static_cast<int>(std::nearbyint(offset[j] / b.dmin)) : 0;
+    ok = ok && b.sc[j] >= ks.scale_lo && b.sc[j] <= ks.scale_hi && b.m[j] >= 0 && b.m[j] <= ks.scale_hi;
+    for (int i = j * ks.sub; i < (j + 1) * ks.sub; ++i)
+      b.q[i] = static_cast<uint8_t>(flipped ? 2 * ks.zq - 1 - code[i] : code[i]);
+  }
+  return b;
+}
+
+}  // namespace
 
 std::vector<uint8_t> ggml_pack(GgmlType t, const QuantizedTensor& q, const std::string& what) {
   const std::string why = ggml_grid_mismatch(t, q);
@@ -280,18 +328,32 @@ std::vector<uint8_t> ggml_pack(GgmlType t, const QuantizedTensor& q, const std::
   torch::Tensor want = q.dequantize().to(torch::kCPU, torch::kFloat).contiguous().reshape({-1});
   const int64_t rows = q.shape.at(0);
   const int64_t n = q.codes.numel() / rows;
+  const int64_t block = ggml_type_info(t).block;
   FQ_CHECK(n * rows == want.numel(), ConfigError, what, ": rows of ", want.numel() / rows,
-           " weights do not fill whole blocks of 32 -> hint: use f32 for this tensor");
+           " weights do not fill whole blocks of ", block, " -> hint: use f32 for this tensor");
   torch::Tensor codes = q.codes.to(torch::kCPU).contiguous();
-  torch::Tensor scale = q.qparams.scale.to(torch::kCPU, torch::kFloat).contiguous();
+  auto flat = [](const torch::Tensor& p) { return p.to(torch::kCPU, torch::kFloat).contiguous(); };
+  torch::Tensor scale = flat(q.qparams.scale), zero = flat(q.qparams.zero_point);
+  torch::Tensor offset = q.qparams.offset.defined() ? flat(q.qparams.offset) : torch::zeros_like(scale);
   std::vector<uint8_t> out(static_cast<size_t>(rows * ggml_row_bytes(t, n)));
   const int64_t bytes = ggml_type_info(t).block_bytes;
   const uint8_t* c = codes.data_ptr<uint8_t>();
   const float* sc = scale.data_ptr<float>();
-  for (int64_t b = 0; b < rows * n / kQK; ++b) write_block(t, out.data() + b * bytes, to_half_bits(sc[b]), 0, c + b * kQK);
+  if (const kquant::KSpec* ks = kquant::kspec(t)) {
+    bool ok = true;
+    for (int64_t b = 0; b < rows * n / block; ++b) {
+      const int64_t g = b * ks->subs();
+      kquant::pack(*ks, kblock_from_grid(*ks, sc + g, zero.data_ptr<float>() + g, offset.data_ptr<float>() + g, c + b * block, ok),
+                   out.data() + b * bytes);
+    }
+    FQ_CHECK(ok, InternalError, what, ": its scales or offsets are not integer multiples of one super-scale (", ggml_type_info(t).name, ")");
+  } else {
+    for (int64_t b = 0; b < rows * n / kQK; ++b) write_block(t, out.data() + b * bytes, to_half_bits(sc[b]), 0, c + b * kQK);
+  }
+  // Equal as numbers (a symmetric k-quant's negative scale writes -0 where flexquant holds +0).
   auto back = ggml_dequantize(t, out.data(), rows, n);
-  FQ_CHECK(std::memcmp(back.data(), want.data_ptr<float>(), back.size() * 4) == 0, InternalError, what,
-           ": packed ", ggml_type_info(t).name, " blocks do not dequantize to the evaluated weights bit for bit");
+  FQ_CHECK(std::equal(back.begin(), back.end(), want.data_ptr<float>()), InternalError, what, ": packed ",
+           ggml_type_info(t).name, " blocks do not dequantize to the evaluated weights bit for bit");
   return out;
 }
 

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "flexquant/error.h"
+#include "kquant_grid.h"
 
 namespace flexquant {
 namespace {
@@ -198,6 +199,20 @@ WeightLevels grouped_levels(const WeightQuantSpec& spec, const QParams& qp) {
 
 std::string to_string(ScaleInit s) { return s == ScaleInit::Mse ? "mse" : "minmax"; }
 
+std::string to_string(ScaleDtype s) {
+  switch (s) {
+    case ScaleDtype::Fp16: return "fp16";
+    case ScaleDtype::KQuant: return "kquant";
+    default: return "fp32";
+  }
+}
+
+ScaleDtype parse_scale_dtype(const std::string& s) {
+  for (ScaleDtype d : {ScaleDtype::Fp32, ScaleDtype::Fp16, ScaleDtype::KQuant})
+    if (s == to_string(d)) return d;
+  throw ConfigError("weight.scale_dtype \"" + s + "\" is not known -> allowed: fp32 | fp16 | kquant");
+}
+
 ScaleInit parse_scale_init(const std::string& s) {
   if (s == "mse") return ScaleInit::Mse;
   if (s == "minmax") return ScaleInit::MinMax;
@@ -316,15 +331,22 @@ void check_weight_spec(const WeightQuantSpec& spec) {
   }
   FQ_CHECK(spec.granularity != Granularity::PerGroup || spec.group_size >= 1, ConfigError, "weight group size ",
            spec.group_size, " is not valid -> allowed: >= 1");
+  if (spec.scale_dtype == ScaleDtype::KQuant) {
+    const std::string why = kquant_mismatch(spec);
+    FQ_CHECK(why.empty(), ConfigError, "weight.scale_dtype=kquant: ", why);
+  }
 }
 
 torch::Tensor stored_scale(const torch::Tensor& scale, const WeightQuantSpec& spec) {
-  if (!spec.scale_fp16) return scale;
   constexpr double kMinHalf = 5.9604644775390625e-08;  // 2^-24, the smallest positive half
-  return scale.to(torch::kHalf).to(scale.scalar_type()).clamp_min(kMinHalf);
+  switch (spec.scale_dtype) {
+    case ScaleDtype::Fp16: return scale.to(torch::kHalf).to(scale.scalar_type()).clamp_min(kMinHalf);
+    case ScaleDtype::KQuant: return detail::kquant_project(scale, spec);
+    default: return scale;
+  }
 }
 
-// The initial grid before the spec's scale storage (scale_fp16) is applied.
+// The initial grid before the spec's scale storage (scale_dtype) is applied.
 static QParams init_qparams_unstored(const torch::Tensor& w_in, const WeightQuantSpec& spec) {
   check_weight_spec(spec);
   check_weight_finite(w_in, "weight");
@@ -334,6 +356,12 @@ static QParams init_qparams_unstored(const torch::Tensor& w_in, const WeightQuan
   auto wg = to_grouped(w, spec);
   const auto pshape = l.param_shape(spec.granularity);
   const auto dims = reduce_dims(spec.granularity);
+  if (spec.scale_dtype == ScaleDtype::KQuant) {
+    const std::string why = kquant_mismatch(spec, l.k);
+    FQ_CHECK(why.empty(), ConfigError, "weight ", shape_str(w.sizes()), ": ", why,
+             " -> hint: keep this layer in a wider type (GGUF export falls back to f16) or use weight.scale_dtype=fp16");
+    return detail::kquant_init(w, spec);
+  }
   if (!spec.integer()) return init_levels_qparams(wg, spec, pshape, dims);
   const int bits = spec.bits();
   const int64_t qmax = (int64_t{1} << bits) - 1;
@@ -374,14 +402,17 @@ QParams init_qparams(const torch::Tensor& w, const WeightQuantSpec& spec) {
 torch::Tensor fake_quant_rtn(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp) {
   check_weight_finite(w, "weight");
   auto wg = to_grouped(w.to(torch::kFloat), spec);
+  if (qp.offset.defined()) wg = wg + qp.offset;
   auto q = grouped_levels(spec, qp).nearest(wg / qp.scale);
-  return from_grouped(qp.scale * q, w.sizes());
+  auto v = qp.scale * q;
+  return from_grouped(qp.offset.defined() ? v - qp.offset : v, w.sizes());
 }
 
 QuantizedTensor quantize_rtn(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp) {
   check_weight_finite(w, "weight");
   torch::NoGradGuard ng;
   auto wg = to_grouped(w.detach().to(torch::kFloat), spec);
+  if (qp.offset.defined()) wg = wg + qp.offset;
   const auto lv = grouped_levels(spec, qp);
   QuantizedTensor t;
   t.codes = lv.to_codes(lv.nearest(wg / qp.scale));
@@ -393,7 +424,7 @@ QuantizedTensor quantize_rtn(const torch::Tensor& w, const WeightQuantSpec& spec
 
 torch::Tensor QuantizedTensor::dequantize() const {
   auto v = qparams.scale * grouped_levels(spec, qparams).from_codes(codes).to(qparams.scale.scalar_type());
-  return from_grouped(v, shape);
+  return from_grouped(qparams.offset.defined() ? v - qparams.offset : v, shape);
 }
 
 }  // namespace flexquant

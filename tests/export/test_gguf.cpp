@@ -2,6 +2,7 @@
 // library node-llama-cpp ships, opened with dlopen), flexquant's codes packed exactly, files llama.cpp loads and
 // runs with the same greedy text and (within 1 %) the same perplexity as flexquant's own evaluation.
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <algorithm>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include "flexquant/error.h"
 #include "flexquant/ggml_types.h"
 #include "flexquant/gguf_llama.h"
+#include "flexquant/gguf_mix.h"
 #include "flexquant/libggml.h"
 #include "flexquant/llamacpp.h"
 #include "flexquant/lm_eval.h"
@@ -156,7 +158,7 @@ TEST(GgmlTypes, LearnedCodesPackExactlyAndDequantizeBitForBit) {
   }
   // A grid that is not the type's is refused with the recipe setting that fixes it.
   WeightQuantSpec fp32_scales = *ggml_weight_spec(GgmlType::Q4_0);
-  fp32_scales.scale_fp16 = false;
+  fp32_scales.scale_dtype = ScaleDtype::Fp32;
   QuantizedTensor q = quantize_rtn(wq.weight, fp32_scales, init_qparams(wq.weight, fp32_scales));
   flexquant::testing::expect_error<ConfigError>([&] { ggml_pack(GgmlType::Q4_0, q, "layer \"wq\""); },
                                      {"layer \"wq\"", "q4_0", "weight.scale_dtype=fp16"});
@@ -280,4 +282,187 @@ TEST(LlamaCpp, FlexRoundExportsRunInLlamaCpp) {
     }
     fs::remove(path);
   }
+}
+
+namespace {
+
+// A seeded random Llama whose rows (256, 512) fit the k-quants' super-blocks, with stories260K's vocabulary so that
+// real TinyStories text calibrates and evaluates it; written as an f32 GGUF, which flexquant reads as a source model.
+std::string random_kquant_llama() {
+  LlamaConfig c;
+  c.dim = 256, c.hidden_dim = 512, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 4, c.vocab_size = 512;
+  c.max_seq_len = 256;
+  LlamaModel m(c);
+  torch::manual_seed(11);
+  torch::NoGradGuard ng;
+  for (const NamedTensor& nt : m.named_tensors()) {
+    if (nt.role == TensorRole::Norm) nt.tensor->fill_(1.0);
+    else nt.tensor->copy_(torch::randn(nt.tensor->sizes()) * 0.05);
+  }
+  GgufExportOptions o;
+  o.type = GgmlType::F32;
+  const std::string path = tmp("fq_random_llama_f32.gguf");
+  export_gguf(m, QuantState{}, Tokenizer::load(shared_path("data/lm/tok512.bin")), o, path);
+  return path;
+}
+
+// The random Llama evaluated on real TinyStories text, and a short FlexRound for it (a fine grid wants a small step).
+std::unique_ptr<Task> random_llama_task(const std::string& model) {
+  Workload w;
+  w.model = model;
+  w.data = shared_path("data/lm/tinystories_valid_first.txt");
+  w.eval_limit = 1000;
+  return make_task(w);
+}
+Recipe short_flexround() {
+  Recipe r;
+  r.method = "flexround";
+  r.iters = 10;
+  r.lr = 3e-4;
+  r.calib_samples = 4;
+  r.calib_seq_len = 128;
+  return r;
+}
+
+// The GGUF at `path` holds exactly `model`'s evaluated weights, and llama.cpp's perplexity of it is within 1 % of
+// flexquant's.
+void expect_file_is_evaluated_model(const Task& task, ModelAdapter& model, const std::string& path, const std::string& what) {
+  auto back = load_llama_gguf(path);
+  for (size_t i = 0; i < back->all_layers().size(); ++i)
+    EXPECT_TRUE(torch::equal(back->all_layers()[i]->weight, model.all_layers()[i]->weight)) << what << " " << back->all_layers()[i]->name;
+  UnitContext fp;
+  const double ours = task.evaluate(model, fp);
+  const double theirs = task.evaluate_in_runtime(path, "llama.cpp");
+  std::cout << "[ llama.cpp ] " << what << " perplexity flexquant " << ours << " llama.cpp " << theirs << " ("
+            << 100 * (theirs / ours - 1) << " %)\n";
+  EXPECT_LT(std::abs(theirs / ours - 1), 0.01) << what;
+}
+
+const GgmlType kKQuants[] = {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+
+}  // namespace
+
+// Learned rounding on the k-quants' own two-level grids: every method starts exactly at round-to-nearest on the grid
+// (llama.cpp's own search, in canonical form), that grid's codes are llama.cpp's bytes (but for the groups the
+// canonical form moves: counted), and FlexRound's learned codes and scales pack into the type exactly, with
+// llama.cpp's own dequantization giving the weights flexquant evaluated.
+TEST(GgmlTypes, KQuantGridsStartAtLlamaCppAndPackLearnedCodesExactly) {
+  const LibGgml& lib = LibGgml::get();
+  auto real = stories();
+  torch::Tensor w_real = real->all_layers()[0]->weight.contiguous().reshape({-1, 256}).clone();  // wq, 16 x 256
+  torch::manual_seed(3);
+  torch::Tensor w_rand = torch::randn({32, 512}) * 0.05;
+  torch::Tensor x = torch::randn({256, 512});  // a fixed least-squares problem for the learned rounding
+  for (GgmlType t : kKQuants) {
+    const char* tn = ggml_type_info(t).name;
+    const WeightQuantSpec spec = *ggml_weight_spec(t);
+    for (const torch::Tensor& w : {w_real, w_rand}) {
+      const QParams qp = init_qparams(w, spec);
+      EXPECT_TRUE(torch::equal(stored_scale(qp.scale, spec), qp.scale)) << tn << ": the projection is idempotent";
+      const torch::Tensor rtn = fake_quant_rtn(w, spec, qp);
+      for (const char* m : {"rtn", "adaround", "flexround", "lrq"}) {
+        auto r = make_rounder(m);
+        r->init(w, spec, qp);
+        EXPECT_TRUE(torch::equal(r->forward(true), rtn)) << tn << " " << m << " does not start at round-to-nearest";
+      }
+      const QuantizedTensor q = quantize_rtn(w, spec, qp);
+      EXPECT_TRUE(torch::equal(q.dequantize(), rtn)) << tn;
+      auto ours = ggml_pack(t, q, "rtn");
+      auto ref = ggml_quantize_ref(t, w.data_ptr<float>(), w.size(0), w.size(1));
+      const int64_t bytes = ggml_type_info(t).block_bytes, blocks = static_cast<int64_t>(ref.size()) / bytes;
+      int64_t differ = 0;
+      for (int64_t b = 0; b < blocks; ++b) differ += std::memcmp(ours.data() + b * bytes, ref.data() + b * bytes, bytes) != 0;
+      std::cout << "[ kquant ] " << tn << " " << w.size(0) << "x" << w.size(1) << ": " << blocks - differ << " of "
+                << blocks << " super-blocks byte-equal to llama.cpp's rounding\n";
+      EXPECT_LE(differ * 4, blocks) << tn << ": the canonical grid should move few super-blocks";
+    }
+    // FlexRound learns scales and divisions on the grid; what it exports is exactly what it evaluated.
+    const QParams qp = init_qparams(w_rand, spec);
+    auto r = make_rounder("flexround");  // s1 learned too: re-projected onto d * sc in every forward
+    r->init(w_rand, spec, qp);
+    // A fine grid wants a small step: at 3e-3 the divisions move weights across several levels within 60 steps.
+    torch::optim::Adam opt(r->parameters(), torch::optim::AdamOptions(3e-4));
+    const torch::Tensor y = x.mm(w_rand.t());
+    auto loss_of = [&](const torch::Tensor& wq) { return (x.mm(wq.t()) - y).pow(2).mean(); };
+    const double start = loss_of(r->forward(true)).item<double>();
+    for (int step = 0; step < 60; ++step) {
+      opt.zero_grad();
+      loss_of(r->forward(false)).backward();
+      opt.step();
+    }
+    const torch::Tensor hard = r->forward(true).detach();
+    const QuantizedTensor learned = r->harden();
+    EXPECT_TRUE(torch::equal(learned.dequantize(), hard)) << tn;
+    EXPECT_LT(loss_of(hard).item<double>(), start) << tn << ": FlexRound did not improve on round-to-nearest";
+    auto packed = ggml_pack(t, learned, "flexround");  // checks the dequantized file against `hard` itself
+    auto theirs = lib.dequantize(t, packed.data(), w_rand.size(0), w_rand.size(1));
+    torch::Tensor back = torch::from_blob(theirs.data(), hard.sizes(), torch::kFloat);
+    EXPECT_TRUE(torch::equal(back, hard)) << tn << ": llama.cpp's dequantization differs from the evaluated weight";
+    std::cout << "[ kquant ] " << tn << " flexround output MSE " << start << " -> " << loss_of(hard).item<double>() << "\n";
+  }
+}
+
+// The whole path in llama.cpp for every k-quant: FlexRound on the type's grid through quantize(), saved as .gguf by
+// the task; every tensor in the file dequantizes to the evaluated weights and llama.cpp's perplexity is within 1 %
+// of flexquant's (on a seeded random model: stories260K's rows fit no super-block).
+TEST(LlamaCpp, KQuantFlexRoundExportsRunInLlamaCpp) {
+  const std::string src = random_kquant_llama();
+  auto task = random_llama_task(src);
+  for (GgmlType t : kKQuants) {
+    const WeightQuantSpec spec = *ggml_weight_spec(t);
+    Recipe r = short_flexround();
+    r.weight_bits = spec.bits();
+    r.weight_symmetric = spec.symmetric;
+    r.weight_granularity = "group";
+    r.weight_group_size = spec.group_size;
+    r.weight_scale_dtype = "kquant";
+    const std::string path = tmp(std::string("fq_test_") + ggml_type_info(t).name + ".gguf");
+    auto model = task->load_model();
+    QuantState state;
+    quantize(*model, task->calibration(r), r, state, [](const std::string&) {});
+    task->save(*model, state, QModelInfo{}, r, path);
+    GgufFile f = GgufFile::read(path);
+    EXPECT_EQ(f.find_tensor("blk.1.ffn_down.weight")->type, t);
+    expect_file_is_evaluated_model(*task, *model, path, ggml_type_info(t).name);
+    fs::remove(path);
+  }
+  fs::remove(src);
+}
+
+// weight.mix=q4_k_m assigns llama.cpp's Q4_K_M types per layer (use_more_bits: attn_v / ffn_down of the first and
+// last eighth and every third layer between on Q6_K), with llama.cpp's fallbacks for rows that fit no super-block.
+TEST(GgufMix, Q4KMAssignsLlamaCppTypesWithFallbacks) {
+  auto real = stories();  // 5 layers, rows of 64 (and 172): no super-block fits
+  auto types = gguf_mix_types("q4_k_m", *real);
+  EXPECT_EQ(types.at("layers.0.attention.wq"), GgmlType::Q5_0);   // Q4_K -> Q5_0
+  EXPECT_EQ(types.at("layers.0.attention.wv"), GgmlType::Q5_0);
+  EXPECT_EQ(types.at("layers.2.attention.wv"), GgmlType::Q8_0);   // use_more_bits(2, 5): Q6_K -> Q8_0
+  EXPECT_EQ(types.at("layers.4.feed_forward.w2"), GgmlType::Q8_0);
+  EXPECT_EQ(types.at("layers.3.feed_forward.w2"), GgmlType::Q5_0);
+  flexquant::testing::expect_error<ConfigError>([&] { gguf_mix_types("q4_k_x", *real); }, {"q4_k_x", "q4_k_m", "q5_k_m"});
+}
+
+// The mix through quantize() on the seeded random Llama (rows fit the super-blocks): FlexRound learns every layer on
+// its own type's grid, the file holds those types and exactly the evaluated weights, and llama.cpp's perplexity is
+// within 1 % of flexquant's.
+TEST(LlamaCpp, Q4KMMixOfFlexRoundRunsInLlamaCpp) {
+  const std::string src = random_kquant_llama();
+  auto task = random_llama_task(src);
+  Recipe r = short_flexround();
+  r.weight_mix = "q4_k_m";
+  r.validate();
+  const std::string path = tmp("fq_test_q4_k_m.gguf");
+  auto model = task->load_model();
+  QuantState state;
+  quantize(*model, task->calibration(r), r, state, [](const std::string&) {});
+  task->save(*model, state, QModelInfo{}, r, path);
+  GgufFile f = GgufFile::read(path);
+  EXPECT_EQ(f.find_tensor("blk.0.attn_v.weight")->type, GgmlType::Q4_K);
+  EXPECT_EQ(f.find_tensor("blk.1.attn_v.weight")->type, GgmlType::Q6_K);  // use_more_bits(1, 2)
+  EXPECT_EQ(f.find_tensor("blk.1.ffn_down.weight")->type, GgmlType::Q6_K);
+  EXPECT_EQ(f.find_tensor("blk.1.ffn_up.weight")->type, GgmlType::Q4_K);
+  EXPECT_EQ(state.weights.at("layers.1.attention.wv").spec.bits(), 6);
+  expect_file_is_evaluated_model(*task, *model, path, "q4_k_m");
+  fs::remove(path);
+  fs::remove(src);
 }

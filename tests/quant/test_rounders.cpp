@@ -854,7 +854,7 @@ TEST(ActQuantizer, PerTokenAndIdentity) {
 TEST(Fp16Scales, EveryMethodKeepsHalfScalesAndStartsAtNearest) {
   auto w = real_weights()[3].second;  // a real 3x3 conv, rows of 144 = 4.5 groups of 32 (padding exercised)
   fq::WeightQuantSpec spec = make_spec(4, true, fq::Granularity::PerGroup, 32, fq::ScaleInit::Mse);
-  spec.scale_fp16 = true;
+  spec.scale_dtype = fq::ScaleDtype::Fp16;
   auto qp = fq::init_qparams(w, spec);
   ASSERT_TRUE(torch::equal(qp.scale.to(torch::kHalf).to(torch::kFloat), qp.scale));
   auto rtn = fq::quantize_rtn(w, spec, qp);

@@ -70,8 +70,53 @@ const MethodInfo& method_info(const std::string& name) {
                     " (or a method added with register_method)");
 }
 
+namespace {
+
+// Grids with an offset (k-quants with mins: value = scale * level - offset) as every method sees them: the
+// method rounds w + offset on the plain grid (as ggml rounds (x + m) / d) and the offset is taken off again.
+// Transparent for grids without one.
+class OffsetGrid : public Rounder {
+ public:
+  explicit OffsetGrid(std::unique_ptr<Rounder> inner) : inner_(std::move(inner)) {}
+  std::string name() const override { return inner_->name(); }
+  void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp) override {
+    inner_->init(shift(w, spec, qp), spec, plain(qp));
+  }
+  void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp, const LayerStats& st) override {
+    inner_->init(shift(w, spec, qp), spec, plain(qp), st);
+  }
+  torch::Tensor forward(bool hard) override {
+    torch::Tensor v = inner_->forward(hard);
+    return off_.defined() ? v - off_ : v;
+  }
+  std::vector<torch::Tensor> parameters() override { return inner_->parameters(); }
+  torch::Tensor regularizer(int64_t step, int64_t total) override { return inner_->regularizer(step, total); }
+  QuantizedTensor harden() override {
+    QuantizedTensor t = inner_->harden();
+    t.qparams.offset = offset_;
+    return t;
+  }
+  double default_lr() const override { return inner_->default_lr(); }
+
+ private:
+  torch::Tensor shift(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp) {
+    offset_ = qp.offset;
+    if (!offset_.defined()) return w;
+    off_ = expand_to_weight(offset_.to(w.options()), w.sizes(), spec);
+    return w + off_;
+  }
+  static QParams plain(QParams qp) {
+    qp.offset = torch::Tensor();
+    return qp;
+  }
+  std::unique_ptr<Rounder> inner_;
+  torch::Tensor offset_, off_;
+};
+
+}  // namespace
+
 std::unique_ptr<Rounder> make_rounder(const std::string& name, const RounderOptions& opts) {
-  return method_info(name).make(opts);
+  return std::make_unique<OffsetGrid>(method_info(name).make(opts));
 }
 
 }  // namespace flexquant

@@ -1,6 +1,6 @@
 // ggml's k-quants (Q2_K .. Q6_K): 256-weight super-blocks whose sub-blocks of 16 or 32 weights have integer
-// scales (and mins) under one or two fp16 super-scales. Internal to the export library (ggml_types.cpp is the
-// public face). Every block is handled through one unpacked form, KBlock, so that the reference quantizer,
+// scales (and mins) under one or two fp16 super-scales. Internal: the weight grid (quantizer.cpp, scale_dtype
+// kquant) and the GGUF types (ggml_types.cpp) are its public faces. Every block is handled through one unpacked form, KBlock, so that the reference quantizer,
 // the dequantizer and the packing of flexquant's own codes share one layout description:
 //   value = (d * sc[j]) * (q - zq) - (dmin * m[j])      (the last term only for types with mins)
 // computed in that order in fp32, as ggml's dequantize_row_* does, so that our dequantization is bit-identical.
@@ -27,6 +27,8 @@ struct KSpec {
 
 /// The k-quant layout of t, or nullptr for the other types.
 const KSpec* kspec(GgmlType t);
+/// The k-quant with `bits`-bit codes in groups of `sub` weights, with or without mins; nullptr if none.
+const KSpec* kspec(int bits, int64_t sub, bool has_min);
 
 /// One super-block unpacked: d and dmin are half values held as floats; sc/m the integer scales and mins as
 /// dequantization multiplies them; q the stored codes (0 .. 2^bits-1).

@@ -326,14 +326,23 @@ void get_scales_q3(const uint8_t* s, KBlock& b) {
 
 }  // namespace
 
+namespace {
+const KSpec kSpecs[] = {
+    {GgmlType::Q2_K, 16, 2, true, 0, 15, 0, 84},      {GgmlType::Q3_K, 16, 3, false, -32, 31, 4, 110},
+    {GgmlType::Q4_K, 32, 4, true, 0, 63, 0, 144},     {GgmlType::Q5_K, 32, 5, true, 0, 63, 0, 176},
+    {GgmlType::Q6_K, 16, 6, false, -128, 127, 32, 210},
+};
+}  // namespace
+
 const KSpec* kspec(GgmlType t) {
-  static const KSpec specs[] = {
-      {GgmlType::Q2_K, 16, 2, true, 0, 15, 0, 84},      {GgmlType::Q3_K, 16, 3, false, -32, 31, 4, 110},
-      {GgmlType::Q4_K, 32, 4, true, 0, 63, 0, 144},     {GgmlType::Q5_K, 32, 5, true, 0, 63, 0, 176},
-      {GgmlType::Q6_K, 16, 6, false, -128, 127, 32, 210},
-  };
-  for (const KSpec& s : specs)
+  for (const KSpec& s : kSpecs)
     if (s.type == t) return &s;
+  return nullptr;
+}
+
+const KSpec* kspec(int bits, int64_t sub, bool has_min) {
+  for (const KSpec& s : kSpecs)
+    if (s.bits == bits && s.sub == sub && s.has_min == has_min) return &s;
   return nullptr;
 }
 
