@@ -369,7 +369,7 @@ void check_finite_differences(const FlexCase& c) {
   };
   std::vector<torch::Tensor> p0;
   for (auto& t : c.params()) p0.push_back(t.detach().clone());
-  auto [s10, r0] = r_of(p0);
+  const torch::Tensor r0 = r_of(p0).second;  // not a structured binding: clang before 16 cannot capture one (F below)
   torch::Tensor q0, m0;
   if (c.spec.integer()) {
     auto rr = torch::round(r0);
