@@ -37,6 +37,9 @@ struct GptqOptions {
   /// instead of from the error-updated columns at each group start. Forced on with act_order so that a
   /// group's grid always covers the original, contiguous column group the export format assumes.
   bool static_groups = false;
+  /// A grid to quantize on as it is (static groups, not re-estimated from W): the engine's initial grid when the
+  /// spec's scale storage fixes it (k-quant scales). Undefined scale: GPTQ finds its own.
+  QParams grid;
   /// When a Cholesky factorisation fails, retry with the damping multiplied by 10, at most this many
   /// times (0..8); then throw NumericError.
   int max_damp_retries = 4;

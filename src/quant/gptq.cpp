@@ -129,10 +129,11 @@ QuantizedTensor gptq_quantize(const torch::Tensor& W, const torch::Tensor& H, co
            "gptq_quantize: Hessian holds NaN/inf -> allowed finite; hint: check the calibration activations");
 
   const bool per_group = spec.granularity == Granularity::PerGroup;
-  const bool static_groups = per_group && (opts.static_groups || opts.act_order);
+  const bool fixed = opts.grid.scale.defined();
+  const bool static_groups = per_group && (opts.static_groups || opts.act_order || fixed);
 
   // Grid of the original W (per tensor / per channel), found before dead-column handling as the reference.
-  QParams qp = init_qparams(Wf, spec);  // per-group: used only for its shape (or as the static groups, below)
+  QParams qp = fixed ? opts.grid : init_qparams(Wf, spec);  // per-group: its shape (or the static groups, below)
   const int64_t G = qp.scale.size(1);
   const int64_t g = per_group ? std::min(spec.group_size, cols) : cols;  // quantizer.h: capped at the row length
   FQ_INTERNAL_ASSERT(G == (cols + g - 1) / g, "group layout G=", G, " g=", g, " cols=", cols);
@@ -145,7 +146,7 @@ QuantizedTensor gptq_quantize(const torch::Tensor& W, const torch::Tensor& H, co
     diag.masked_fill_(dead, 1.0);
     Wf.index_put_({torch::indexing::Slice(), dead}, 0.0);
   }
-  if (static_groups) qp = init_qparams(Wf, spec);  // reference: static groups from W after dead-column zeroing
+  if (static_groups && !fixed) qp = init_qparams(Wf, spec);  // reference: static groups from W after dead-column zeroing
 
   torch::Tensor perm, invperm;
   std::vector<int64_t> perm_host;  // read per column: keep it off the device

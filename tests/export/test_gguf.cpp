@@ -399,6 +399,15 @@ TEST(GgmlTypes, KQuantGridsStartAtLlamaCppAndPackLearnedCodesExactly) {
     torch::Tensor back = torch::from_blob(theirs.data(), hard.sizes(), torch::kFloat);
     EXPECT_TRUE(torch::equal(back, hard)) << tn << ": llama.cpp's dequantization differs from the evaluated weight";
     std::cout << "[ kquant ] " << tn << " flexround output MSE " << start << " -> " << loss_of(hard).item<double>() << "\n";
+    // GPTQ on the same fixed grid (its Hessian from the same inputs).
+    auto g = make_rounder("gptq");
+    g->init(w_rand, spec, qp, LayerStats{x.t().mm(x) / x.size(0)});
+    const QuantizedTensor gq = g->harden();
+    EXPECT_LT(loss_of(gq.dequantize()).item<double>(), start) << tn << ": GPTQ did not improve on round-to-nearest";
+    auto gpacked = ggml_pack(t, gq, "gptq");
+    auto gback = lib.dequantize(t, gpacked.data(), w_rand.size(0), w_rand.size(1));
+    EXPECT_TRUE(torch::equal(torch::from_blob(gback.data(), hard.sizes(), torch::kFloat), gq.dequantize())) << tn;
+    std::cout << "[ kquant ] " << tn << " gptq output MSE " << start << " -> " << loss_of(gq.dequantize()).item<double>() << "\n";
   }
 }
 

@@ -19,11 +19,13 @@ class GptqRounder : public Rounder {
     throw ConfigError("gptq needs the layer's input Hessian -> call init(w, spec, qp, stats) with stats.hessian "
                       "(the engine does this because gptq's registry entry sets needs.hessian)");
   }
-  void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams&, const LayerStats& stats) override {
+  void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp, const LayerStats& stats) override {
     check_weight_finite(w, "weight");
     FQ_CHECK(stats.hessian.defined(), ConfigError, "gptq: no Hessian in the layer statistics -> the engine must "
              "collect one (MethodNeeds::hessian)");
-    q_ = gptq_quantize(w, stats.hessian, spec, opts_);
+    GptqOptions o = opts_;
+    if (spec.scale_dtype == ScaleDtype::KQuant) o.grid = qp;  // a two-level grid is fixed up front, not per column
+    q_ = gptq_quantize(w, stats.hessian, spec, o);
     w_ = q_.dequantize().to(w.device());
   }
   torch::Tensor forward(bool) override {
