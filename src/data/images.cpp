@@ -129,6 +129,8 @@ torch::Tensor decode_image(const std::string& path, int channels) {
                                       &w, &h, &c, channels);
   FQ_CHECK(px != nullptr, IoError, "cannot decode image \"", path, "\": ", stbi_failure_reason(),
            " -> supported: PNG, JPEG, BMP");
+  if (w <= 0 || h <= 0) stbi_image_free(px);  // stb decodes a BMP of height 0 (fuzz_image): resizing divided by it
+  FQ_CHECK(w > 0 && h > 0, IoError, "image \"", path, "\" is ", w, "x", h, " pixels -> an image needs at least one");
   torch::Tensor t = torch::from_blob(px, {h, w, channels}, torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat);
   stbi_image_free(px);
   return t;

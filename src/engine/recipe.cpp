@@ -174,7 +174,7 @@ Recipe Recipe::from_json_text(const std::string& text, const std::string& origin
   json j;
   try {
     j = json::parse(text, nullptr, true, /*ignore_comments=*/true);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number beyond double (fuzz_recipe)
     throw ConfigError(fmt::format("recipe {} is not valid JSON: {}", origin, e.what()));
   }
   std::map<std::string, json> flat;

@@ -8,12 +8,14 @@
 #include "flexquant/gguf.h"
 #include "flexquant/gguf_llama.h"
 #include "flexquant/qmodel.h"
+#include "flexquant/recipe.h"
 #include "flexquant/safetensors.h"
 #include "hostile_input.h"
 #include "test_data.h"
 
 using namespace flexquant;
 using flexquant::testing::expect_error;
+using flexquant::testing::fuzz_regression;
 using flexquant::testing::le;
 using flexquant::testing::write_temp;
 
@@ -95,4 +97,11 @@ TEST(FqzHostile, MalformedMetadataIsAModelErrorNamingTheFile) {
   meta["format_version"] = "two";  // std::stoi's invalid_argument escaped read_qmodel_info
   write();
   expect_error<ModelError>([&] { read_qmodel_info(p); }, {"bad.fqz", "not a valid .fqz"});
+}
+
+TEST(RecipeHostile, NumberBeyondDoubleIsAConfigError) {
+  // Found by fuzz_recipe: "bits": 4222...e2222 made nlohmann::json throw out_of_range (406), not parse_error, and it
+  // escaped Recipe::from_file.
+  expect_error<ConfigError>([&] { Recipe::from_file(fuzz_regression("recipe/number-overflow.json")); },
+                            {"number-overflow.json", "not valid JSON", "number overflow"});
 }

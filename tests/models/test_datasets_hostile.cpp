@@ -74,3 +74,14 @@ TEST(DatasetsHostile, ImageHeaderClaimingGigapixelsIsRefusedBeforeDecoding) {
   const std::string dir = fs::path(write_temp("huge/cat/0.bmp", bmp)).parent_path().parent_path().string();
   expect_error<IoError>([&] { load_image_folder(dir); }, {"0.bmp", "16384x16384", "at most 64 megapixels"});
 }
+
+TEST(DatasetsHostile, ImageOfHeightZeroIsRefused) {
+  // Found by fuzz_image: stb_image decodes a BMP whose height is 0; --resize then divided by the shorter side (0).
+  const std::string bmp = fuzz_regression("image/bmp-zero-height.bmp");
+  std::ifstream in(bmp, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string dir = fs::path(write_temp("zero/cat/0.bmp", bytes)).parent_path().parent_path().string();
+  ImagePreprocess p;
+  p.resize = 40;
+  expect_error<IoError>([&] { load_image_folder(dir, p); }, {"0.bmp", "x0 pixels", "at least one"});
+}
