@@ -160,6 +160,17 @@ inline float int_round(float t, float lo, float hi, uint64_t key, int64_t i) {
 // Round-half-even fast path for minifloats whose steps 2^se satisfy -149 <= se <= 104 and m <= 22 (fp8/6/4,
 // fp16, ... not bf16/sbits): adding C = 2^(se+23) to |t| leaves exactly the multiples of 2^se, so the FPU's
 // own round-half-even does the rounding ((|t| + C) - C, ties to even multiples, as nearbyint(t / step)).
+// The ifunc resolvers of target_clones run while the dynamic loader relocates, before ThreadSanitizer's runtime
+// exists, and TSan instruments them (a segfault at start): the TSan build keeps the baseline version only.
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define FQ_AVX2_CLONES
+#endif
+#endif
+#ifndef FQ_AVX2_CLONES
+#define FQ_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+
 // Branch-free, so the compiler vectorises it; built for AVX2 and for baseline x86-64, picked at load time.
 // (Streaming stores were tried: slower here, the 64 MiB working set stays in the host's cache.)
 bool float_rne_fast_ok(const detail::FloatParams& p) {
@@ -179,7 +190,7 @@ FQ_INLINE float float_rne_one(float t, const detail::FloatParams& p, uint32_t ov
   return u2f((b & 0x80000000u) | res);
 }
 
-__attribute__((target_clones("avx2", "default"))) void float_rne_kernel(const float* x, float* y, int64_t n, float s,
+FQ_AVX2_CLONES void float_rne_kernel(const float* x, float* y, int64_t n, float s,
                                                                           const detail::FloatParams p) {
   const uint32_t ovf = p.ieee ? 0x7f800000u : p.max_bits;
   const int sub_se = p.subnormals ? p.emin - p.man_bits : p.emin;
@@ -197,7 +208,7 @@ FQ_INLINE float int_rne_one(float x, float s, float lo, float hi) {
   return rne_small(t) * s;
 }
 
-__attribute__((target_clones("avx2", "default"))) void int_rne_kernel(const float* x, float* y, int64_t n, float s,
+FQ_AVX2_CLONES void int_rne_kernel(const float* x, float* y, int64_t n, float s,
                                                                         float lo, float hi) {
   for (int64_t i = 0; i < n; ++i) y[i] = int_rne_one(x[i], s, lo, hi);
 }
