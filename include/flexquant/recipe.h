@@ -115,6 +115,9 @@ void visit(Recipe& r, V&& v) {
   v("gptq.act_order", r.rounder.gptq_act_order, "GPTQ: quantize columns in order of decreasing Hessian diagonal.");
   v("gptq.block_size", r.rounder.gptq_block_size, "GPTQ lazy-update block size.");
   v("smoothquant.alpha", r.smooth_alpha, "SmoothQuant migration strength in (0,1]; 0 = off.");
+  // Sections of methods registered with options of their own (MethodInfo::options), at their defaults until set.
+  for (const MethodInfo& m : methods())
+    for (const MethodOption& o : m.options) v(o.key.c_str(), r.rounder.extra.emplace(o.key, o.default_value).first->second, o.help.c_str());
 }
 
 }  // namespace flexquant

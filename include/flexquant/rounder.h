@@ -7,6 +7,7 @@
 #include <ATen/core/Generator.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,6 +34,11 @@ struct RounderOptions {
   double gptq_damp = 0.01;           ///< damping as a fraction of the mean Hessian diagonal, > 0
   bool gptq_act_order = false;       ///< columns in order of decreasing Hessian diagonal
   int64_t gptq_block_size = 128;     ///< lazy-update block size, >= 1
+  /// The options of methods registered with their own (MethodInfo::options), by key ("<method>.<option>"); the
+  /// recipe fills in each default, JSON and --set override it.
+  std::map<std::string, double> extra;
+  /// extra.at(key), or ConfigError naming the key when no registered method declares it.
+  double option(const std::string& key) const;
 };
 
 /// Per-layer statistics the engine collects before init() because the method's registry entry asked for
@@ -73,12 +79,22 @@ struct MethodNeeds {
   bool hessian = false;   ///< LayerStats::hessian from the unit's quantized-path inputs (GPTQ)
 };
 
+/// A numeric option a method owns: recipe key "<method>.<name>" (its own section), default and help.
+struct MethodOption {
+  std::string key;
+  double default_value = 0;
+  std::string help;
+};
+
 /// A registry entry: everything the engine, the recipe and the docs know about a method.
 struct MethodInfo {
   std::string name;      ///< the recipe's `method` value
   std::string summary;   ///< one line for `flexquant recipe --markdown` and error messages
   MethodNeeds needs;
   RounderFactory make;   ///< a fresh rounder per layer
+  /// Options in the method's own recipe section, read by `make` as opts.option(key). (The built-ins keep
+  /// typed fields in RounderOptions, with the same sections.)
+  std::vector<MethodOption> options;
 };
 
 /// Adds (or replaces) a method. The built-ins are registered by the registry itself (a static registrar

@@ -15,15 +15,15 @@ struct Registry {
   std::map<std::string, MethodInfo> entries;
   Registry() {
     auto add = [&](MethodInfo m) { entries[m.name] = std::move(m); };
-    add({"rtn", "round-to-nearest on the initial grid (the baseline; nothing learned)", {}, rounders::make_rtn});
+    add({"rtn", "round-to-nearest on the initial grid (the baseline; nothing learned)", {}, rounders::make_rtn, {}});
     add({"adaround", "AdaRound: learned up/down rounding with an annealed regulariser (methods.md §2)",
-         {/*training=*/true, false}, rounders::make_adaround});
+         {/*training=*/true, false}, rounders::make_adaround, {}});
     add({"flexround", "FlexRound: learned element-wise division and common grid (methods.md §1.1)",
-         {/*training=*/true, false}, rounders::make_flexround});
+         {/*training=*/true, false}, rounders::make_flexround, {}});
     add({"lrq", "LRQ: FlexRound with a low-rank S2 (methods.md §1.6)", {/*training=*/true, false},
-         rounders::make_lrq});
+         rounders::make_lrq, {}});
     add({"gptq", "GPTQ: column-wise error feedback through the input Hessian (methods.md §7.2)",
-         {false, /*hessian=*/true}, rounders::make_gptq});
+         {false, /*hessian=*/true}, rounders::make_gptq, {}});
   }
 };
 
@@ -50,8 +50,21 @@ std::vector<std::string> method_names() {
   return names;
 }
 
+double RounderOptions::option(const std::string& key) const {
+  if (auto it = extra.find(key); it != extra.end()) return it->second;
+  for (const MethodInfo& m : methods())
+    for (const MethodOption& o : m.options)
+      if (o.key == key) return o.default_value;  // never set: the declared default
+  throw ConfigError("method option \"" + key + "\" is not declared by any registered method -> hint: list it in "
+                    "MethodInfo::options when registering the method");
+}
+
 void register_method(MethodInfo info) {
   FQ_CHECK(!info.name.empty() && info.make, ConfigError, "register_method needs a name and a factory");
+  for (const MethodOption& o : info.options)
+    FQ_CHECK(o.key.rfind(info.name + ".", 0) == 0 && o.key.size() > info.name.size() + 1, ConfigError,
+             "method \"", info.name, "\": option \"", o.key, "\" is outside its own section -> allowed: \"",
+             info.name, ".<option>\"");
   auto& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
   r.entries[info.name] = std::move(info);
