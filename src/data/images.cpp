@@ -27,7 +27,7 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr int64_t kMaxDatasetBytes = int64_t{8} << 30;  // float32 images held in memory
-constexpr int64_t kMaxImagePixels = int64_t{1} << 26;   // per image
+constexpr int64_t kMaxImagePixels = int64_t{1} << 24;   // per image
 
 Normalization default_norm(int64_t channels) {
   return channels == 3 ? Normalization::cifar10() : Normalization{std::vector<double>(channels, 0.5), std::vector<double>(channels, 0.5)};
@@ -111,6 +111,16 @@ bool jpeg_huffman_tables_fit(const std::string& b) {
   return true;
 }
 
+// An uncompressed BMP (BITMAPINFOHEADER or later, BI_RGB / BI_BITFIELDS) stores every row; stb fills the rows a
+// file lacks with zeros, so a 1 KB header decoded to 8191x8192 pixels (fuzz_image: a 14 s timeout). Its rows must fit.
+bool bmp_pixels_fit(const std::string& b, int64_t w, int64_t h) {
+  auto u32 = [&](size_t i) { uint32_t v = 0; std::memcpy(&v, b.data() + i, 4); return v; };
+  if (b.size() < 54 || u32(14) < 40 || (u32(30) != 0 && u32(30) != 3)) return true;  // other kinds: left to stb
+  const int64_t bpp = static_cast<unsigned char>(b[28]) | (static_cast<unsigned char>(b[29]) << 8);
+  const int64_t row = (w * bpp + 31) / 32 * 4;  // rows are padded to 4 bytes; w, h <= 2^24 here
+  return int64_t{u32(10)} + row * h <= static_cast<int64_t>(b.size());
+}
+
 torch::Tensor decode_image(const std::string& path, int channels) {
   std::ifstream in(path, std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -121,10 +131,13 @@ torch::Tensor decode_image(const std::string& path, int channels) {
            path, "\": a JPEG Huffman table holds more than 256 codes -> the file is corrupt");
   int w = 0, h = 0, c = 0;
   // A header can claim any size, and stb allocates it before it finds the data missing (a BMP even decodes the
-  // missing pixels as zeros): 64 megapixels at most, i.e. <= 768 MiB once the pixels are float32.
-  if (stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &w, &h, &c))
+  // missing pixels as zeros): 16 megapixels at most (192 MiB as float32), and an uncompressed BMP must hold them.
+  if (stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &w, &h, &c)) {
     FQ_CHECK(int64_t{w} * h <= kMaxImagePixels, IoError, "image \"", path, "\" is ", w, "x", h,
-             " pixels -> at most 64 megapixels; hint: downscale it, the model resizes it to its input size anyway");
+             " pixels -> at most 16 megapixels; hint: downscale it, the model resizes it to its input size anyway");
+    FQ_CHECK(bytes.rfind("BM", 0) != 0 || bmp_pixels_fit(bytes, w, h), IoError, "BMP \"", path, "\" is ", w, "x", h,
+             " pixels but holds only ", bytes.size(), " bytes -> the file is truncated or corrupt");
+  }
   stbi_uc* px = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()),
                                       &w, &h, &c, channels);
   FQ_CHECK(px != nullptr, IoError, "cannot decode image \"", path, "\": ", stbi_failure_reason(),
