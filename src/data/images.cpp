@@ -121,6 +121,22 @@ bool bmp_pixels_fit(const std::string& b, int64_t w, int64_t h) {
   return int64_t{u32(10)} + row * h <= static_cast<int64_t>(b.size());
 }
 
+// stb_image 2.27 grows its IDAT buffer to the length a PNG chunk header claims before reading it, so a 1 KB file
+// asked for 1.4 GB (fuzz_image). Every chunk, walked as stb walks them, must fit in the file.
+bool png_chunks_fit(const std::string& b) {
+  auto be32 = [&](size_t i) {
+    const auto* p = reinterpret_cast<const unsigned char*>(b.data()) + i;
+    return (uint64_t{p[0]} << 24) | (uint64_t{p[1]} << 16) | (uint64_t{p[2]} << 8) | p[3];
+  };
+  for (size_t i = 8; i + 8 <= b.size();) {  // after the signature: length, type, data, CRC
+    const uint64_t len = be32(i);
+    if (len > b.size() - i - 8) return false;
+    if (b.compare(i + 4, 4, "IEND") == 0) break;
+    i += 12 + len;
+  }
+  return true;
+}
+
 torch::Tensor decode_image(const std::string& path, int channels) {
   std::ifstream in(path, std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -129,6 +145,8 @@ torch::Tensor decode_image(const std::string& path, int channels) {
            " bytes -> at most 1 GiB per image");
   FQ_CHECK(bytes.rfind("\xFF\xD8", 0) != 0 || jpeg_huffman_tables_fit(bytes), IoError, "cannot decode image \"",
            path, "\": a JPEG Huffman table holds more than 256 codes -> the file is corrupt");
+  FQ_CHECK(bytes.rfind("\x89PNG", 0) != 0 || png_chunks_fit(bytes), IoError, "PNG \"", path,
+           "\" has a chunk longer than the rest of the file -> the file is truncated or corrupt");
   int w = 0, h = 0, c = 0;
   // A header can claim any size, and stb allocates it before it finds the data missing (a BMP even decodes the
   // missing pixels as zeros): 16 megapixels at most (192 MiB as float32), and an uncompressed BMP must hold them.

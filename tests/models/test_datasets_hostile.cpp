@@ -99,3 +99,12 @@ TEST(DatasetsHostile, BmpWhosePixelsAreMissingIsRefused) {
   write_temp("short/cat/0.bmp", small);
   expect_error<IoError>([&] { load_image_folder(dir); }, {"0.bmp", "2048x2048", "holds only 983 bytes"});
 }
+
+TEST(DatasetsHostile, PngChunkLongerThanTheFileIsRefused) {
+  // Found by fuzz_image (out of memory): an IDAT chunk claiming 1.4 GB in a small file; stb_image grew its buffer
+  // to the claimed length before reading.
+  std::ifstream in(fuzz_regression("image/png-huge-idat.png"), std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string dir = fs::path(write_temp("idat/cat/0.png", bytes)).parent_path().parent_path().string();
+  expect_error<IoError>([&] { load_image_folder(dir); }, {"0.png", "chunk longer than the rest of the file"});
+}
