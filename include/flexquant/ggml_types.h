@@ -44,6 +44,10 @@ int64_t ggml_row_bytes(GgmlType t, int64_t n);
 /// d = (signed value of largest magnitude) / -8 (-16), Q8_0 d = amax / 127, Q4_1/Q5_1 d = (max-min)/15 (31),
 /// m = min; codes from x * (1/d) as ggml rounds them. ConfigError when n does not fit the block.
 std::vector<uint8_t> ggml_quantize_ref(GgmlType t, const float* x, int64_t rows, int64_t n);
+/// llama.cpp's quantizer as ggml_quantize_chunk runs it: with `imatrix` ([n] per-column importance, the mean of
+/// squared inputs as llama.cpp's imatrix tool collects it) its importance-weighted searches for every type that
+/// takes one (all but F32, F16, Q8_0); without, ggml_quantize_ref.
+std::vector<uint8_t> ggml_quantize(GgmlType t, const float* x, int64_t rows, int64_t n, const float* imatrix);
 /// Blocks -> floats, as ggml's dequantize_row_* computes them.
 std::vector<float> ggml_dequantize(GgmlType t, const uint8_t* data, int64_t rows, int64_t n);
 

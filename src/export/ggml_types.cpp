@@ -208,6 +208,50 @@ std::vector<uint8_t> ggml_quantize_ref(GgmlType t, const float* x, int64_t rows,
   return out;
 }
 
+namespace {
+
+// One 32-weight block with importances (quantize_row_*_impl): sigma2 is the row's mean square.
+void quantize_block_imatrix(GgmlType t, const float* x, const float* qw, float sigma2, uint8_t* out) {
+  const Layout l = layout(t);
+  float weight[kQK];
+  int L[kQK];
+  for (int j = 0; j < kQK; ++j) weight[j] = qw[j] * std::sqrt(sigma2 + x[j] * x[j]);
+  uint16_t d_bits, m_bits = 0;
+  if (l.has_min) {
+    float min;
+    d_bits = to_half_bits(kquant::qkx3_search(kQK, (1 << l.bits) - 1, x, weight, L, &min));
+    m_bits = to_half_bits(-min);
+  } else {
+    d_bits = to_half_bits(kquant::qx_search(kQK, 1 << (l.bits - 1), x, L, weight));
+  }
+  uint8_t code[kQK];
+  for (int j = 0; j < kQK; ++j) code[j] = static_cast<uint8_t>(L[j]);
+  write_block(t, out, d_bits, m_bits, code);
+}
+
+}  // namespace
+
+std::vector<uint8_t> ggml_quantize(GgmlType t, const float* x, int64_t rows, int64_t n, const float* imatrix) {
+  if (!imatrix || t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::Q8_0)  // Q8_0 ignores one
+    return ggml_quantize_ref(t, x, rows, n);
+  check_row(t, n, "ggml_quantize");
+  const auto& info = ggml_type_info(t);
+  std::vector<uint8_t> out(static_cast<size_t>(rows * ggml_row_bytes(t, n)));
+  const kquant::KSpec* ks = kquant::kspec(t);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    uint8_t* o = out.data() + r * ggml_row_bytes(t, n);
+    float sum_x2 = 0;
+    for (int64_t j = 0; j < n; ++j) sum_x2 += xr[j] * xr[j];
+    for (int64_t b = 0; b < n / info.block; ++b) {
+      const int64_t at = b * info.block;
+      if (ks) kquant::pack(*ks, kquant::quantize_imatrix(*ks, xr + at, imatrix + at), o + b * info.block_bytes);
+      else quantize_block_imatrix(t, xr + at, imatrix + at, sum_x2 / static_cast<float>(n), o + b * info.block_bytes);
+    }
+  }
+  return out;
+}
+
 std::vector<float> ggml_dequantize(GgmlType t, const uint8_t* data, int64_t rows, int64_t n) {
   check_row(t, n, "ggml_dequantize");
   std::vector<float> out(static_cast<size_t>(rows * n));

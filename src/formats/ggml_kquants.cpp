@@ -174,6 +174,62 @@ float qkx2_scale(int n, int nmax, const float* x, const float* w, int* L, float*
   return scale;
 }
 
+// Non-negative scale of x ~ scale * L, L in [0, nmax] (make_qp_quants: the k-quants' search for their sub-block
+// scales and mins under one super-scale, weighted by qw): nine trial grids, then coordinate descent on L.
+float qp_scale(int n, int nmax, const float* x, int* L, const float* qw) {
+  float max = 0;
+  for (int i = 0; i < n; ++i) max = std::max(max, x[i]);
+  if (max < kGroupMaxEps) {
+    std::fill(L, L + n, 0);
+    return 0.f;
+  }
+  float iscale = nmax / max;
+  for (int i = 0; i < n; ++i) L[i] = nearest_int(iscale * x[i]);
+  const float scale0 = 1 / iscale;
+  float best_mse = 0;
+  for (int i = 0; i < n; ++i) {
+    const float diff = x[i] - scale0 * L[i];
+    best_mse += qw[i] * diff * diff;
+  }
+  for (int is = -4; is <= 4; ++is) {
+    if (is == 0) continue;
+    const float iscale_is = (0.1f * is + nmax) / max;
+    const float scale_is = 1 / iscale_is;
+    float mse = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::min(nmax, nearest_int(iscale_is * x[i]));
+      const float diff = x[i] - scale_is * l;
+      mse += qw[i] * diff * diff;
+    }
+    if (mse < best_mse) best_mse = mse, iscale = iscale_is;
+  }
+  float sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    L[i] = std::min(nmax, nearest_int(iscale * x[i]));
+    sumlx += qw[i] * x[i] * L[i];
+    suml2 += qw[i] * L[i] * L[i];
+  }
+  for (int itry = 0; itry < 5; ++itry) {
+    int changed = 0;
+    for (int i = 0; i < n; ++i) {
+      const float w = qw[i];
+      float slx = sumlx - w * x[i] * L[i];
+      float sl2 = suml2 - w * L[i] * L[i];
+      if (!(slx > 0 && sl2 > 0)) continue;
+      const int nl = std::min(nmax, nearest_int(x[i] * sl2 / slx));
+      if (nl == L[i]) continue;
+      slx += w * x[i] * nl;
+      sl2 += w * nl * nl;
+      if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+        L[i] = nl, sumlx = slx, suml2 = sl2;
+        ++changed;
+      }
+    }
+    if (!changed) break;
+  }
+  return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
 // Re-rounds every sub-block with a non-zero final scale on the stored grid (the last step of every *_K_ref).
 void requantize(const KSpec& s, const float* x, KBlock& b) {
   const int top = (1 << s.bits) - 1;
@@ -324,7 +380,83 @@ void get_scales_q3(const uint8_t* s, KBlock& b) {
   }
 }
 
+// The importance-weighted searches (quantize_row_*_K_impl, what ggml_quantize_chunk runs with an imatrix):
+// per-weight importance qw * sqrt(sigma2 + x^2), sub-block searches as the reference but weighted, and the
+// sub-scales (and mins) found by qp_scale / qx_scale weighted by each sub-block's total importance.
+KBlock imatrix_with_mins(const KSpec& s, const float* x, const float* qw) {
+  KBlock b;
+  float scales[16], mins[16], sw[16], weights[32];
+  int L[kSuper], Ls[16], Lm[16];
+  const int nmax = (1 << s.bits) - 1;
+  float sumx2 = 0;
+  for (int j = 0; j < kSuper; ++j) sumx2 += x[j] * x[j];
+  const float sigma2 = (s.type == GgmlType::Q2_K ? 1 : 2) * sumx2 / kSuper;
+  for (int j = 0; j < s.subs(); ++j) {
+    const float* xj = x + j * s.sub;
+    sw[j] = 0;
+    for (int l = 0; l < s.sub; ++l) weights[l] = qw[j * s.sub + l] * std::sqrt(sigma2 + xj[l] * xj[l]);
+    for (int l = 0; l < s.sub; ++l) sw[j] += weights[l];
+    scales[j] = qkx2_scale(s.sub, nmax, xj, weights, L + j * s.sub, &mins[j], -0.9f, 0.05f, 36, false);
+  }
+  const float d = qp_scale(s.subs(), s.scale_hi, scales, Ls, sw);
+  const float dmin = qp_scale(s.subs(), s.scale_hi, mins, Lm, sw);
+  for (int j = 0; j < s.subs(); ++j) {
+    // Q4_K / Q5_K store through uint8_t and cap at 63; Q2_K's nibbles are at most 15 already.
+    b.sc[j] = std::min(s.scale_hi, Ls[j] & 0xFF);
+    b.m[j] = std::min(s.scale_hi, Lm[j] & 0xFF);
+  }
+  b.d = half_round(d);
+  b.dmin = half_round(dmin);
+  for (int i = 0; i < kSuper; ++i) b.q[i] = static_cast<uint8_t>(L[i]);
+  requantize(s, x, b);
+  return b;
+}
+
+KBlock imatrix_symmetric(const KSpec& s, const float* x, const float* qw) {
+  KBlock b;
+  float scales[16], sw[16], weights[16];
+  int L[kSuper], Ls[16];
+  const bool q3 = s.type == GgmlType::Q3_K;
+  float sumx2 = 0;
+  for (int j = 0; j < kSuper; ++j) sumx2 += x[j] * x[j];
+  const float sigma2 = 2 * sumx2 / kSuper;
+  float max_scale = 0, amax = 0;
+  for (int j = 0; j < s.subs(); ++j) {
+    const float* xj = x + j * s.sub;
+    const float* qj = qw + j * s.sub;
+    if (q3) {  // Q3_K weights its search; Q6_K passes the importance as it is
+      sw[j] = 0;
+      for (int l = 0; l < s.sub; ++l) weights[l] = qj[l] * std::sqrt(sigma2 + xj[l] * xj[l]);
+      for (int l = 0; l < s.sub; ++l) sw[j] += weights[l];
+    }
+    scales[j] = qx_scale(s.sub, s.zq, xj, L + j * s.sub, q3 ? weights : qj);
+    if (std::fabs(scales[j]) > amax) amax = std::fabs(scales[j]), max_scale = scales[j];
+  }
+  for (int i = 0; i < kSuper; ++i) b.q[i] = static_cast<uint8_t>(L[i]);
+  if (q3) {
+    const float d = qx_scale(s.subs(), 32, scales, Ls, sw);  // codes l + 32 are the stored 6-bit scales
+    for (int j = 0; j < s.subs(); ++j) b.sc[j] = (Ls[j] & 63) - 32;
+    b.d = half_round(d);
+  } else {
+    if (amax < kGroupMaxEps) return KBlock{};
+    const float iscale = -128.f / max_scale;
+    for (int j = 0; j < s.subs(); ++j) b.sc[j] = std::min(127, nearest_int(iscale * scales[j]));
+    b.d = half_round(1 / iscale);
+  }
+  requantize(s, x, b);
+  return b;
+}
+
 }  // namespace
+
+float qx_search(int n, int nmax, const float* x, int* L, const float* qw) { return qx_scale(n, nmax, x, L, qw); }
+float qkx3_search(int n, int nmax, const float* x, const float* w, int* L, float* min) {
+  return qkx2_scale(n, nmax, x, w, L, min, -0.9f, 0.05f, 36, false);
+}
+
+KBlock quantize_imatrix(const KSpec& s, const float* x, const float* qw) {
+  return s.has_min ? imatrix_with_mins(s, x, qw) : imatrix_symmetric(s, x, qw);
+}
 
 namespace {
 const KSpec kSpecs[] = {

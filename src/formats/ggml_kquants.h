@@ -47,5 +47,14 @@ void dequantize(const KSpec& s, const KBlock& b, float* y);
 /// description: per sub-block a least-squares search for scale (and min), the scales quantized under a
 /// fp16 super-scale, then every weight re-rounded on the final grid.
 KBlock quantize_ref(const KSpec& s, const float* x);
+/// The same with an importance matrix (qw: 256 per-column importances of this super-block), as ggml_quantize_chunk
+/// rounds with one (quantize_row_*_K_impl).
+KBlock quantize_imatrix(const KSpec& s, const float* x, const float* qw);
+
+/// ggml's weighted searches, for the 32-weight types' importance-matrix rounding (ggml_types.cpp):
+/// symmetric codes L = l + nmax, l in [-nmax, nmax-1] (make_qx_quants, rmse weights qw); returns the scale.
+float qx_search(int n, int nmax, const float* x, int* L, const float* qw);
+/// x ~ scale * L - min, L in [0, nmax], weighted by w (make_qkx3_quants' settings); returns scale, *min = min.
+float qkx3_search(int n, int nmax, const float* x, const float* w, int* L, float* min);
 
 }  // namespace flexquant::kquant

@@ -103,8 +103,9 @@ TEST(GgmlTypes, KQuantsMatchLibggmlByteForByte) {
 
 // llama.cpp's importance matrix (mean squared inputs per column, collected on real text) steers its own Q4_0 rounding
 // in libggml: the importance-weighted error of every attention/FFN weight of the real model is lower with it.
-TEST(GgmlTypes, LlamaCppImatrixLowersWeightedErrorOnRealLayers) {
-  auto model = stories();
+namespace {
+// Per-layer importance matrices of stories260K collected on real text, as llama.cpp's imatrix tool does.
+std::map<std::string, torch::Tensor> stories_imatrix(LlamaModel& model) {
   Tokenizer tok = Tokenizer::load(shared_path("data/lm/tok512.bin"));
   CalibSpec spec;
   spec.n = 16;
@@ -112,11 +113,42 @@ TEST(GgmlTypes, LlamaCppImatrixLowersWeightedErrorOnRealLayers) {
   spec.range.last_paragraph = 200;
   torch::Tensor calib = calibration_samples(shared_path("data/lm/tinystories_valid_first.txt"), tok, spec);
   ImatrixCollector c;
-  {
-    torch::NoGradGuard ng;
-    model->forward(calib, c);
+  torch::NoGradGuard ng;
+  model.forward(calib, c);
+  return c.imatrix();
+}
+}  // namespace
+
+// With an importance matrix, our port of llama.cpp's weighted searches gives libggml-base's bytes for every type
+// that takes one: the 32-weight types on every real 64-wide layer, the k-quants on the same weights in 256-wide
+// rows (the layer's real importances repeated per 64 columns).
+TEST(GgmlTypes, ImatrixQuantizerMatchesLibggmlByteForByte) {
+  const LibGgml& lib = LibGgml::get();
+  auto model = stories();
+  auto im = stories_imatrix(*model);
+  int64_t bytes = 0;
+  for (QuantLayer* l : model->all_layers()) {
+    torch::Tensor w = l->weight.contiguous();
+    if (w.size(1) % 32) continue;  // ffn_down (172)
+    torch::Tensor imp = im.at(l->name).contiguous();
+    for (const auto& info : ggml_types()) {
+      if (info.type == GgmlType::F32 || info.type == GgmlType::F16) continue;
+      const bool k = info.block == 256;
+      torch::Tensor x = k ? w.reshape({-1, 256}).contiguous() : w;
+      torch::Tensor q = k ? imp.repeat({4}).contiguous() : imp;
+      auto ours = ggml_quantize(info.type, x.data_ptr<float>(), x.size(0), x.size(1), q.data_ptr<float>());
+      auto theirs = lib.quantize(info.type, x.data_ptr<float>(), x.size(0), x.size(1), q.data_ptr<float>());
+      ASSERT_EQ(ours.size(), theirs.size()) << info.name << " " << l->name;
+      ASSERT_EQ(std::memcmp(ours.data(), theirs.data(), ours.size()), 0) << info.name << " " << l->name;
+      bytes += static_cast<int64_t>(ours.size());
+    }
   }
-  auto im = c.imatrix();
+  std::cout << "[ ggml ] " << bytes << " bytes quantized with real importance matrices equal libggml-base's\n";
+}
+
+TEST(GgmlTypes, LlamaCppImatrixLowersWeightedErrorOnRealLayers) {
+  auto model = stories();
+  auto im = stories_imatrix(*model);
   int better = 0, layers = 0;
   for (QuantLayer* l : model->all_layers()) {
     torch::Tensor w = l->weight.contiguous();
