@@ -31,7 +31,10 @@ if [ ! -f "$B/CMakeCache.txt" ]; then
     -DFLEXQUANT_BUILD_BENCH=OFF >/dev/null
 fi
 t0=$SECONDS
-cmake --build "$B" -j"$JOBS" --target flexquant_cli $(for s in $SUITES; do echo "test_$s"; done)
+# the CLI (the whole library) only for the suites that run it
+cli=""
+case " $SUITES " in *" cli "* | *" llm "* | *" engine "*) cli=flexquant_cli ;; esac
+cmake --build "$B" -j"$JOBS" --target $cli $(for s in $SUITES; do echo "test_$s"; done)
 echo "build: $((SECONDS - t0)) s"
 
 SUPP=$(pwd)/scripts/sanitize
