@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 namespace flexquant::testing {
@@ -23,6 +24,18 @@ inline std::string fuzz_regression(const std::string& rel) {
   const std::filesystem::path p = std::filesystem::path("tests/data/fuzz-regressions") / rel;
   if (!std::filesystem::exists(p)) ADD_FAILURE() << "missing fuzz regression input " << p;
   return p.string();
+}
+
+/// The bytes of a file (a committed fuzz regression input).
+inline std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+/// An image folder in the scratch folder holding one class with one image, `name` (e.g. "0.bmp"), of `bytes`;
+/// returns the folder (for load_image_folder).
+inline std::string image_folder_with(const std::string& folder, const std::string& name, const std::string& bytes) {
+  return std::filesystem::path(write_temp(folder + "/cat/" + name, bytes)).parent_path().parent_path().string();
 }
 
 /// Little-endian bytes of a trivially copyable value.

@@ -15,6 +15,8 @@ namespace fs = std::filesystem;
 using namespace flexquant;
 using flexquant::testing::expect_error;
 using flexquant::testing::fuzz_regression;
+using flexquant::testing::image_folder_with;
+using flexquant::testing::read_bytes;
 using flexquant::testing::le;
 using flexquant::testing::write_temp;
 
@@ -57,10 +59,8 @@ TEST(DatasetsHostile, NpyShapeThatIsNotNumbersIsAnIoError) {
 TEST(DatasetsHostile, JpegHuffmanTableWithTooManyCodesIsRefused) {
   // Found by fuzz_image: a DHT segment with 680 codes; stb_image 2.27 wrote them into its 257-byte size table,
   // past the end into the decoder's state (UBSan: index 257 out of bounds).
-  const std::string jpg = fuzz_regression("image/stb-huffman-table-overflow.jpg");
-  std::ifstream in(jpg, std::ios::binary);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::string dir = fs::path(write_temp("huffman/cat/0.jpg", bytes)).parent_path().parent_path().string();
+  const std::string dir =
+      image_folder_with("huffman", "0.jpg", read_bytes(fuzz_regression("image/stb-huffman-table-overflow.jpg")));
   expect_error<IoError>([&] { load_image_folder(dir); }, {"0.jpg", "Huffman table", "more than 256 codes"});
 }
 
@@ -71,16 +71,13 @@ TEST(DatasetsHostile, ImageHeaderClaimingGigapixelsIsRefusedBeforeDecoding) {
                           le<int32_t>(16384) + le<int32_t>(16384) + le<uint16_t>(1) + le<uint16_t>(24) +
                           le<uint32_t>(0) + le<uint32_t>(0) + le<int32_t>(0) + le<int32_t>(0) + le<uint32_t>(0) +
                           le<uint32_t>(0);
-  const std::string dir = fs::path(write_temp("huge/cat/0.bmp", bmp)).parent_path().parent_path().string();
+  const std::string dir = image_folder_with("huge", "0.bmp", bmp);
   expect_error<IoError>([&] { load_image_folder(dir); }, {"0.bmp", "16384x16384", "at most 16 megapixels"});
 }
 
 TEST(DatasetsHostile, ImageOfHeightZeroIsRefused) {
   // Found by fuzz_image: stb_image decodes a BMP whose height is 0; --resize then divided by the shorter side (0).
-  const std::string bmp = fuzz_regression("image/bmp-zero-height.bmp");
-  std::ifstream in(bmp, std::ios::binary);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::string dir = fs::path(write_temp("zero/cat/0.bmp", bytes)).parent_path().parent_path().string();
+  const std::string dir = image_folder_with("zero", "0.bmp", read_bytes(fuzz_regression("image/bmp-zero-height.bmp")));
   ImagePreprocess p;
   p.resize = 40;
   expect_error<IoError>([&] { load_image_folder(dir, p); }, {"0.bmp", "x0 pixels", "at least one"});
@@ -89,23 +86,20 @@ TEST(DatasetsHostile, ImageOfHeightZeroIsRefused) {
 TEST(DatasetsHostile, BmpWhosePixelsAreMissingIsRefused) {
   // Found by fuzz_image (a timeout): a 983-byte BMP claiming 65311 x 32 pixels decoded to zeros, then --resize 40
   // made it 40 x 81638.
-  const std::string dir = fs::path(write_temp("short/cat/0.bmp", "")).parent_path().parent_path().string();
-  std::ifstream in(fuzz_regression("image/bmp-missing-pixels.bmp"), std::ios::binary);
-  write_temp("short/cat/0.bmp", std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()));
+  const std::string dir =
+      image_folder_with("short", "0.bmp", read_bytes(fuzz_regression("image/bmp-missing-pixels.bmp")));
   expect_error<IoError>([&] { load_image_folder(dir); }, {"0.bmp", "65311x32", "holds only 983 bytes"});
   // a 2048 x 2048 header with 929 of its 12 MiB of pixels
   std::string small = "BM" + le<uint32_t>(983) + le<uint32_t>(0) + le<uint32_t>(54) + le<uint32_t>(40) +
                       le<int32_t>(2048) + le<int32_t>(2048) + le<uint16_t>(1) + le<uint16_t>(24) + std::string(24, '\0');
   small += std::string(983 - small.size(), '\x7f');
-  write_temp("short/cat/0.bmp", small);
+  image_folder_with("short", "0.bmp", small);
   expect_error<IoError>([&] { load_image_folder(dir); }, {"0.bmp", "2048x2048", "holds only 983 bytes"});
 }
 
 TEST(DatasetsHostile, PngChunkLongerThanTheFileIsRefused) {
   // Found by fuzz_image (out of memory): an IDAT chunk claiming 1.4 GB in a small file; stb_image grew its buffer
   // to the claimed length before reading.
-  std::ifstream in(fuzz_regression("image/png-huge-idat.png"), std::ios::binary);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::string dir = fs::path(write_temp("idat/cat/0.png", bytes)).parent_path().parent_path().string();
+  const std::string dir = image_folder_with("idat", "0.png", read_bytes(fuzz_regression("image/png-huge-idat.png")));
   expect_error<IoError>([&] { load_image_folder(dir); }, {"0.png", "chunk longer than the rest of the file"});
 }
