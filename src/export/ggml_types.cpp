@@ -355,8 +355,10 @@ kquant::KBlock kblock_from_grid(const kquant::KSpec& ks, const float* scale, con
   for (int j = 0; j < n; ++j) {
     const bool flipped = !ks.has_min && zero[j] != static_cast<float>(ks.zq);
     const float mag = std::nearbyint(scale[j] / d);
-    b.sc[j] = static_cast<int>(flipped == arg_flipped ? -mag : mag);
-    if (ks.has_min) b.sc[j] = static_cast<int>(mag), b.m[j] = b.dmin > 0 ? static_cast<int>(std::nearbyint(offset[j] / b.dmin)) : 0;
+    // Symmetric: a group oriented like the largest one shares its negative sub-scale.
+    const bool negative = !ks.has_min && flipped == arg_flipped;
+    b.sc[j] = static_cast<int>(negative ? -mag : mag);
+    if (ks.has_min) b.m[j] = b.dmin > 0 ? static_cast<int>(std::nearbyint(offset[j] / b.dmin)) : 0;
     ok = ok && b.sc[j] >= ks.scale_lo && b.sc[j] <= ks.scale_hi && b.m[j] >= 0 && b.m[j] <= ks.scale_hi;
     for (int i = j * ks.sub; i < (j + 1) * ks.sub; ++i)
       b.q[i] = static_cast<uint8_t>(flipped ? 2 * ks.zq - 1 - code[i] : code[i]);
