@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS=(cmake g++ make zlib1g-dev ccache libtorch-dev libopenblas0-openmp nlohmann-json3-dev libcli11-dev libfmt-dev
-      libgtest-dev libgmock-dev libbenchmark-dev dataset-fashion-mnist libonnx-dev libonnx-testdata libprotobuf-dev libstb-dev)
+      libgtest-dev libgmock-dev libbenchmark-dev dataset-fashion-mnist libonnx-dev libonnx-testdata libprotobuf-dev libstb-dev gnuplot-nox)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

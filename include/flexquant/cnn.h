@@ -58,12 +58,13 @@ struct EvalResult {
   int64_t correct = 0;
   int64_t count = 0;
   double seconds = 0;     ///< wall time of the evaluation
+  torch::Tensor logits;   ///< [N, classes] float32 on the CPU when asked for (keep_logits), else undefined
 };
 
 /// Runs `model` through `ctx` over images [N, C, H, W] (labels int64 [N]) in batches of `batch`
 /// (default 256, >= 1) under torch::NoGradGuard, on the device of the model's first layer.
 EvalResult evaluate_classifier(ModelAdapter& model, const torch::Tensor& images, const torch::Tensor& labels,
-                               UnitContext& ctx, int64_t batch = 256);
+                               UnitContext& ctx, int64_t batch = 256, bool keep_logits = false);
 /// FP evaluation (plain UnitContext).
 EvalResult evaluate_classifier(ModelAdapter& model, const torch::Tensor& images, const torch::Tensor& labels,
                                int64_t batch = 256);

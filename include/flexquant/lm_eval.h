@@ -68,6 +68,7 @@ struct PplResult {
   int64_t windows = 0;
   double seconds = 0;        ///< wall time of the forwards
   std::string protocol;      ///< PplProtocol::describe()
+  torch::Tensor token_nll;   ///< [tokens_scored] float64 CPU: each scored prediction's NLL, in stream order
 };
 
 /// The stream the protocol scores: skip_tokens dropped, then cut to max_tokens. ConfigError when < 2 tokens remain.

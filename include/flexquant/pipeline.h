@@ -46,6 +46,14 @@ class Task {
   virtual std::string metric_name() const = 0;
   virtual bool higher_is_better() const = 0;
   virtual double evaluate(ModelAdapter& model, UnitContext& ctx) const = 0;
+  /// The metric together with the per-sample outputs it was computed from, for comparing output distributions
+  /// (precision_sweep): an image classifier's logits [N, classes], a language model's per-token NLL [T, 1].
+  struct Outputs {
+    double metric = 0;
+    torch::Tensor values;  ///< float64, CPU
+    std::string what;      ///< "per-class logits", "per-token NLL"
+  };
+  virtual Outputs evaluate_outputs(ModelAdapter& model, UnitContext& ctx) const = 0;
   /// Writes the quantized model: a .fqz (every task), or a runtime's format by the path's extension where the
   /// task has one (language models: .gguf, the type from the recipe's grid; ONNX image classifiers: QDQ .onnx). Returns the file size.
   virtual int64_t save(ModelAdapter& model, const QuantState& state, const QModelInfo& info, const Recipe& r,

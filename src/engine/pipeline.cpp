@@ -82,6 +82,11 @@ class ImageTask : public Task {
     auto [b, e] = eval_range();
     return evaluate_classifier(model, data_.images.slice(0, b, e), data_.labels.slice(0, b, e), ctx).top1;
   }
+  Outputs evaluate_outputs(ModelAdapter& model, UnitContext& ctx) const override {
+    auto [b, e] = eval_range();
+    EvalResult r = evaluate_classifier(model, data_.images.slice(0, b, e), data_.labels.slice(0, b, e), ctx, 256, true);
+    return {r.top1, r.logits.to(torch::kFloat64), "per-class logits"};
+  }
   int64_t save(ModelAdapter& model, const QuantState& state, const QModelInfo& info, const Recipe& r,
                const std::string& path) const override {
     if (!has_extension(path, ".onnx")) return Task::save(model, state, info, r, path);
@@ -164,6 +169,10 @@ class LanguageTask : public Task {
   bool higher_is_better() const override { return false; }
   double evaluate(ModelAdapter& model, UnitContext& ctx) const override {
     return perplexity(model, workload_.data, *tok_, protocol(), ctx).ppl;
+  }
+  Outputs evaluate_outputs(ModelAdapter& model, UnitContext& ctx) const override {
+    PplResult r = perplexity(model, workload_.data, *tok_, protocol(), ctx);
+    return {r.ppl, r.token_nll.unsqueeze(1), "per-token NLL"};
   }
   int64_t save(ModelAdapter& model, const QuantState& state, const QModelInfo& info, const Recipe& r,
                const std::string& path) const override {

@@ -217,6 +217,7 @@ PplResult perplexity(ModelAdapter& model, const torch::Tensor& stream_in, const 
     if (!u->layers().empty()) dev = u->layers()[0].weight.device();
   double sum = 0;
   int64_t count = 0;
+  std::vector<torch::Tensor> scored;
   for (size_t i = 0; i < wins.size();) {
     // batch consecutive windows of the same length
     size_t j = i;
@@ -230,7 +231,8 @@ PplResult perplexity(ModelAdapter& model, const torch::Tensor& stream_in, const 
     nll = nll.to(torch::kCPU, torch::kFloat64);
     for (size_t k = i; k < j; ++k) {
       const int64_t first = wins[k].lo - wins[k].s - 1;  // local index of the first scored prediction
-      sum += nll[static_cast<int64_t>(k - i)].slice(0, first).sum().item<double>();
+      scored.push_back(nll[static_cast<int64_t>(k - i)].slice(0, first));
+      sum += scored.back().sum().item<double>();
       count += T - 1 - first;
     }
     i = j;
@@ -245,6 +247,7 @@ PplResult perplexity(ModelAdapter& model, const torch::Tensor& stream_in, const 
   r.windows = static_cast<int64_t>(wins.size());
   r.seconds = sw.seconds();
   r.protocol = protocol.describe();
+  r.token_nll = torch::cat(scored);
   return r;
 }
 

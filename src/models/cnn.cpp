@@ -483,7 +483,7 @@ std::unique_ptr<ModelAdapter> load_image_classifier(const std::string& safetenso
 }
 
 EvalResult evaluate_classifier(ModelAdapter& model, const torch::Tensor& images, const torch::Tensor& labels,
-                               UnitContext& ctx, int64_t batch) {
+                               UnitContext& ctx, int64_t batch, bool keep_logits) {
   FQ_CHECK(batch >= 1, ConfigError, "evaluation batch ", batch, " -> must be >= 1");
   FQ_CHECK(images.dim() == 4 && labels.dim() == 1 && images.size(0) == labels.size(0), ConfigError,
            "evaluation needs images [N, C, H, W] and labels [N] -> got ", images.sizes(), " and ", labels.sizes());
@@ -494,6 +494,7 @@ EvalResult evaluate_classifier(ModelAdapter& model, const torch::Tensor& images,
   const torch::Device device = layers.front()->weight.device();
   EvalResult r;
   const int64_t n = images.size(0);
+  std::vector<torch::Tensor> kept;
   for (int64_t b = 0; b < n; b += batch) {
     const int64_t e = std::min(n, b + batch);
     torch::Tensor x = images.slice(0, b, e).to(device, torch::kFloat32);
@@ -503,7 +504,9 @@ EvalResult evaluate_classifier(ModelAdapter& model, const torch::Tensor& images,
     torch::Tensor y = labels.slice(0, b, e).to(device);
     torch::Tensor logits = model.forward(x, ctx);
     r.correct += logits.argmax(1).eq(y).sum().item<int64_t>();
+    if (keep_logits) kept.push_back(logits.to(torch::kCPU, torch::kFloat32).contiguous());
   }
+  if (keep_logits && !kept.empty()) r.logits = torch::cat(kept);
   r.count = n;
   r.top1 = n ? 100.0 * static_cast<double>(r.correct) / static_cast<double>(n) : 0.0;
   r.seconds = sw.seconds();
