@@ -1,5 +1,6 @@
 // `flexquant sweep`: the precision sweep of include/flexquant/sweep.h, printed as a table, optionally written as
 // CSV / markdown and plotted to a PNG with gnuplot.
+#include <ATen/Parallel.h>
 #include <fmt/format.h>
 
 #include <cstdlib>
@@ -102,7 +103,8 @@ struct SweepCmd {
     for (const std::string& p : {csv, markdown, png})
       if (!p.empty()) write_file(p, "");  // fail on an unwritable path before the long run
     auto task = make_task(w);
-    std::cout << "flexquant:  " << version() << " built from " << build_commit() << "\n";
+    std::cout << "flexquant:  " << version() << " built from " << build_commit() << ", " << at::get_num_threads()
+              << " threads\n";
     std::cout << "evaluation: " << task->evaluation_description() << "\n";
     std::cout << "rounded:    " << (o.weights ? "every model tensor" : "") << (o.weights && o.activations ? " + " : "")
               << (o.activations ? "every activation" : "") << ", seed " << o.seed << "\n";
