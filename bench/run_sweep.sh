@@ -32,7 +32,7 @@ names = {"r20": "ResNet-20, CIFAR-10 (top-1 %, per-class logits)", "lm": "storie
 print("## Precision sweep (issue #13)\n")
 print("Script: `bench/run_sweep.sh <build> [rows]` (`flexquant sweep`). Every model tensor (weights, biases, norms,")
 print("embeddings) and every activation (each activation site, each unit's output, the input and the logits) rounded to")
-print("fp32 with k fraction bits (`sbits<k>`, unscaled, Paxton et al.) or to a minifloat preset (per-tensor scale")
+print("fp32 with k fraction bits (`sbits<k>`, unscaled, Paxton et al.; sbits7 is bf16) or to fp16 / a minifloat preset (per-tensor scale")
 print("amax / max), with round-to-nearest-even and with stochastic rounding (seed 0). W1: Wasserstein-1 distance between")
 print("the FP32 and the reduced-precision output distributions (mean over classes of the logit distributions;")
 print("per-token NLL for the LM). Evaluation: ResNet-20 records 1024-3023, stories260K the first 10,000 tokens of the")
@@ -44,7 +44,7 @@ for row in ("r20", "lm"):
     fp = float(pts[0]["metric"]); hib = row == "r20"
     tol = 0.5 if hib else 0.05
     ok = lambda m: (fp - float(m) <= tol) if hib else (float(m) - fp <= tol)
-    sb = {(int(p["significand_bits"]), p["mode"]): p for p in pts[1:] if p["format"].startswith("sbits")}
+    sb = {(int(p["significand_bits"]), p["mode"]): p for p in pts[1:] if p["fp32_range"] == "1"}
     print(f"### {names[row]}\n")
     print(f"Run {open(f'{out}/{row}.cmd').read().strip()}\n")
     print(open(f"{out}/{row}.md").read().strip() + "\n")

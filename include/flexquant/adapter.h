@@ -124,6 +124,17 @@ struct NormFeed {
   std::vector<QuantLayer*> layers;  ///< every consumer of the norm's output, weights [out, C]
 };
 
+/// Two layers joined only through a per-channel positively homogeneous activation (ReLU, or ReLU clipped at a
+/// per-channel `clip`): dividing the producer's output channel i (weights and bias, and the clip) by s_i and
+/// multiplying the consumer's input channel i by s_i leaves the model's function unchanged. Where cross-layer
+/// equalization applies (Nagel et al. 2019, methods.md).
+struct EqualizationPair {
+  std::string name;                ///< key of the saved scales: "<producer>><consumer>"
+  QuantLayer* producer = nullptr;  ///< its output channels are the pair's channels
+  QuantLayer* consumer = nullptr;  ///< its input channels are the pair's channels (groups allowed: depthwise)
+  torch::Tensor* clip = nullptr;   ///< [C] upper clip of the activation between (ReLU6 -> 6s), or null for ReLU
+};
+
 /// What a named tensor is to its model, so an exporter can write all of it.
 enum class TensorRole { Embedding, Norm, Weight, Bias, Classifier };
 
@@ -158,6 +169,8 @@ class ModelAdapter {
   std::vector<QuantLayer*> all_layers();
   /// Norms whose output feeds quantizable layers directly (SmoothQuant's fold points); none by default.
   virtual std::vector<NormFeed> norm_feeds() { return {}; }
+  /// Layer pairs cross-layer equalization may rescale, in forward order; none by default.
+  virtual std::vector<EqualizationPair> equalization_pairs() { return {}; }
   /// Every tensor of the model with its role. The default lists the layers' weights and biases; adapters with
   /// embeddings, norms or a separate classifier add them.
   virtual std::vector<NamedTensor> named_tensors();

@@ -50,6 +50,9 @@ struct Recipe {
 
   // SmoothQuant pre-pass (any method)
   double smooth_alpha = 0.0;                  // SmoothQuant migration strength; 0 = off
+  // Data-free quantization's two parts (CNNs, any method)
+  int cle_iters = 0;                          // cross-layer equalization sweeps before quantizing; 0 = off
+  bool bias_correction = false;               // each layer's bias absorbs the mean output shift of its rounding
 
   /// Throws ConfigError naming the field, the value and the allowed range.
   void validate() const;
@@ -115,6 +118,8 @@ void visit(Recipe& r, V&& v) {
   v("gptq.act_order", r.rounder.gptq_act_order, "GPTQ: quantize columns in order of decreasing Hessian diagonal.");
   v("gptq.block_size", r.rounder.gptq_block_size, "GPTQ lazy-update block size.");
   v("smoothquant.alpha", r.smooth_alpha, "SmoothQuant migration strength in (0,1]; 0 = off.");
+  v("cle.iters", r.cle_iters, "Cross-layer equalization (DFQ) before quantizing: sweeps over the layer pairs the model joins by a ReLU(6) (CNNs); 0 = off.");
+  v("bias_correction.enabled", r.bias_correction, "Empirical bias correction (DFQ): after a unit is quantized, each layer's bias absorbs the per-channel mean output shift its weight rounding causes on the calibration inputs (layers with a bias).");
   // Sections of methods registered with options of their own (MethodInfo::options), at their defaults until set.
   for (const MethodInfo& m : methods())
     for (const MethodOption& o : m.options) v(o.key.c_str(), r.rounder.extra.emplace(o.key, o.default_value).first->second, o.help.c_str());

@@ -46,6 +46,8 @@ struct QuantState {
   /// SmoothQuant scales divided into norm weights before quantization ("layers.<i>.attention_norm" /
   /// "layers.<i>.ffn_norm"); saved so a reload re-applies them to the FP model bit for bit.
   std::map<std::string, torch::Tensor> smooth_scales;
+  /// Cross-layer equalization scales per layer pair ([sweeps, C], equalize_model), replayed on reload.
+  std::map<std::string, torch::Tensor> equalization_scales;
 };
 
 /// Unique key of activation site j of a unit: "<unit>/<site name>".

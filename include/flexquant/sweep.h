@@ -28,7 +28,8 @@
 
 namespace flexquant {
 
-/// The formats a sweep runs by default: sbits23 .. sbits2, then fp16, bf16 and the minifloat presets.
+/// The formats a sweep runs by default: sbits23 .. sbits2 (sbits7 is named bf16), then fp16 and the minifloat
+/// presets.
 std::vector<Format> default_sweep_formats();
 
 struct SweepOptions {
@@ -43,6 +44,7 @@ struct SweepOptions {
 struct SweepPoint {
   std::string format;        ///< Format::name()
   int significand_bits = 0;  ///< fraction bits of the format (the k of sbits<k>; a minifloat's mantissa bits)
+  bool fp32_range = false;   ///< fp32's exponent range (sbits<k>, bf16): the points plotted against k
   RoundingMode mode = RoundingMode::NearestEven;
   double metric = 0;         ///< the task's metric (top-1 % or perplexity)
   double w1 = 0;             ///< output_distance(FP32 outputs, these outputs)
@@ -80,7 +82,7 @@ SweepReport precision_sweep(const Task& task, const SweepOptions& options = {},
 
 /// Markdown table: one row per format, metric and W1 for each rounding mode side by side.
 std::string sweep_table(const SweepReport& report);
-/// CSV, one line per point: format,significand_bits,mode,metric,w1,seconds.
+/// CSV, one line per point: format,significand_bits,fp32_range,mode,metric,w1,seconds.
 std::string sweep_csv(const SweepReport& report);
 
 }  // namespace flexquant

@@ -57,7 +57,9 @@ CheckpointState read_checkpoint(const std::string& path, ModelAdapter& model, Qu
            "the checkpoint to start over");
   QuantState restored;
   read_quant_state(f, json::parse(meta("layers")), json::parse(meta("activations")), model, restored, true);
-  restored.smooth_scales = state.smooth_scales;  // this run applied its smoothing before the engine started
+  // This run applied its pre-passes (smoothing, equalization) before the engine started.
+  restored.smooth_scales = state.smooth_scales;
+  restored.equalization_scales = state.equalization_scales;
   state = std::move(restored);
   CheckpointState c;
   c.units_done = std::stoll(meta("units_done"));

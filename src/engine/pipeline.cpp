@@ -22,6 +22,7 @@
 #include "flexquant/onnx_model.h"
 #include "flexquant/onnxruntime.h"
 #include "flexquant/runtime.h"
+#include "flexquant/equalize.h"
 #include "flexquant/smoothquant.h"
 #include "flexquant/tokenizer.h"
 
@@ -227,6 +228,8 @@ std::string recipe_label(const Recipe& r) {
   if (r.weight_granularity == "group") s += fmt::format(" g{}", r.weight_group_size);
   if (r.qdrop > 0) s += " +QDrop";
   if (r.smooth_alpha > 0) s += " +SmoothQuant";
+  if (r.cle_iters > 0) s += " +CLE";
+  if (r.bias_correction) s += " +BC";
   return s;
 }
 
@@ -237,6 +240,7 @@ QuantizeReport quantize(ModelAdapter& model, const torch::Tensor& calib, const R
     for (int64_t i = 0; i < calib.size(0); i += 16) batches.push_back(calib.slice(0, i, std::min(i + 16, calib.size(0))));
     state.smooth_scales = smooth_model(model, collect_act_absmax(model, batches), recipe.smooth_alpha);
   }
+  if (recipe.cle_iters > 0) state.equalization_scales = equalize_model(model, recipe.cle_iters);
   return quantize_model(model, calib, recipe, state, progress, max_units, checkpoint);
 }
 

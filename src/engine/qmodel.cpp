@@ -9,6 +9,7 @@
 
 #include "flexquant/error.h"
 #include "qstate_io.h"
+#include "flexquant/equalize.h"
 #include "flexquant/smoothquant.h"
 #include "flexquant/runtime.h"
 #include "flexquant/safetensors.h"
@@ -146,6 +147,7 @@ void write_quant_state(ModelAdapter& model, const QuantState& state, bool partia
                        {"spec", spec_to_json(q.spec)}};
   }
   for (auto& [key, sc] : state.smooth_scales) tensors["smooth." + key] = sc.to(torch::kCPU).contiguous();
+  for (auto& [key, sc] : state.equalization_scales) tensors["cle." + key] = sc.to(torch::kCPU).contiguous();
   acts = json::object();
   for (auto& [key, aq] : state.acts) {
     acts[key] = {{"bits", aq->spec().bits}, {"per_token", aq->spec().per_token}};
@@ -214,6 +216,10 @@ void read_quant_state(const SafeTensorsFile& f, const json& layers, const json& 
   for (const auto& name : f.names)
     if (name.rfind("smooth.", 0) == 0) state.smooth_scales[name.substr(7)] = f.at(name);
   if (!partial) apply_saved_smoothing(model, state.smooth_scales, "\"" + path + "\"");
+  // Then equalization, replayed on the FP model: what the stored weights do not hold (ReLU6 ceilings) follows.
+  for (const auto& name : f.names)
+    if (name.rfind("cle.", 0) == 0) state.equalization_scales[name.substr(4)] = f.at(name);
+  if (!partial) apply_equalization(model, state.equalization_scales, "\"" + path + "\"");
   for (QuantLayer* l : model.all_layers()) {
     if (partial && !layers.contains(l->name)) continue;
     FQ_CHECK(layers.contains(l->name), ModelError, "\"", path, "\" has no entry for layer \"", l->name,

@@ -166,6 +166,8 @@ void Recipe::validate() const {
   FQ_CHECK(calib_seq_len >= 2, ConfigError, "calib.seq_len ", calib_seq_len, " must be >= 2");
   FQ_CHECK(rounder.gptq_damp > 0, ConfigError, "gptq.damp ", rounder.gptq_damp, " must be > 0 (typical 0.01)");
   FQ_CHECK(rounder.gptq_block_size >= 1, ConfigError, "gptq.block_size must be >= 1");
+  FQ_CHECK(cle_iters >= 0 && cle_iters <= 100, ConfigError, "cle.iters ", cle_iters,
+           " -> allowed 0 (off) .. 100 sweeps (a few converge)");
   FQ_CHECK(smooth_alpha >= 0 && smooth_alpha <= 1, ConfigError, "smoothquant.alpha ", smooth_alpha,
            " is not valid: use (0, 1], or 0 for off");
 }

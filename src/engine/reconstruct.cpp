@@ -213,6 +213,7 @@ class Reconstructor {
   void train_block(UnitRun& u);
   void train_layers(UnitRun& u);
   void harden(UnitRun& u);
+  void correct_biases(UnitRun& u, const std::vector<torch::Tensor>& w_fp);
   void propagate(UnitRun& u);
   torch::Tensor sample() { return torch::randint(x_q_.size(0), {std::min(recipe_.batch, x_q_.size(0))}, gen_, torch::kLong).to(x_q_.device()); }
   void progress_line(const UnitRun& u, const std::string& what, int64_t it, double running) const;
@@ -283,7 +284,10 @@ UnitReport Reconstructor::run_unit(Unit& unit, size_t k) {
   else train_layers(u);
   u.report.iters = iters();
   const double train_seconds = train_sw.seconds();
+  std::vector<torch::Tensor> w_fp;
+  for (const QuantLayer& l : unit.layers()) w_fp.push_back(l.weight.detach());
   harden(u);
+  if (recipe_.bias_correction) correct_biases(u, w_fp);
   propagate(u);
   UnitReport& ur = u.report;
   ur.seconds = unit_sw_.seconds();
@@ -428,6 +432,32 @@ void Reconstructor::harden(UnitRun& u) {
     state_.acts[site_key(u.unit, sites[j])] = u.acts[j];
   }
   u.rounders.clear();
+}
+
+// Empirical bias correction (DFQ; methods.md): layer by layer, on its quantized-path inputs x (earlier layers
+// already corrected), bias -= mean over samples and positions of layer(x, W_q) - layer(x, W_fp), per output channel:
+// the rounding's mean output shift. Layers without a bias are left as they are.
+void Reconstructor::correct_biases(UnitRun& u, const std::vector<torch::Tensor>& w_fp) {
+  torch::NoGradGuard ng;
+  auto& layers = u.unit.layers();
+  QuantizedContext qctx(state_);
+  qctx.begin_unit(u.unit);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    QuantLayer& l = layers[i];
+    if (!l.bias.defined()) continue;
+    const torch::Tensor x = capture_input(u.unit, static_cast<int>(i), x_q_, &qctx);
+    torch::Tensor sum = torch::zeros_like(l.bias, torch::kFloat64);
+    int64_t count = 0;  // outputs per channel: samples x positions (or tokens)
+    for (int64_t b = 0; b < x.size(0); b += kChunk) {
+      const torch::Tensor xb = x.slice(0, b, std::min(b + kChunk, x.size(0)));
+      torch::Tensor d = (l.apply(xb, l.weight) - l.apply(xb, w_fp[i])).to(torch::kFloat64);
+      d = l.kind == LayerKind::Conv2d ? d.transpose(0, 1) : d.movedim(-1, 0);  // channels first
+      d = d.reshape({d.size(0), -1});
+      sum += d.sum(1);
+      count += d.size(1);
+    }
+    l.bias = (l.bias - (sum / static_cast<double>(count)).to(l.bias.scalar_type())).detach();
+  }
 }
 
 // Continues after the last unit a checkpoint holds; 0 (from the start) when there is none to resume.

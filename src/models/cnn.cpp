@@ -77,8 +77,21 @@ class CnnUnit : public Unit {
   std::string name() const override { return name_; }
   std::vector<QuantLayer>& layers() override { return layers_; }
   const std::vector<ActSite>& act_sites() const override { return sites_; }
+  /// Layer pairs inside the unit joined by a ReLU(6) only (cross-layer equalization); none by default.
+  virtual std::vector<EqualizationPair> equalization_pairs() { return {}; }
+  virtual void to(torch::Device device) {
+    for (QuantLayer& l : layers_) {
+      l.weight = l.weight.to(device);
+      if (l.bias.defined()) l.bias = l.bias.to(device);
+    }
+  }
 
  protected:
+  EqualizationPair pair(int producer, int consumer, torch::Tensor* clip = nullptr) {
+    QuantLayer& p = layers_[producer];
+    QuantLayer& c = layers_[consumer];
+    return {p.name + ">" + c.name, &p, &c, clip};
+  }
   void add_site(const std::string& suffix, bool non_negative) { sites_.push_back({name_ + "." + suffix, non_negative}); }
   std::string name_;
   std::vector<QuantLayer> layers_;
@@ -126,6 +139,7 @@ class CifarBasicBlock : public CnnUnit {
     }
     return ctx.act(sites_[1], 1, torch::relu(h + sc));
   }
+  std::vector<EqualizationPair> equalization_pairs() override { return {pair(0, 1)}; }
 
  private:
   bool option_a_;
@@ -152,6 +166,11 @@ class TorchvisionBlock : public CnnUnit {
     const int last = static_cast<int>(sites_.size()) - 1;
     return ctx.act(sites_[last], last, torch::relu(h + identity));
   }
+  std::vector<EqualizationPair> equalization_pairs() override {
+    std::vector<EqualizationPair> out;
+    for (int i = 0; i + 1 < n_main_; ++i) out.push_back(pair(i, i + 1));
+    return out;
+  }
 
  private:
   int n_main_;
@@ -165,7 +184,10 @@ class InvertedResidual : public CnnUnit {
   InvertedResidual(const std::string& name, std::vector<QuantLayer> convs, bool residual)
       : CnnUnit(name), residual_(residual) {
     layers_ = std::move(convs);
-    for (size_t i = 0; i + 1 < layers_.size(); ++i) add_site("act" + std::to_string(i + 1), true);
+    for (size_t i = 0; i + 1 < layers_.size(); ++i) {
+      add_site("act" + std::to_string(i + 1), true);
+      clips_.push_back(torch::full({layers_[i].weight.size(0)}, 6.0f));
+    }
     add_site("out", false);
   }
   torch::Tensor forward(const torch::Tensor& x, UnitContext& ctx) override {
@@ -173,14 +195,29 @@ class InvertedResidual : public CnnUnit {
     const int n = static_cast<int>(layers_.size());
     for (int i = 0; i < n; ++i) {
       h = ctx.run(layers_[i], i, h);
-      if (i + 1 < n) h = ctx.act(sites_[i], i, torch::clamp(h, 0, 6));
+      if (i + 1 < n) h = ctx.act(sites_[i], i, relu6(h, clips_[i]));
     }
     if (residual_) h = h + x;
     return ctx.act(sites_[n - 1], n - 1, h);
   }
+  std::vector<EqualizationPair> equalization_pairs() override {
+    std::vector<EqualizationPair> out;
+    for (size_t i = 0; i + 1 < layers_.size(); ++i) out.push_back(pair(int(i), int(i) + 1, &clips_[i]));
+    return out;
+  }
+  void to(torch::Device device) override {
+    CnnUnit::to(device);
+    for (auto& c : clips_) c = c.to(device);
+  }
 
  private:
+  // ReLU6 with a per-channel ceiling: 6 until cross-layer equalization rescales a channel by 1/s (ceiling 6/s),
+  // which keeps the unit's function. min and max are exact, so at 6 this equals clamp(h, 0, 6) bit for bit.
+  static torch::Tensor relu6(const torch::Tensor& h, const torch::Tensor& clip) {
+    return torch::minimum(torch::relu(h), clip.view({1, -1, 1, 1}));
+  }
   bool residual_;
+  std::vector<torch::Tensor> clips_;  // [C] ceiling of each ReLU6, one per layer but the last
 };
 
 // Global average pool + flatten + Linear. The site is the Linear's input (SiteRole::ClassifierInput: kept at
@@ -212,21 +249,23 @@ class CnnAdapter : public ModelAdapter {
     return out;
   }
   void to(torch::Device device) override {
+    for (auto& u : units_) u->to(device);
+  }
+  std::vector<EqualizationPair> equalization_pairs() override {
+    std::vector<EqualizationPair> out;
     for (auto& u : units_)
-      for (QuantLayer& l : u->layers()) {
-        l.weight = l.weight.to(device);
-        if (l.bias.defined()) l.bias = l.bias.to(device);
-      }
+      for (EqualizationPair& p : u->equalization_pairs()) out.push_back(p);
+    return out;
   }
   /// The first layer of the first unit is the stem (LayerRole::Input).
-  void add(std::unique_ptr<Unit> u) {
+  void add(std::unique_ptr<CnnUnit> u) {
     if (units_.empty() && !u->layers().empty()) u->layers().front().role = LayerRole::Input;
     units_.push_back(std::move(u));
   }
 
  private:
   std::string arch_;
-  std::vector<std::unique_ptr<Unit>> units_;
+  std::vector<std::unique_ptr<CnnUnit>> units_;
 };
 
 // Number of consecutive blocks "<stage>.<i>" (i = 0, 1, ...) that have a "<stage>.<i>.<probe>" tensor.

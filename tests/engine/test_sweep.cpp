@@ -121,7 +121,7 @@ TEST(Sweep, FewerBitsDoMoreDamageOnResNet20) {
   EXPECT_LT(point(r, "fp4_e2m1", ne).metric, r.fp_metric - 5.0);
   const std::string table = sweep_table(r);
   EXPECT_NE(table.find("| sbits4 | 4 |"), std::string::npos) << table;
-  EXPECT_NE(sweep_csv(r).find("fp4_e2m1,1,nearest_even,"), std::string::npos);
+  EXPECT_NE(sweep_csv(r).find("fp4_e2m1,1,0,nearest_even,"), std::string::npos);
 }
 
 TEST(Sweep, RefusesAnEmptySweep) {

@@ -35,11 +35,11 @@ void write_file(const std::string& path, const std::string& text) {
   FQ_CHECK(f.good(), IoError, "cannot write \"", path, "\" -> check that its folder exists and is writable");
 }
 
-// The sbits<k> points as gnuplot data: k, then metric and W1 for each mode.
+// The fp32-range points (sbits<k>, bf16) as gnuplot data: k, then metric and W1 for each mode.
 std::string plot_data(const SweepReport& r, const std::vector<RoundingMode>& modes) {
   std::map<int, std::map<RoundingMode, const SweepPoint*>, std::greater<>> rows;
   for (const SweepPoint& p : r.points)
-    if (p.format.rfind("sbits", 0) == 0) rows[p.significand_bits][p.mode] = &p;
+    if (p.fp32_range) rows[p.significand_bits][p.mode] = &p;
   std::string out;
   for (const auto& [k, by_mode] : rows) {
     out += std::to_string(k);
@@ -57,7 +57,7 @@ void plot(const SweepReport& r, const std::vector<RoundingMode>& modes, const st
            "--plot needs gnuplot, which is not installed -> apt-get install gnuplot-nox (scripts/setup.sh does), or "
            "drop --plot (the table and --csv are written without it)");
   FQ_CHECK(!r.points.empty() && plot_data(r, modes).size() > 0, ConfigError,
-           "--plot draws the sbits<k> formats; this sweep ran none -> add some to --formats");
+           "--plot draws the fp32-range formats (sbits<k>, bf16); this sweep ran none -> add some to --formats");
   const std::string dat = png + ".dat", gp = png + ".gp";
   write_file(dat, plot_data(r, modes));
   std::string metric_lines, w1_lines;
