@@ -88,7 +88,8 @@ for row in sorted(rows, key=lambda r: (r.split("-")[0], r.split("-")[1], -int(re
         fp, rtn, fr, cmd = grids[g]
         d = (rtn - fr) if lm else (fr - rtn)
         frs = f"**{fr:.2f}**" if g == best else f"{fr:.2f}"
-        lines.append(f"| {row} | {fp:.2f} | {g} | {rtn:.2f} | {frs} | {d:+.2f} {'better' if d > 0 else 'WORSE'} |")
+        verdict = "tie at 2 decimals" if round(d, 2) == 0 else ("better" if d > 0 else "WORSE")
+        lines.append(f"| {row} | {fp:.2f} | {g} | {rtn:.2f} | {frs} | {d:+.2f} {verdict} |")
         cmds.append(f"- {row} {g}: {cmd}")
 lines += ["", "Commands:", ""] + cmds + [""]
 sec = os.path.join(out, "section.md")
