@@ -119,7 +119,8 @@ std::unique_ptr<Rounder> make_rounder(const std::string& name, const RounderOpti
 /// and every gradient are those of exp(delta1 + ...). Gradients (STE: round is the identity, clamp blocks):
 ///   d/d delta2 = -s1 * r * g in range, 0 clamped (r = w/S; levels.passes); delta3/delta4: the same summed over
 ///   broadcast axes;
-///   d/d delta1 = s1 * (q - r) * g in range, s1 * q * g clamped (both paths), summed into delta1's shape.
+///   d/d delta1 = s1 * (q - r) * g in range, s1 * q * g clamped (both paths), summed into delta1's shape;
+///   d/d w = s1 / S * g in range, 0 clamped (only when w requires grad: NUPES learns the map producing w).
 /// w may be [Cout, ...] or its [Cout, K] flattening; `spec` gives the grouping of s1_0/delta1.
 torch::Tensor flexround_quantize(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
                                  const torch::Tensor& delta1_0, const torch::Tensor& delta2,

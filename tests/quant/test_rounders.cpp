@@ -296,7 +296,7 @@ TEST(Rounders, RegistryNamesNeedsAndUnknownName) {
   } catch (const fq::ConfigError& e) {
     std::string m = e.what();
     EXPECT_NE(m.find("flexrond"), std::string::npos) << m;
-    EXPECT_NE(m.find("adaround | flexround | gptq | lrq | rtn"), std::string::npos) << m;
+    EXPECT_NE(m.find("adaround | flexround | gptq | lrq | nupes | rtn"), std::string::npos) << m;
   }
   // GPTQ's codes come from a Hessian: init without one is an error that says so, not a silent RTN.
   auto w = torch::randn({4, 8});
@@ -928,4 +928,115 @@ TEST(ActQuantizer, MinifloatGridOnRealActivations) {
     auto y = p.forward(rows);
     EXPECT_TRUE(torch::allclose(y.abs().amax(-1), rows.abs().amax(-1), 1e-6, 0)) << name;
   }
+}
+
+// ---- NUPES (methods.md §5): FlexRound on a power grid with a learned exponent ----
+
+namespace {
+fq::RounderOptions nupes_options(double a_init, bool learn_a) {
+  fq::RounderOptions o;
+  o.extra["nupes.a_init"] = a_init;
+  o.extra["nupes.learn_a"] = learn_a ? 1 : 0;
+  return o;
+}
+}  // namespace
+
+// At a = 1 with a fixed, NUPES is FlexRound on pow3_a1 (the uniform symmetric grid -3..3): the same start (RTN on
+// that grid), the same forward and the same Adam trajectory, bit for bit, on the real layer.
+TEST(Nupes, AtExponentOneIsFlexRoundOnTheUniformGridStepForStep) {
+  const auto& L = real_layer();
+  auto spec = make_spec(3, true, fq::Granularity::PerChannel, 0, fq::ScaleInit::Mse);
+  auto pow_spec = spec;
+  pow_spec.format = fq::Format::parse("pow3_a1");
+  auto nupes = fq::make_rounder("nupes", nupes_options(1.0, false));
+  auto flex = fq::make_rounder("flexround");
+  nupes->init(L.w, spec, fq::init_qparams(L.w, spec));
+  const auto qp = fq::init_qparams(L.w, pow_spec);
+  flex->init(L.w, pow_spec, qp);
+  ASSERT_TRUE(torch::equal(nupes->forward(false).detach(), fq::fake_quant_rtn(L.w, pow_spec, qp)));
+  ASSERT_EQ(nupes->parameters().size(), flex->parameters().size());
+  torch::optim::Adam on(nupes->parameters(), torch::optim::AdamOptions(5e-3));
+  torch::optim::Adam of(flex->parameters(), torch::optim::AdamOptions(5e-3));
+  torch::Tensor y;
+  {
+    torch::NoGradGuard ng;
+    y = torch::conv2d(L.x_train, L.w, L.b, 1, 1);
+  }
+  for (int it = 0; it < 30; ++it) {
+    on.zero_grad();
+    of.zero_grad();
+    const auto wn = nupes->forward(false), wf = flex->forward(false);
+    ASSERT_TRUE(torch::equal(wn.detach(), wf.detach())) << "step " << it;
+    recon_loss(torch::conv2d(L.x_train, wn, L.b, 1, 1), y).backward();
+    recon_loss(torch::conv2d(L.x_train, wf, L.b, 1, 1), y).backward();
+    on.step();
+    of.step();
+  }
+  const auto hn = nupes->harden(), hf = flex->harden();
+  EXPECT_TRUE(torch::equal(hn.dequantize(), hf.dequantize()));
+  EXPECT_TRUE(torch::equal(hn.codes, hf.codes));
+  EXPECT_EQ(hn.spec.format.name(), "pow3_a1");
+}
+
+// The exponent's gradient (and the divisors') equals the naive ATen composition of the same STE rule:
+// u = w|w|^(a-1), r = u/S, q = nearest(r) fixed, û = s1(q + passes (r - r.detach())), ŵ = û|û|^(1/a-1).
+TEST(Nupes, GradientsMatchTheNaiveComposition) {
+  const auto& L = real_layer();
+  auto spec = make_spec(3, true, fq::Granularity::PerChannel, 0, fq::ScaleInit::Mse);
+  auto r = fq::make_rounder("nupes", nupes_options(0.7, true));
+  r->init(L.w, spec, fq::init_qparams(L.w, spec));
+  auto params = r->parameters();  // delta1, delta2, delta3, delta4, log a
+  ASSERT_EQ(params.size(), 5u);
+  torch::manual_seed(5);
+  const auto up = torch::randn_like(L.w);
+  const auto g_fused = grads_of(r->forward(false), up, params);
+
+  auto uspec = spec;
+  uspec.format = fq::Format::parse("pow3_a1");
+  const auto a = torch::exp(params[4]);
+  auto pmap = [](const torch::Tensor& x, const torch::Tensor& e) { return x * x.abs().clamp_min(1e-30).pow(e - 1); };
+  const auto u = pmap(L.w, a);
+  const auto s1p = torch::exp(params[0]);
+  const auto s1 = fq::expand_to_weight(s1p, L.w.sizes(), spec);
+  const auto S = s1 * torch::exp(params[1] + params[2] + params[3]);
+  const auto rr = u / S;
+  const auto levels = fq::weight_levels(uspec, fq::QParams{s1p.detach(), torch::zeros_like(s1p), {}}, L.w.sizes());
+  const auto q = levels.nearest(rr.detach());
+  const auto pass = levels.passes(rr.detach(), q).to(torch::kFloat);
+  const auto w_hat = pmap(s1 * (q + pass * (rr - rr.detach())), 1 / a);
+  const auto g_naive = grads_of(w_hat, up, params);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const double scale = g_naive[i].abs().max().item<double>();
+    ASSERT_GT(scale, 0) << "parameter " << i << " got no gradient";
+    EXPECT_LT((g_fused[i] - g_naive[i]).abs().max().item<double>(), 2e-4 * scale) << "parameter " << i;
+  }
+}
+
+// Searched start, exponent learned: it moves, the export equals the last hard forward, lies on pow3_a<1/a>, and
+// the layer reconstructs better than round-to-nearest on the uniform symmetric grid.
+TEST(Nupes, LearnsTheExponentAndBeatsNearestOnRealConvLayer) {
+  auto spec = make_spec(3, true, fq::Granularity::PerChannel, 0, fq::ScaleInit::Mse);
+  auto res = reconstruct("nupes", spec, 150, 5e-3, 1005);
+  const double ratio = res.learned_mse / res.rtn_mse;
+  std::printf("[ recon ] nupes     W3 per-channel symmetric layer1.0.conv1: RTN MSE %.4e  learned %.4e  ratio %.3f\n",
+              res.rtn_mse, res.learned_mse, ratio);
+  EXPECT_LE(ratio, 0.8);
+
+  const auto& L = real_layer();
+  auto r = fq::make_rounder("nupes");
+  r->init(L.w, spec, fq::init_qparams(L.w, spec));
+  const double a0 = std::exp(r->parameters().back().item<double>());
+  {
+    torch::NoGradGuard ng;
+    r->parameters().back().add_(0.05);
+    for (auto& p : r->parameters()) p.add_(torch::randn_like(p) * 0.1);
+  }
+  const auto h = r->harden();
+  EXPECT_TRUE(torch::equal(h.dequantize(), r->forward(true)));
+  EXPECT_TRUE(h.spec.format.is_pow());
+  EXPECT_NE(h.spec.format.as_pow().exponent, 1 / a0);
+  fq::WeightQuantSpec fp_spec = spec;
+  fp_spec.format = fq::Format::parse("fp4_e2m1");
+  fq::testing::expect_error<fq::ConfigError>([&] { fq::make_rounder("nupes")->init(L.w, fp_spec, {}); },
+                                             {"weight.format=int"});
 }

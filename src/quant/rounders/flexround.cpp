@@ -23,7 +23,8 @@ FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch:
   torch::Tensor logs = delta2;
   if (delta3.defined()) logs = logs + delta3;
   if (delta4.defined()) logs = logs + delta4;
-  m.r = w / (m.s1 * torch::exp(logs));  // division, as RTN does: w/S must round like w/s1 at init
+  m.S = m.s1 * torch::exp(logs);
+  m.r = w / m.S;  // division, as RTN does: w/S must round like w/s1 at init
   m.q = levels.nearest(m.r);
   m.out = m.s1 * m.q;
   return m;
@@ -57,7 +58,8 @@ struct FlexRoundFn : public torch::autograd::Function<FlexRoundFn> {
                                const torch::Tensor& delta2, const torch::Tensor& delta3,
                                const torch::Tensor& delta4, const WeightLevels& levels, const WeightQuantSpec& spec) {
     FlexMap m = flex_map(w, s1_0, delta1, delta1_0, delta2, delta3, delta4, levels, spec);
-    ctx->save_for_backward({m.s1, m.r, m.q, levels.passes(m.r, m.q)});
+    // S only when w itself wants a gradient (NUPES learns the transform that produces w).
+    ctx->save_for_backward({m.s1, m.r, m.q, levels.passes(m.r, m.q), w.requires_grad() ? m.S : torch::Tensor()});
     ctx->saved_data["gran"] = static_cast<int64_t>(spec.granularity);
     ctx->saved_data["group_size"] = spec.group_size;
     ctx->saved_data["d1"] = delta1.sizes().vec();
@@ -76,6 +78,7 @@ struct FlexRoundFn : public torch::autograd::Function<FlexRoundFn> {
     const auto& r = saved[1];
     const auto& q = saved[2];
     const auto& passes = saved[3];
+    const auto& S = saved[4];
     const auto need = ctx->saved_data["need"].toIntVector();
     WeightQuantSpec spec;
     spec.granularity = static_cast<Granularity>(ctx->saved_data["gran"].toInt());
@@ -94,6 +97,7 @@ struct FlexRoundFn : public torch::autograd::Function<FlexRoundFn> {
     if (need[1]) grads[4] = g_logs.sum_to_size(ctx->saved_data["d2"].toIntVector());
     if (need[2]) grads[5] = g_logs.sum_to_size(ctx->saved_data["d3"].toIntVector());
     if (need[3]) grads[6] = g_logs.sum_to_size(ctx->saved_data["d4"].toIntVector());
+    if (S.defined()) grads[0] = (gs / S).masked_fill_(passes.logical_not(), 0);  // d out/d w = s1/S in range
     return grads;
   }
 };
@@ -162,7 +166,7 @@ void FlexGrid::init(at::IntArrayRef weight_shape, const torch::TensorOptions& op
   z = qp.zero_point.to(opt).contiguous().clone();
   delta1_0 = torch::log(s1_0);
   delta1 = delta1_0.clone().requires_grad_(learn_s1);
-  levels = std::make_shared<WeightLevels>(weight_levels(spec, QParams{s1_0, z}, weight_shape));
+  levels = std::make_shared<WeightLevels>(weight_levels(spec, QParams{s1_0, z, {}}, weight_shape));
 }
 
 std::unique_ptr<Rounder> make_flexround(const RounderOptions& opts) {

@@ -11,11 +11,12 @@ std::unique_ptr<Rounder> make_adaround(const RounderOptions& opts);
 std::unique_ptr<Rounder> make_flexround(const RounderOptions& opts);
 std::unique_ptr<Rounder> make_lrq(const RounderOptions& opts);
 std::unique_ptr<Rounder> make_gptq(const RounderOptions& opts);
+std::unique_ptr<Rounder> make_nupes(const RounderOptions& opts);
 
 /// The FlexRound map without autograd (see flexround_quantize): s1p = s1_0*exp(delta1-delta1_0) in the grouped
 /// parameter shape, s1 = s1p broadcast to w, r = w/S, q = levels.nearest(r), out = s1*q.
 struct FlexMap {
-  torch::Tensor s1p, s1, r, q, out;
+  torch::Tensor s1p, s1, S, r, q, out;  // S: the full divisor s1*S2*s3*s4
 };
 FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
                  const torch::Tensor& delta1_0, const torch::Tensor& delta2, const torch::Tensor& delta3,

@@ -1,0 +1,133 @@
+// NUPES (Yvinec et al. 2023; methods.md §5): FlexRound on a power-exponent grid whose exponent is learned.
+//   u = sign(w)|w|^a  ->  û = FlexRound(u) on the uniform symmetric grid (levels -qmax..qmax)  ->  ŵ = sign(û)|û|^(1/a)
+// so ŵ lies on the power grid pow<b>_a<1/a> with scale s1^(1/a): levels sign(q)|q|^(1/a) crowd toward zero for
+// a < 1, where bell-shaped weights are dense. a (per layer, log-parametrised) trains with FlexRound's divisors;
+// since the transform comes before the divisors, every weight may still move to any level of the range.
+// Written as u = w * |w|^(a-1) and ŵ = û * |û|^(1/a - 1), so that at a = 1 both maps are the identity bit for bit
+// (x^0 = 1) with unit gradients: NUPES at a = 1 is FlexRound on pow<b>_a1, step for step.
+#include <cmath>
+
+#include "flexquant/error.h"
+#include "rounders.h"
+
+namespace flexquant {
+namespace rounders {
+namespace {
+
+constexpr double kTiny = 1e-30;  // |x| floor inside the powers: 0 * tiny^e is 0 for any exponent we use
+
+torch::Tensor power_map(const torch::Tensor& x, const torch::Tensor& e) {
+  return x * x.abs().clamp_min(kTiny).pow(e - 1);
+}
+
+WeightQuantSpec unit_power_spec(const WeightQuantSpec& spec, double exponent) {
+  WeightQuantSpec s = spec;
+  s.format = Format(PowFormat{spec.bits(), exponent});
+  s.symmetric = true;
+  return s;
+}
+
+class NupesRounder : public Rounder {
+ public:
+  explicit NupesRounder(const RounderOptions& o) : opts_(o) {}
+  std::string name() const override { return "nupes"; }
+  double default_lr() const override { return 3e-3; }
+
+  void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams&) override {
+    check_weight_finite(w, "weight");
+    FQ_CHECK(spec.format.is_int(), ConfigError, "nupes learns its own power grid at weight.bits; weight.format is ",
+             spec.format.name(), " -> set weight.format=int");
+    FQ_CHECK(spec.symmetric, ConfigError, "nupes rounds onto a symmetric power grid -> set weight.symmetric=true");
+    FQ_CHECK(spec.scale_dtype == ScaleDtype::Fp32, ConfigError, "nupes learns fp32 scales (its grid has no "
+             "runtime block format) -> set weight.scale_dtype=fp32");
+    torch::NoGradGuard ng;
+    w_ = w.detach().to(torch::kFloat).contiguous();
+    spec_ = spec;
+    uspec_ = unit_power_spec(spec, 1.0);
+    const double a0 = initial_exponent();
+    log_a_ = torch::full({}, std::log(a0), w_.options()).requires_grad_(opts_.option("nupes.learn_a") != 0);
+    const torch::Tensor u = power_map(w_, torch::full({}, a0, w_.options()));
+    g_.init(w_.sizes(), w_.options(), uspec_, init_qparams(u, uspec_), opts_.flexround_learn_s1);
+    delta2_ = torch::zeros_like(w_).requires_grad_(true);
+    std::vector<int64_t> s(w_.dim(), 1);
+    s[0] = w_.size(0);
+    if (opts_.flexround_s3) delta3_ = torch::zeros(s, w_.options()).requires_grad_(true);
+    if (opts_.flexround_s4 && w_.dim() >= 3) {
+      std::vector<int64_t> s4(w_.dim(), 1);
+      s4[1] = w_.size(1);
+      delta4_ = torch::zeros(s4, w_.options()).requires_grad_(true);
+    }
+  }
+
+  torch::Tensor forward(bool hard) override {
+    FQ_INTERNAL_ASSERT(w_.defined(), "nupes rounder used before init()");
+    if (hard) {
+      torch::NoGradGuard ng;
+      return harden().dequantize();  // exactly what harden() exports
+    }
+    const torch::Tensor a = torch::exp(log_a_);
+    const torch::Tensor u = power_map(w_, a);
+    const torch::Tensor uh =
+        flexround_quantize(u, g_.s1_0, g_.delta1, g_.delta1_0, delta2_, delta3_, delta4_, *g_.levels, uspec_);
+    return power_map(uh, 1 / a);
+  }
+
+  std::vector<torch::Tensor> parameters() override {
+    std::vector<torch::Tensor> p;
+    if (opts_.flexround_learn_s1) p.push_back(g_.delta1);
+    p.push_back(delta2_);
+    if (delta3_.defined()) p.push_back(delta3_);
+    if (delta4_.defined()) p.push_back(delta4_);
+    if (log_a_.requires_grad()) p.push_back(log_a_);
+    return p;
+  }
+
+  // The codes on pow<b>_a<1/a> with scale s1^(1/a): the nearest level of ŵ there is the level q FlexRound chose.
+  QuantizedTensor harden() override {
+    FQ_INTERNAL_ASSERT(w_.defined(), "nupes rounder used before init()");
+    torch::NoGradGuard ng;
+    const double a = std::exp(log_a_.item<double>());
+    FQ_CHECK(std::isfinite(a) && a > 0, NumericError, "nupes: the learned exponent became ", a,
+             " -> allowed: finite and > 0; hint: lower recon.lr");
+    const torch::Tensor at = torch::full({}, a, w_.options());
+    FlexMap m = flex_map(power_map(w_, at), g_.s1_0, g_.delta1, g_.delta1_0, delta2_, delta3_, delta4_, *g_.levels,
+                         uspec_);
+    (void)flex_harden(m, g_, w_.sizes(), uspec_, "nupes");  // the validity checks of the learned grid
+    const WeightQuantSpec out_spec = unit_power_spec(spec_, 1 / a);
+    QParams qp;
+    qp.scale = m.s1p.pow(1 / a);
+    qp.zero_point = torch::zeros_like(qp.scale);
+    return quantize_rtn(power_map(m.out, 1 / at), out_spec, qp);
+  }
+
+ private:
+  // nupes.a_init > 0: that exponent; 0: PowerQuant's data-free choice, the a of {1, 0.9, ..., 0.5} whose
+  // round-to-nearest on the initial grid reconstructs w with the least L2.4 error.
+  double initial_exponent() const {
+    const double a_init = opts_.option("nupes.a_init");
+    FQ_CHECK(a_init >= 0 && std::isfinite(a_init), ConfigError, "nupes.a_init ", a_init,
+             " -> allowed: 0 (search) or an exponent > 0");
+    if (a_init > 0) return a_init;
+    double best_a = 1, best_err = INFINITY;
+    for (int i = 10; i >= 5; --i) {
+      const double a = i / 10.0;
+      const torch::Tensor at = torch::full({}, a, w_.options());
+      const torch::Tensor u = power_map(w_, at);
+      const double err = lp_error(power_map(fake_quant_rtn(u, uspec_, init_qparams(u, uspec_)), 1 / at), w_);
+      if (err < best_err) best_err = err, best_a = a;
+    }
+    return best_a;
+  }
+
+  RounderOptions opts_;
+  WeightQuantSpec spec_, uspec_;
+  FlexGrid g_;
+  torch::Tensor w_, delta2_, delta3_, delta4_, log_a_;
+};
+
+}  // namespace
+
+std::unique_ptr<Rounder> make_nupes(const RounderOptions& opts) { return std::make_unique<NupesRounder>(opts); }
+
+}  // namespace rounders
+}  // namespace flexquant
