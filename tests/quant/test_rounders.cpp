@@ -863,6 +863,10 @@ TEST(Fp16Scales, EveryMethodKeepsHalfScalesAndStartsAtNearest) {
   stats.hessian = x.t().mm(x) / 512;
   for (auto& name : fq::method_names()) {
     auto r = fq::make_rounder(name);
+    if (name == "nupes") {  // its power grid has no half-scale block format: it must refuse, naming the fix
+      fq::testing::expect_error<fq::ConfigError>([&] { r->init(w, spec, qp, stats); }, {"weight.scale_dtype=fp32"});
+      continue;
+    }
     r->init(w, spec, qp, stats);
     if (name != "gptq") {
       ASSERT_TRUE(torch::equal(r->harden().codes, rtn.codes)) << name;

@@ -110,51 +110,29 @@ class FlexRoundRounder : public Rounder {
 
   void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp) override {
     check_weight_finite(w, "weight");
-    torch::NoGradGuard ng;
     w_ = w.detach().to(torch::kFloat).contiguous();
     spec_ = spec;
-    auto opt = w_.options();
-    g_.init(w_.sizes(), opt, spec, qp, opts_.flexround_learn_s1);
-    delta2_ = torch::zeros_like(w_).requires_grad_(true);
-    const int64_t nd = w_.dim();
-    if (opts_.flexround_s3) {
-      std::vector<int64_t> s(nd, 1);
-      s[0] = w_.size(0);
-      delta3_ = torch::zeros(s, opt).requires_grad_(true);
-    }
-    if (opts_.flexround_s4 && nd >= 3) {  // per input channel of a convolution ([1, Cin/groups, 1, 1])
-      std::vector<int64_t> s(nd, 1);
-      s[1] = w_.size(1);
-      delta4_ = torch::zeros(s, opt).requires_grad_(true);
-    }
+    p_.init(w_, spec, qp, opts_);
   }
 
   torch::Tensor forward(bool) override {
     FQ_INTERNAL_ASSERT(w_.defined(), "flexround rounder used before init()");
-    return flexround_quantize(w_, g_.s1_0, g_.delta1, g_.delta1_0, delta2_, delta3_, delta4_, *g_.levels, spec_);
+    return p_.quantize(w_, spec_);
   }
 
-  std::vector<torch::Tensor> parameters() override {
-    std::vector<torch::Tensor> p;
-    if (opts_.flexround_learn_s1) p.push_back(g_.delta1);
-    p.push_back(delta2_);
-    if (delta3_.defined()) p.push_back(delta3_);
-    if (delta4_.defined()) p.push_back(delta4_);
-    return p;
-  }
+  std::vector<torch::Tensor> parameters() override { return p_.parameters(opts_); }
 
   QuantizedTensor harden() override {
     FQ_INTERNAL_ASSERT(w_.defined(), "flexround rounder used before init()");
     torch::NoGradGuard ng;
-    auto m = flex_map(w_, g_.s1_0, g_.delta1, g_.delta1_0, delta2_, delta3_, delta4_, *g_.levels, spec_);
-    return flex_harden(m, g_, w_.sizes(), spec_, "flexround");
+    return flex_harden(p_.map(w_, spec_), p_.grid, w_.sizes(), spec_, "flexround");
   }
 
  private:
   RounderOptions opts_;
   WeightQuantSpec spec_;
-  FlexGrid g_;
-  torch::Tensor w_, delta2_, delta3_, delta4_;
+  FlexParams p_;
+  torch::Tensor w_;
 };
 
 }  // namespace
@@ -167,6 +145,36 @@ void FlexGrid::init(at::IntArrayRef weight_shape, const torch::TensorOptions& op
   delta1_0 = torch::log(s1_0);
   delta1 = delta1_0.clone().requires_grad_(learn_s1);
   levels = std::make_shared<WeightLevels>(weight_levels(spec, QParams{s1_0, z, {}}, weight_shape));
+}
+
+void FlexParams::init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp, const RounderOptions& o) {
+  torch::NoGradGuard ng;
+  grid.init(w.sizes(), w.options(), spec, qp, o.flexround_learn_s1);
+  delta2 = torch::zeros_like(w).requires_grad_(true);
+  std::vector<int64_t> s3(w.dim(), 1), s4(w.dim(), 1);
+  s3[0] = w.size(0);
+  if (o.flexround_s3) delta3 = torch::zeros(s3, w.options()).requires_grad_(true);
+  if (o.flexround_s4 && w.dim() >= 3) {  // per input channel of a convolution ([1, Cin/groups, 1, 1])
+    s4[1] = w.size(1);
+    delta4 = torch::zeros(s4, w.options()).requires_grad_(true);
+  }
+}
+
+std::vector<torch::Tensor> FlexParams::parameters(const RounderOptions& o) const {
+  std::vector<torch::Tensor> p;
+  if (o.flexround_learn_s1) p.push_back(grid.delta1);
+  p.push_back(delta2);
+  if (delta3.defined()) p.push_back(delta3);
+  if (delta4.defined()) p.push_back(delta4);
+  return p;
+}
+
+torch::Tensor FlexParams::quantize(const torch::Tensor& w, const WeightQuantSpec& spec) const {
+  return flexround_quantize(w, grid.s1_0, grid.delta1, grid.delta1_0, delta2, delta3, delta4, *grid.levels, spec);
+}
+
+FlexMap FlexParams::map(const torch::Tensor& w, const WeightQuantSpec& spec) const {
+  return flex_map(w, grid.s1_0, grid.delta1, grid.delta1_0, delta2, delta3, delta4, *grid.levels, spec);
 }
 
 std::unique_ptr<Rounder> make_flexround(const RounderOptions& opts) {

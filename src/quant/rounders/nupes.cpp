@@ -47,16 +47,7 @@ class NupesRounder : public Rounder {
     const double a0 = initial_exponent();
     log_a_ = torch::full({}, std::log(a0), w_.options()).requires_grad_(opts_.option("nupes.learn_a") != 0);
     const torch::Tensor u = power_map(w_, torch::full({}, a0, w_.options()));
-    g_.init(w_.sizes(), w_.options(), uspec_, init_qparams(u, uspec_), opts_.flexround_learn_s1);
-    delta2_ = torch::zeros_like(w_).requires_grad_(true);
-    std::vector<int64_t> s(w_.dim(), 1);
-    s[0] = w_.size(0);
-    if (opts_.flexround_s3) delta3_ = torch::zeros(s, w_.options()).requires_grad_(true);
-    if (opts_.flexround_s4 && w_.dim() >= 3) {
-      std::vector<int64_t> s4(w_.dim(), 1);
-      s4[1] = w_.size(1);
-      delta4_ = torch::zeros(s4, w_.options()).requires_grad_(true);
-    }
+    p_.init(u, uspec_, init_qparams(u, uspec_), opts_);
   }
 
   torch::Tensor forward(bool hard) override {
@@ -67,17 +58,11 @@ class NupesRounder : public Rounder {
     }
     const torch::Tensor a = torch::exp(log_a_);
     const torch::Tensor u = power_map(w_, a);
-    const torch::Tensor uh =
-        flexround_quantize(u, g_.s1_0, g_.delta1, g_.delta1_0, delta2_, delta3_, delta4_, *g_.levels, uspec_);
-    return power_map(uh, 1 / a);
+    return power_map(p_.quantize(u, uspec_), 1 / a);
   }
 
   std::vector<torch::Tensor> parameters() override {
-    std::vector<torch::Tensor> p;
-    if (opts_.flexround_learn_s1) p.push_back(g_.delta1);
-    p.push_back(delta2_);
-    if (delta3_.defined()) p.push_back(delta3_);
-    if (delta4_.defined()) p.push_back(delta4_);
+    std::vector<torch::Tensor> p = p_.parameters(opts_);
     if (log_a_.requires_grad()) p.push_back(log_a_);
     return p;
   }
@@ -90,9 +75,8 @@ class NupesRounder : public Rounder {
     FQ_CHECK(std::isfinite(a) && a > 0, NumericError, "nupes: the learned exponent became ", a,
              " -> allowed: finite and > 0; hint: lower recon.lr");
     const torch::Tensor at = torch::full({}, a, w_.options());
-    FlexMap m = flex_map(power_map(w_, at), g_.s1_0, g_.delta1, g_.delta1_0, delta2_, delta3_, delta4_, *g_.levels,
-                         uspec_);
-    (void)flex_harden(m, g_, w_.sizes(), uspec_, "nupes");  // the validity checks of the learned grid
+    FlexMap m = p_.map(power_map(w_, at), uspec_);
+    (void)flex_harden(m, p_.grid, w_.sizes(), uspec_, "nupes");  // the validity checks of the learned grid
     const WeightQuantSpec out_spec = unit_power_spec(spec_, 1 / a);
     QParams qp;
     qp.scale = m.s1p.pow(1 / a);
@@ -121,8 +105,8 @@ class NupesRounder : public Rounder {
 
   RounderOptions opts_;
   WeightQuantSpec spec_, uspec_;
-  FlexGrid g_;
-  torch::Tensor w_, delta2_, delta3_, delta4_, log_a_;
+  FlexParams p_;
+  torch::Tensor w_, log_a_;
 };
 
 }  // namespace

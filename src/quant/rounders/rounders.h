@@ -31,6 +31,19 @@ struct FlexGrid {
             const QParams& qp, bool learn_s1);
 };
 
+/// FlexRound's learned state: the grid and the divisors in log space, delta2 per weight, delta3 per output channel,
+/// delta4 per input channel of a convolution (as the options enable them). Shared by FlexRound and NUPES.
+struct FlexParams {
+  FlexGrid grid;
+  torch::Tensor delta2, delta3, delta4;
+  void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp, const RounderOptions& o);
+  /// delta1 (when learned), delta2, delta3, delta4 (where present), in that order.
+  std::vector<torch::Tensor> parameters(const RounderOptions& o) const;
+  /// flexround_quantize / flex_map of w with these parameters.
+  torch::Tensor quantize(const torch::Tensor& w, const WeightQuantSpec& spec) const;
+  FlexMap map(const torch::Tensor& w, const WeightQuantSpec& spec) const;
+};
+
 /// Codes (grouped view, uint8) and grid of a FlexMap; NumericError when s1 or q is not finite.
 QuantizedTensor flex_harden(const FlexMap& m, const FlexGrid& g, at::IntArrayRef shape, const WeightQuantSpec& spec,
                             const std::string& who);
