@@ -53,6 +53,9 @@ struct Recipe {
   // Data-free quantization's two parts (CNNs, any method)
   int cle_iters = 0;                          // cross-layer equalization sweeps before quantizing; 0 = off
   bool bias_correction = false;               // each layer's bias absorbs the mean output shift of its rounding
+  // Mixed precision (any method on integer grids)
+  std::string mixed_bits;                     // candidate widths "2,3,4"; "" = uniform weight.bits
+  double mixed_budget = 0;                    // average bits of the hidden layers' weights
 
   /// Throws ConfigError naming the field, the value and the allowed range.
   void validate() const;
@@ -119,6 +122,8 @@ void visit(Recipe& r, V&& v) {
   v("gptq.block_size", r.rounder.gptq_block_size, "GPTQ lazy-update block size.");
   v("smoothquant.alpha", r.smooth_alpha, "SmoothQuant migration strength in (0,1]; 0 = off.");
   v("cle.iters", r.cle_iters, "Cross-layer equalization (DFQ) before quantizing: sweeps over the layer pairs the model joins by a ReLU(6) (CNNs); 0 = off.");
+  v("mixed.bits", r.mixed_bits, "Mixed precision: candidate weight widths, e.g. \"2,3,4\" (integer grids; \"\" = uniform weight.bits). Each hidden layer gets the width a measured sensitivity and mixed.budget choose; first/last layers keep weight.first_last_bits.");
+  v("mixed.budget", r.mixed_budget, "Mixed precision: the hidden layers' weights average at most this many bits (e.g. 3.0).");
   v("bias_correction.enabled", r.bias_correction, "Empirical bias correction (DFQ): after a unit is quantized, each layer's bias absorbs the per-channel mean output shift its weight rounding causes on the calibration inputs (layers with a bias).");
   // Sections of methods registered with options of their own (MethodInfo::options), at their defaults until set.
   for (const MethodInfo& m : methods())

@@ -48,6 +48,8 @@ struct QuantState {
   std::map<std::string, torch::Tensor> smooth_scales;
   /// Cross-layer equalization scales per layer pair ([sweeps, C], equalize_model), replayed on reload.
   std::map<std::string, torch::Tensor> equalization_scales;
+  /// Mixed precision: each hidden layer's weight width (allocate_bits), empty for a uniform run.
+  std::map<std::string, int> layer_bits;
 };
 
 /// Unique key of activation site j of a unit: "<unit>/<site name>".
@@ -88,6 +90,7 @@ QuantizeReport quantize_model(ModelAdapter& model, const torch::Tensor& calib_in
                               const CheckpointOptions& checkpoint = {});
 
 /// The per-layer weight spec the recipe gives a layer (first/last-layer policy for CNNs).
-std::vector<std::vector<WeightQuantSpec>> layer_specs(ModelAdapter& model, const Recipe& recipe);
+std::vector<std::vector<WeightQuantSpec>> layer_specs(ModelAdapter& model, const Recipe& recipe,
+                                                      const std::map<std::string, int>& layer_bits = {});
 
 }  // namespace flexquant

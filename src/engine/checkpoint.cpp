@@ -60,6 +60,7 @@ CheckpointState read_checkpoint(const std::string& path, ModelAdapter& model, Qu
   // This run applied its pre-passes (smoothing, equalization) before the engine started.
   restored.smooth_scales = state.smooth_scales;
   restored.equalization_scales = state.equalization_scales;
+  restored.layer_bits = state.layer_bits;
   state = std::move(restored);
   CheckpointState c;
   c.units_done = std::stoll(meta("units_done"));

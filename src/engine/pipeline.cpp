@@ -23,6 +23,7 @@
 #include "flexquant/onnxruntime.h"
 #include "flexquant/runtime.h"
 #include "flexquant/equalize.h"
+#include "flexquant/mixed_precision.h"
 #include "flexquant/smoothquant.h"
 #include "flexquant/tokenizer.h"
 
@@ -223,7 +224,8 @@ std::unique_ptr<Task> make_task(const Workload& w) {
 
 std::string recipe_label(const Recipe& r) {
   std::string a = r.act_format != "int" ? "[" + r.act_format + "]" : r.act_bits >= 32 ? "32" : std::to_string(r.act_bits);
-  const std::string w = r.weight_format == "int" ? std::to_string(r.weight_bits) : "[" + r.weight_format + "]";
+  std::string w = r.weight_format == "int" ? std::to_string(r.weight_bits) : "[" + r.weight_format + "]";
+  if (!r.mixed_bits.empty()) w = fmt::format("{}mix", r.mixed_budget);
   std::string s = fmt::format("{} W{}A{}", r.method, w, a);
   if (r.weight_granularity == "group") s += fmt::format(" g{}", r.weight_group_size);
   if (r.qdrop > 0) s += " +QDrop";
@@ -233,6 +235,23 @@ std::string recipe_label(const Recipe& r) {
   return s;
 }
 
+namespace {
+
+// Measures every hidden layer's sensitivity, allocates widths under mixed.budget and prints the allocation.
+std::map<std::string, int> allocate_mixed_precision(ModelAdapter& model, const torch::Tensor& calib,
+                                                    const Recipe& recipe, const ProgressFn& progress) {
+  const auto sens = measure_sensitivity(model, calib, recipe, parse_widths(recipe.mixed_bits));
+  auto bits = allocate_bits(sens, recipe.mixed_budget);
+  std::string line = fmt::format("mixed precision: hidden weights average {:.3f} bits (budget {}):",
+                                 average_bits(sens, bits), recipe.mixed_budget);
+  for (const auto& s : sens) line += fmt::format(" {}={}", s.layer, bits.at(s.layer));
+  if (progress) progress(line);
+  else log_info(line);
+  return bits;
+}
+
+}  // namespace
+
 QuantizeReport quantize(ModelAdapter& model, const torch::Tensor& calib, const Recipe& recipe, QuantState& state,
                         const ProgressFn& progress, int64_t max_units, const CheckpointOptions& checkpoint) {
   if (recipe.smooth_alpha > 0) {
@@ -241,6 +260,7 @@ QuantizeReport quantize(ModelAdapter& model, const torch::Tensor& calib, const R
     state.smooth_scales = smooth_model(model, collect_act_absmax(model, batches), recipe.smooth_alpha);
   }
   if (recipe.cle_iters > 0) state.equalization_scales = equalize_model(model, recipe.cle_iters);
+  if (!recipe.mixed_bits.empty()) state.layer_bits = allocate_mixed_precision(model, calib, recipe, progress);
   return quantize_model(model, calib, recipe, state, progress, max_units, checkpoint);
 }
 

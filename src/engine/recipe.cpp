@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "flexquant/error.h"
+#include "flexquant/mixed_precision.h"
 #include "flexquant/format.h"
 #include "flexquant/gguf_mix.h"
 
@@ -166,6 +167,14 @@ void Recipe::validate() const {
   FQ_CHECK(calib_seq_len >= 2, ConfigError, "calib.seq_len ", calib_seq_len, " must be >= 2");
   FQ_CHECK(rounder.gptq_damp > 0, ConfigError, "gptq.damp ", rounder.gptq_damp, " must be > 0 (typical 0.01)");
   FQ_CHECK(rounder.gptq_block_size >= 1, ConfigError, "gptq.block_size must be >= 1");
+  if (!mixed_bits.empty()) {
+    const std::vector<int> widths = parse_widths(mixed_bits);
+    FQ_CHECK(weight_format == "int" && weight_mix.empty(), ConfigError, "mixed.bits chooses integer widths per layer; "
+             "weight.format is ", weight_format, weight_mix.empty() ? "" : " and weight.mix " + weight_mix,
+             " -> use weight.format=int without weight.mix");
+    FQ_CHECK(mixed_budget >= widths.front() && mixed_budget <= widths.back(), ConfigError, "mixed.budget ",
+             mixed_budget, " -> allowed ", widths.front(), "..", widths.back(), " (the range of mixed.bits ", mixed_bits, ")");
+  }
   FQ_CHECK(cle_iters >= 0 && cle_iters <= 100, ConfigError, "cle.iters ", cle_iters,
            " -> allowed 0 (off) .. 100 sweeps (a few converge)");
   FQ_CHECK(smooth_alpha >= 0 && smooth_alpha <= 1, ConfigError, "smoothquant.alpha ", smooth_alpha,

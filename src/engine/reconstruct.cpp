@@ -147,26 +147,29 @@ torch::Tensor quantized_forward(ModelAdapter& model, const QuantState& state, co
   return model.forward(input, ctx);
 }
 
-// A type mix names a grid per layer (the GGUF type's own); otherwise the recipe's grid, with the adapter's edge
-// layers at first_last_bits.
-WeightQuantSpec layer_spec(const QuantLayer& l, const Recipe& recipe, const std::map<std::string, GgmlType>& mix) {
+// A type mix names a grid per layer (the GGUF type's own); a mixed-precision allocation a width; otherwise the
+// recipe's grid, with the adapter's edge layers at first_last_bits.
+WeightQuantSpec layer_spec(const QuantLayer& l, const Recipe& recipe, const std::map<std::string, GgmlType>& mix,
+                           const std::map<std::string, int>& layer_bits) {
   if (!mix.empty()) {
     WeightQuantSpec s = *ggml_weight_spec(mix.at(l.name));
     s.init = parse_scale_init(recipe.weight_init);
     return s;
   }
+  if (auto it = layer_bits.find(l.name); it != layer_bits.end()) return recipe.weight_spec(it->second);
   const bool edge = l.role != LayerRole::Hidden;  // the stem or the classifier, as the adapter says
   return recipe.weight_spec(edge && recipe.first_last_bits > 0 ? recipe.first_last_bits : 0);
 }
 
-std::vector<std::vector<WeightQuantSpec>> layer_specs(ModelAdapter& model, const Recipe& recipe) {
+std::vector<std::vector<WeightQuantSpec>> layer_specs(ModelAdapter& model, const Recipe& recipe,
+                                                      const std::map<std::string, int>& layer_bits) {
   const auto mix = recipe.weight_mix.empty() ? std::map<std::string, GgmlType>{} : gguf_mix_types(recipe.weight_mix, model);
   auto units = model.units();
   std::vector<std::vector<WeightQuantSpec>> specs;
   for (size_t k = 0; k < units.size(); ++k) {
     auto& layers = units[k]->layers();
     std::vector<WeightQuantSpec> s;
-    for (const QuantLayer& l : layers) s.push_back(layer_spec(l, recipe, mix));
+    for (const QuantLayer& l : layers) s.push_back(layer_spec(l, recipe, mix, layer_bits));
     specs.push_back(std::move(s));
   }
   return specs;
@@ -243,7 +246,7 @@ QuantizeReport Reconstructor::run(const torch::Tensor& calib_inputs, int64_t max
   FQ_CHECK(max_units >= 0, ConfigError, "max_units ", max_units, " -> allowed >= 0 (0 = all units)");
   if (max_units > 0 && max_units < static_cast<int64_t>(units.size())) units.resize(max_units);
   num_units_ = units.size();
-  specs_ = layer_specs(model_, recipe_);
+  specs_ = layer_specs(model_, recipe_, state_.layer_bits);
   x_fp_ = chunked(calib_inputs, [&](const torch::Tensor& x) { return model_.prologue(x); });
   x_q_ = x_fp_;
   if (!checkpoint_.path.empty()) fingerprint_ = run_fingerprint(model_, recipe_, calib_inputs);
