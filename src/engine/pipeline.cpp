@@ -180,7 +180,10 @@ class LanguageTask : public Task {
                const std::string& path) const override {
     if (!is_gguf(path)) return Task::save(model, state, info, r, path);
     GgufExportOptions o;
-    if (r.weight_mix.empty()) {
+    if (!r.mixed_bits.empty()) {  // a mixed-precision allocation: each tensor on its own grid's type
+      o.type = gguf_type_for(r.weight_spec());
+      for (const auto& [layer, q] : state.weights) o.overrides[gguf_tensor_name(layer + ".weight")] = gguf_type_for(q.spec);
+    } else if (r.weight_mix.empty()) {
       o.type = gguf_type_for(r.weight_spec());
     } else {
       o.type = gguf_mix_base(r.weight_mix);

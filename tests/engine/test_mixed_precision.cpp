@@ -7,6 +7,7 @@
 #include <set>
 
 #include "flexquant/error.h"
+#include "flexquant/gguf.h"
 #include "flexquant/mixed_precision.h"
 #include "flexquant/pipeline.h"
 #include "flexquant/qmodel.h"
@@ -90,4 +91,45 @@ TEST(MixedPrecision, BeatsUniformThreeBitsOnRealResNet20AndSavesItsWidths) {
   EXPECT_LE(bits / n, 3.0 + 1e-9);
   EXPECT_GE(distinct.size(), 2u) << "the allocation is uniform";
   std::filesystem::remove(path);
+}
+
+// The allocation reaches the runtimes' files: per-layer widths in the QDQ ONNX that ONNX Runtime runs, per-tensor
+// types in the GGUF that llama.cpp runs, each scoring what flexquant scored.
+TEST(MixedPrecision, OnnxAndGgufExportsCarryTheAllocation) {
+  Workload cnn;
+  cnn.model = shared_path("data/cifar10/resnet20.onnx");
+  cnn.data = "cifar10:" + shared_path("data/cifar10");
+  cnn.eval_limit = 250;
+  auto ctask = make_task(cnn);
+  Recipe r;
+  r.method = "rtn";
+  r.weight_granularity = "channel";
+  r.act_bits = 32;
+  r.calib_samples = 64;
+  r.mixed_bits = "2,3,4";
+  r.mixed_budget = 3;
+  const auto onnx = (std::filesystem::temp_directory_path() / "fq_mixed.onnx").string();
+  const MethodResult c = run_method(*ctask, r, onnx);
+  EXPECT_NEAR(ctask->evaluate_in_runtime(onnx, "onnxruntime"), c.metric, 0.4);  // one image in 250 may flip: 0.4
+  std::filesystem::remove(onnx);
+
+  Workload lm;
+  lm.model = shared_path("data/lm/stories260K.bin");
+  lm.data = shared_path("data/lm/tinystories_valid_first.txt");
+  lm.eval_limit = 1000;
+  auto ltask = make_task(lm);
+  Recipe q = Recipe::from_file("recipes/llm-flexround-q4_0.json");
+  q.method = "rtn";
+  q.calib_samples = 16;
+  q.mixed_bits = "4,5,8";  // Q4_0, Q5_0, Q8_0 grids
+  q.mixed_budget = 5;
+  const auto gguf = (std::filesystem::temp_directory_path() / "fq_mixed.gguf").string();
+  const MethodResult g = run_method(*ltask, q, gguf);
+  std::set<GgmlType> types;
+  for (const auto& t : GgufFile::read(gguf).tensors)
+    if (t.name.find("attn_") != std::string::npos) types.insert(t.type);
+  EXPECT_GE(types.size(), 2u) << "every attention tensor got the same type";
+  const double ppl = ltask->evaluate_in_runtime(gguf, "llama.cpp");
+  EXPECT_NEAR(ppl, g.metric, 0.01 * g.metric);
+  std::filesystem::remove(gguf);
 }
