@@ -42,6 +42,8 @@ struct Recipe {
   std::string lr_schedule = "cosine";         // cosine | constant
   double qdrop = 0.0;                         // probability of keeping FP at each dropped site (0 = off, 0.5 = QDrop)
   bool dynamic_acts_in_loop = false;          // per-token quantizers on while training (released LLM code: off)
+  double pd_weight = 0.0;                     // PD-Quant prediction-difference loss weight (1/lambda_r); 0 = off
+  double pd_temperature = 4.0;                // its softmax temperature T
   RounderOptions rounder;
 
   // calibration
@@ -106,6 +108,8 @@ void visit(Recipe& r, V&& v) {
   v("recon.lr", r.lr, "Adam learning rate of the rounding parameters.");
   v("recon.lr_schedule", r.lr_schedule, "cosine (to 0 over recon.iters) | constant.");
   v("recon.qdrop", r.qdrop, "QDrop probability of keeping FP values at unit inputs and activation sites; 0 = off.");
+  v("pd.weight", r.pd_weight, "PD-Quant's prediction-difference loss (methods.md §4a): each training step also runs the unit's output on purely quantized inputs through the rest of the FP model and adds this weight times KL(softmax(z_fp/T) || softmax(z_q/T)) (batch mean; per token for language models) to the block loss. 10 = the paper's 1/lambda_r; 0 = off. Block reconstruction only.");
+  v("pd.temperature", r.pd_temperature, "PD-Quant's softmax temperature T (the paper: 4 for ResNets, 1 for MobileNetV2).");
   v("recon.dynamic_acts_in_loop", r.dynamic_acts_in_loop, "Keep dynamic per-token (and KV) activation quantizers on while training; off = weight-only reconstruction, as FlexRound's released W4A8 code.");
   v("adaround.lambda", r.rounder.adaround_lambda, "AdaRound rounding-regulariser weight.");
   v("adaround.warmup", r.rounder.adaround_warmup, "Fraction of iterations before the regulariser starts.");

@@ -52,6 +52,10 @@ struct QuantState {
   std::map<std::string, int> layer_bits;
 };
 
+/// PD-Quant's prediction difference (methods.md §4a): KL(softmax(z_fp/T) || softmax(z_q/T)) over the last dim,
+/// averaged over every other position (samples; tokens of a language model). Differentiable in z_q.
+torch::Tensor prediction_difference(const torch::Tensor& z_fp, const torch::Tensor& z_q, double temperature);
+
 /// Unique key of activation site j of a unit: "<unit>/<site name>".
 std::string site_key(const Unit& unit, const ActSite& site);
 

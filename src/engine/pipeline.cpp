@@ -232,6 +232,7 @@ std::string recipe_label(const Recipe& r) {
   std::string s = fmt::format("{} W{}A{}", r.method, w, a);
   if (r.weight_granularity == "group") s += fmt::format(" g{}", r.weight_group_size);
   if (r.qdrop > 0) s += " +QDrop";
+  if (r.pd_weight > 0) s += " +PD";
   if (r.smooth_alpha > 0) s += " +SmoothQuant";
   if (r.cle_iters > 0) s += " +CLE";
   if (r.bias_correction) s += " +BC";

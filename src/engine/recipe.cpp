@@ -175,6 +175,11 @@ void Recipe::validate() const {
     FQ_CHECK(mixed_budget >= widths.front() && mixed_budget <= widths.back(), ConfigError, "mixed.budget ",
              mixed_budget, " -> allowed ", widths.front(), "..", widths.back(), " (the range of mixed.bits ", mixed_bits, ")");
   }
+  FQ_CHECK(pd_weight >= 0 && std::isfinite(pd_weight), ConfigError, "pd.weight ", pd_weight, " -> allowed >= 0 (0 = off)");
+  FQ_CHECK(pd_temperature > 0 && std::isfinite(pd_temperature), ConfigError, "pd.temperature ", pd_temperature,
+           " -> allowed > 0");
+  FQ_CHECK(pd_weight == 0 || recon_unit == "block", ConfigError, "pd.weight needs block reconstruction (the loss ",
+           "follows a unit's output to the logits) -> set recon.unit=block");
   FQ_CHECK(cle_iters >= 0 && cle_iters <= 100, ConfigError, "cle.iters ", cle_iters,
            " -> allowed 0 (off) .. 100 sweeps (a few converge)");
   FQ_CHECK(smooth_alpha >= 0 && smooth_alpha <= 1, ConfigError, "smoothquant.alpha ", smooth_alpha,

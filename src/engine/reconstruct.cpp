@@ -133,6 +133,15 @@ void check_finite(const torch::Tensor& t, const std::string& what, const std::st
 
 }  // namespace
 
+torch::Tensor prediction_difference(const torch::Tensor& z_fp, const torch::Tensor& z_q, double temperature) {
+  FQ_CHECK(z_fp.sizes() == z_q.sizes(), ConfigError, "prediction_difference: logits ", z_fp.sizes(), " and ",
+           z_q.sizes(), " -> must have the same shape");
+  const int64_t classes = z_q.size(-1);
+  const torch::Tensor log_q = torch::log_softmax(z_q.reshape({-1, classes}) / temperature, -1);
+  const torch::Tensor log_p = torch::log_softmax(z_fp.reshape({-1, classes}) / temperature, -1);
+  return (log_p.exp() * (log_p - log_q)).sum(-1).mean();
+}
+
 std::string site_key(const Unit& unit, const ActSite& site) { return unit.name() + "/" + site.name; }
 
 torch::Tensor QuantizedContext::act(const ActSite& site, int j, const torch::Tensor& x) {
@@ -214,6 +223,7 @@ class Reconstructor {
   void setup_act_quantizers(UnitRun& u);
   double probe_loss(UnitRun& u);
   void train_block(UnitRun& u);
+  torch::Tensor prediction_loss(const UnitRun& u, const torch::Tensor& y_q, const torch::Tensor& idx);
   void train_layers(UnitRun& u);
   void harden(UnitRun& u);
   void correct_biases(UnitRun& u, const std::vector<torch::Tensor>& w_fp);
@@ -234,6 +244,8 @@ class Reconstructor {
   std::vector<std::vector<WeightQuantSpec>> specs_;
   size_t num_units_ = 0;
   torch::Tensor x_fp_, x_q_;  // the current unit's inputs on the FP and the quantized chain
+  std::vector<Unit*> units_;
+  torch::Tensor fp_logits_;  // PD-Quant: the FP model's logits on every calibration input
   Stopwatch unit_sw_;
 };
 
@@ -247,6 +259,8 @@ QuantizeReport Reconstructor::run(const torch::Tensor& calib_inputs, int64_t max
   if (max_units > 0 && max_units < static_cast<int64_t>(units.size())) units.resize(max_units);
   num_units_ = units.size();
   specs_ = layer_specs(model_, recipe_, state_.layer_bits);
+  units_ = model_.units();
+  if (recipe_.pd_weight > 0) fp_logits_ = chunked(calib_inputs, [&](const torch::Tensor& x) { return model_.forward(x); });
   x_fp_ = chunked(calib_inputs, [&](const torch::Tensor& x) { return model_.prologue(x); });
   x_q_ = x_fp_;
   if (!checkpoint_.path.empty()) fingerprint_ = run_fingerprint(model_, recipe_, calib_inputs);
@@ -378,6 +392,8 @@ void Reconstructor::train_block(UnitRun& u) {
              auto idx = sample();
              auto xin = qdrop_mix(x_q_.index_select(0, idx), x_fp_.index_select(0, idx), recipe_.qdrop);
              auto loss = lp_loss(u.unit.forward(xin, u.ctx), u.y_fp.index_select(0, idx));
+             if (recipe_.pd_weight > 0)
+               loss = loss + prediction_loss(u, u.unit.forward(x_q_.index_select(0, idx), u.ctx), idx);
              torch::Tensor reg;
              for (auto& r : u.rounders) {
                auto rr = r->regularizer(it, n_it);
@@ -387,6 +403,17 @@ void Reconstructor::train_block(UnitRun& u) {
            },
            [&](int64_t it, double running) { progress_line(u, u.unit.name(), it, running); });
   u.ctx.dynamic_acts = true;
+}
+
+// PD-Quant (methods.md §4a): the unit's output on purely quantized inputs, through the not yet reconstructed
+// units and the epilogue in FP, against the FP model's prediction: weight * KL(softmax(z_fp/T) || softmax(z_q/T)),
+// averaged over samples (language models: over tokens).
+torch::Tensor Reconstructor::prediction_loss(const UnitRun& u, const torch::Tensor& y_q, const torch::Tensor& idx) {
+  UnitContext fp;
+  torch::Tensor h = y_q;
+  for (size_t k = u.index + 1; k < units_.size(); ++k) h = units_[k]->forward(h, fp);
+  return recipe_.pd_weight * prediction_difference(fp_logits_.index_select(0, idx), model_.epilogue(h),
+                                                   recipe_.pd_temperature);
 }
 
 // Layer-wise (AdaRound's original setting): layer i sees the input produced by the hardened layers before it
