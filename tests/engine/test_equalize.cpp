@@ -13,12 +13,16 @@
 #include "flexquant/pipeline.h"
 #include "flexquant/qmodel.h"
 #include "models/seeded_weights.h"
+#include "engine/workloads.h"
 #include "test_data.h"
 
 using namespace flexquant;
 using flexquant::testing::expect_error;
 using flexquant::testing::seeded_weights;
+using flexquant::testing::resnet20_onnx_workload;
+using flexquant::testing::resnet20_workload;
 using flexquant::testing::shared_path;
+using flexquant::testing::stories_workload;
 
 namespace {
 std::unique_ptr<ModelAdapter> mobilenet() { return build_image_classifier(seeded_weights("mobilenet_v2"), "mobilenet_v2"); }
@@ -119,20 +123,13 @@ TEST(CrossLayerEqualization, SavedScalesReplayBitForBit) {
 TEST(CrossLayerEqualization, RefusesAModelWithoutPairs) {
   auto m = load_image_classifier(shared_path("data/cifar10/resnet20.safetensors"), "resnet_cifar");
   expect_error<ConfigError>([&] { equalize_model(*m, 0); }, {"cle.iters", ">= 1"});
-  Workload w;
-  w.model = shared_path("data/cifar10/resnet20.onnx");
-  w.data = "cifar10:" + shared_path("data/cifar10");
-  auto onnx = make_task(w)->load_model();
+  auto onnx = make_task(resnet20_onnx_workload(0))->load_model();
   expect_error<ConfigError>([&] { equalize_model(*onnx, 1); }, {"no layer pairs", "cle.iters=0"});
 }
 
 // The whole engine path on real ResNet-20: RTN per-tensor W4 with CLE and bias correction, saved and reloaded.
 TEST(BiasCorrection, ZeroesEachLayersMeanShiftAndSurvivesTheFqz) {
-  Workload w;
-  w.model = shared_path("data/cifar10/resnet20.safetensors");
-  w.arch = "resnet_cifar";
-  w.data = "cifar10:" + shared_path("data/cifar10");
-  w.eval_limit = 256;
+  const Workload w = resnet20_workload(256);
   auto task = make_task(w);
   Recipe r;
   r.method = "rtn";

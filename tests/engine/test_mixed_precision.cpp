@@ -11,11 +11,15 @@
 #include "flexquant/mixed_precision.h"
 #include "flexquant/pipeline.h"
 #include "flexquant/qmodel.h"
+#include "engine/workloads.h"
 #include "test_data.h"
 
 using namespace flexquant;
 using flexquant::testing::expect_error;
+using flexquant::testing::resnet20_onnx_workload;
+using flexquant::testing::resnet20_workload;
 using flexquant::testing::shared_path;
+using flexquant::testing::stories_workload;
 
 TEST(MixedPrecision, GreedyStepsDownTheCheapestBitsFirst) {
   // A: 100 weights, 10 error per 200 bits saved; B: 300 weights, 1 per 600. Budget 3: B goes to 2 (average 2.5).
@@ -48,12 +52,7 @@ TEST(MixedPrecision, GreedyStepsDownTheCheapestBitsFirst) {
 }
 
 TEST(MixedPrecision, BeatsUniformThreeBitsOnRealResNet20AndSavesItsWidths) {
-  Workload w;
-  w.model = shared_path("data/cifar10/resnet20.safetensors");
-  w.arch = "resnet_cifar";
-  w.data = "cifar10:" + shared_path("data/cifar10");
-  w.eval_limit = 1000;
-  auto task = make_task(w);
+  auto task = make_task(resnet20_workload(1000));
   Recipe r;
   r.method = "rtn";
   r.weight_bits = 3;
@@ -96,11 +95,7 @@ TEST(MixedPrecision, BeatsUniformThreeBitsOnRealResNet20AndSavesItsWidths) {
 // The allocation reaches the runtimes' files: per-layer widths in the QDQ ONNX that ONNX Runtime runs, per-tensor
 // types in the GGUF that llama.cpp runs, each scoring what flexquant scored.
 TEST(MixedPrecision, OnnxAndGgufExportsCarryTheAllocation) {
-  Workload cnn;
-  cnn.model = shared_path("data/cifar10/resnet20.onnx");
-  cnn.data = "cifar10:" + shared_path("data/cifar10");
-  cnn.eval_limit = 250;
-  auto ctask = make_task(cnn);
+  auto ctask = make_task(resnet20_onnx_workload(250));
   Recipe r;
   r.method = "rtn";
   r.weight_granularity = "channel";
@@ -113,11 +108,7 @@ TEST(MixedPrecision, OnnxAndGgufExportsCarryTheAllocation) {
   EXPECT_NEAR(ctask->evaluate_in_runtime(onnx, "onnxruntime"), c.metric, 0.4);  // one image in 250 may flip: 0.4
   std::filesystem::remove(onnx);
 
-  Workload lm;
-  lm.model = shared_path("data/lm/stories260K.bin");
-  lm.data = shared_path("data/lm/tinystories_valid_first.txt");
-  lm.eval_limit = 1000;
-  auto ltask = make_task(lm);
+  auto ltask = make_task(stories_workload(1000));
   Recipe q = Recipe::from_file("recipes/llm-flexround-q4_0.json");
   q.method = "rtn";
   q.calib_samples = 16;

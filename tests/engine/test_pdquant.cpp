@@ -7,11 +7,15 @@
 #include "flexquant/error.h"
 #include "flexquant/pipeline.h"
 #include "flexquant/reconstruct.h"
+#include "engine/workloads.h"
 #include "test_data.h"
 
 using namespace flexquant;
 using flexquant::testing::expect_error;
+using flexquant::testing::resnet20_onnx_workload;
+using flexquant::testing::resnet20_workload;
 using flexquant::testing::shared_path;
+using flexquant::testing::stories_workload;
 
 TEST(PdQuant, PredictionDifferenceIsTheTemperedKlAveragedOverSamples) {
   torch::manual_seed(7);
@@ -39,11 +43,7 @@ TEST(PdQuant, PredictionDifferenceIsTheTemperedKlAveragedOverSamples) {
 }
 
 TEST(PdQuant, ChangesWhatTheEngineLearnsOnRealResNet20) {
-  Workload w;
-  w.model = shared_path("data/cifar10/resnet20.safetensors");
-  w.arch = "resnet_cifar";
-  w.data = "cifar10:" + shared_path("data/cifar10");
-  auto task = make_task(w);
+  auto task = make_task(resnet20_workload(0));
   Recipe r;
   r.method = "flexround";
   r.weight_bits = 2;

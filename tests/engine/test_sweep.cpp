@@ -6,29 +6,19 @@
 #include "flexquant/error.h"
 #include "flexquant/pipeline.h"
 #include "flexquant/sweep.h"
+#include "engine/workloads.h"
 #include "test_data.h"
 
 using namespace flexquant;
 using flexquant::testing::expect_error;
+using flexquant::testing::resnet20_onnx_workload;
+using flexquant::testing::resnet20_workload;
 using flexquant::testing::shared_path;
+using flexquant::testing::stories_workload;
 
 namespace {
-std::unique_ptr<Task> resnet20_task(int64_t images) {
-  Workload w;
-  w.model = shared_path("data/cifar10/resnet20.safetensors");
-  w.arch = "resnet_cifar";
-  w.data = "cifar10:" + shared_path("data/cifar10");
-  w.eval_limit = images;
-  return make_task(w);
-}
-
-std::unique_ptr<Task> stories_task(int64_t tokens) {
-  Workload w;
-  w.model = shared_path("data/lm/stories260K.bin");
-  w.data = shared_path("data/lm/tinystories_valid_first.txt");
-  w.eval_limit = tokens;
-  return make_task(w);
-}
+std::unique_ptr<Task> resnet20_task(int64_t images) { return make_task(resnet20_workload(images)); }
+std::unique_ptr<Task> stories_task(int64_t tokens) { return make_task(stories_workload(tokens)); }
 
 SweepOptions only(std::vector<std::string> formats) {
   SweepOptions o;

@@ -67,7 +67,7 @@ void plot(const SweepReport& r, const std::vector<RoundingMode>& modes, const st
     w1_lines += fmt::format("{}'{}' using 1:{} with linespoints title '{}'", i ? ", " : "", dat, 3 + 2 * i, name);
   }
   write_file(gp, fmt::format(
-      "set terminal pngcairo size 900,800 noenhanced\nset output '{}'\nset multiplot layout 2,1\nset grid\n"
+      "set terminal pngcairo size 900,800 noenhanced\nset format y '%g'\nset output '{}'\nset multiplot layout 2,1\nset grid\n"
       "set xlabel 'significand bits k (fp32 with k fraction bits)'\nset xrange [24:0]\n"
       "set ylabel '{}'\nset title 'FP32: {:.4g}'\nplot {}, {} with lines dashtype 2 title 'FP32'\n"
       "set logscale y\nset ylabel 'W1 to FP32 ({})'\nset title ''\nplot {}\nunset multiplot\n",
