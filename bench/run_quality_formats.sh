@@ -79,7 +79,7 @@ lines = ["## Integer vs minifloat grids (issue #9)", "",
          "highest top-1; stories260K: lowest perplexity). Single runs: gaps under 1 point (ResNet-20) or 0.1",
          "(perplexity) are within run-to-run noise (see the LM and CNN sections).", "",
          "| row | FP | grid | RTN | FlexRound | FlexRound - RTN |", "|---|---|---|---|---|---|"]
-cmds = []
+cmds, wins = [], {}
 for row in sorted(rows, key=lambda r: (r.split("-")[0], r.split("-")[1], -int(re.search(r"-w(\d+)", r).group(1)), r)):
     grids = rows[row]
     lm = row.startswith("lm")
@@ -91,6 +91,18 @@ for row in sorted(rows, key=lambda r: (r.split("-")[0], r.split("-")[1], -int(re
         verdict = "tie at 2 decimals" if round(d, 2) == 0 else ("better" if d > 0 else "WORSE")
         lines.append(f"| {row} | {fp:.2f} | {g} | {rtn:.2f} | {frs} | {d:+.2f} {verdict} |")
         cmds.append(f"- {row} {g}: {cmd}")
+    wins.setdefault(int(re.search(r"-w(\d+)", row).group(1)), []).append((row, best, grids))
+# Which grid wins at each width, after FlexRound (ties at the table's 2 decimals named as ties).
+lines += ["", "Which grid wins after FlexRound, per width:", ""]
+for bits in sorted(wins, reverse=True):
+    parts, mini = [], 0
+    for row, best, grids in wins[bits]:
+        lm = row.startswith("lm")
+        top = round(grids[best][2], 2)
+        tied = [g for g in grids if grids[g][2] is not None and round(grids[g][2], 2) == top]
+        parts.append(f"{row}: {' = '.join(sorted(tied, key=lambda g: (g != 'int', g)))}")
+        mini += "int" not in tied
+    lines.append(f"- W{bits}: a minifloat alone is best in {mini} of {len(wins[bits])} rows ({'; '.join(parts)}).")
 lines += ["", "Commands:", ""] + cmds + [""]
 sec = os.path.join(out, "section.md")
 open(sec, "w").write("\n".join(lines))
