@@ -76,9 +76,15 @@ std::unique_ptr<ModelAdapter> emulate_activations(ModelAdapter& model, const For
                                                   uint64_t seed);
 
 /// Runs the task's model at every (format, mode) of the options and returns the table's rows, FP32 first
-/// measured once. `progress` gets one line per finished point.
+/// measured once. `progress` gets one line per finished point, `on_point` the point itself (so a caller can keep
+/// finished points when a later one fails). SIGINT/SIGTERM stop it between points (InterruptedError).
 SweepReport precision_sweep(const Task& task, const SweepOptions& options = {},
-                            const std::function<void(const std::string&)>& progress = {});
+                            const std::function<void(const std::string&)>& progress = {},
+                            const std::function<void(const SweepPoint&)>& on_point = {});
+/// sweep_csv's header line.
+std::string sweep_csv_header();
+/// One CSV line of a point (sweep_csv's format, without the header).
+std::string sweep_csv_line(const SweepPoint& p);
 
 /// Markdown table: one row per format, metric and W1 for each rounding mode side by side.
 std::string sweep_table(const SweepReport& report);

@@ -173,7 +173,8 @@ std::unique_ptr<ModelAdapter> emulate_activations(ModelAdapter& model, const For
 }
 
 SweepReport precision_sweep(const Task& task, const SweepOptions& o,
-                            const std::function<void(const std::string&)>& progress) {
+                            const std::function<void(const std::string&)>& progress,
+                            const std::function<void(const SweepPoint&)>& on_point) {
   FQ_CHECK(!o.formats.empty() && !o.modes.empty(), ConfigError,
            "precision sweep: no formats or no rounding modes -> give at least one of each");
   FQ_CHECK(o.weights || o.activations, ConfigError,
@@ -189,12 +190,14 @@ SweepReport precision_sweep(const Task& task, const SweepOptions& o,
   r.outputs = ref.what;
   for (size_t i = 0; i < o.formats.size(); ++i) {
     for (RoundingMode mode : o.modes) {
+      throw_if_stop_requested(fmt::format("sweep before {} {}", o.formats[i].name(), rounding_mode_name(mode)));
       r.points.push_back(run_point(task, o.formats[i], mode, o, derive_seed(o.seed, i), ref.values));
       const SweepPoint& p = r.points.back();
       if (progress)
         progress(fmt::format("sweep {}/{}: {} {}: {} {:.4f}, W1 {:.4g} ({:.1f} s)", r.points.size(),
                              o.formats.size() * o.modes.size(), p.format, rounding_mode_name(mode), r.metric_name,
                              p.metric, p.w1, p.seconds));
+      if (on_point) on_point(p);
     }
   }
   return r;
@@ -231,12 +234,17 @@ std::string sweep_table(const SweepReport& r) {
 }
 
 std::string sweep_csv(const SweepReport& r) {
-  std::string out = "format,significand_bits,fp32_range,mode,metric,w1,seconds\n";
+  std::string out = sweep_csv_header();
   out += fmt::format("fp32,23,1,none,{:.6f},0,0\n", r.fp_metric);
-  for (const SweepPoint& p : r.points)
-    out += fmt::format("{},{},{},{},{:.6f},{:.6g},{:.2f}\n", p.format, p.significand_bits, int(p.fp32_range),
-                       rounding_mode_name(p.mode), p.metric, p.w1, p.seconds);
+  for (const SweepPoint& p : r.points) out += sweep_csv_line(p);
   return out;
+}
+
+std::string sweep_csv_header() { return "format,significand_bits,fp32_range,mode,metric,w1,seconds\n"; }
+
+std::string sweep_csv_line(const SweepPoint& p) {
+  return fmt::format("{},{},{},{},{:.6f},{:.6g},{:.2f}\n", p.format, p.significand_bits, int(p.fp32_range),
+                     rounding_mode_name(p.mode), p.metric, p.w1, p.seconds);
 }
 
 }  // namespace flexquant

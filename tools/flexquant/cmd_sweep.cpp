@@ -108,10 +108,19 @@ struct SweepCmd {
     std::cout << "evaluation: " << task->evaluation_description() << "\n";
     std::cout << "rounded:    " << (o.weights ? "every model tensor" : "") << (o.weights && o.activations ? " + " : "")
               << (o.activations ? "every activation" : "") << ", seed " << o.seed << "\n";
-    const SweepReport r = precision_sweep(*task, o, [](const std::string& line) { std::cerr << line << std::endl; });
+    // Points reach the CSV as they finish, so an interrupted or failed sweep keeps them.
+    std::ofstream partial;
+    if (!csv.empty()) {
+      partial.open(csv);
+      partial << sweep_csv_header();
+    }
+    const SweepReport r = precision_sweep(
+        *task, o, [](const std::string& line) { std::cerr << line << std::endl; },
+        [&](const SweepPoint& p) { partial << sweep_csv_line(p) << std::flush; });
+    partial.close();
     const std::string table = sweep_table(r);
     std::cout << "\n" << table;
-    if (!csv.empty()) write_file(csv, sweep_csv(r));
+    if (!csv.empty()) write_file(csv, sweep_csv(r));  // the whole file, FP32 row and header first
     if (!markdown.empty()) write_file(markdown, table);
     if (!png.empty()) {
       plot(r, o.modes, png);
