@@ -180,11 +180,10 @@ class LanguageTask : public Task {
                const std::string& path) const override {
     if (!is_gguf(path)) return Task::save(model, state, info, r, path);
     GgufExportOptions o;
-    if (!r.mixed_bits.empty()) {  // a mixed-precision allocation: each tensor on its own grid's type
+    if (r.weight_mix.empty()) {
       o.type = gguf_type_for(r.weight_spec());
-      for (const auto& [layer, q] : state.weights) o.overrides[gguf_tensor_name(layer + ".weight")] = gguf_type_for(q.spec);
-    } else if (r.weight_mix.empty()) {
-      o.type = gguf_type_for(r.weight_spec());
+      if (!r.mixed_bits.empty())  // a mixed-precision allocation: each tensor on its own grid's type
+        for (const auto& [layer, q] : state.weights) o.overrides[gguf_tensor_name(layer + ".weight")] = gguf_type_for(q.spec);
     } else {
       o.type = gguf_mix_base(r.weight_mix);
       for (const auto& [layer, t] : gguf_mix_types(r.weight_mix, model)) o.overrides[gguf_tensor_name(layer + ".weight")] = t;

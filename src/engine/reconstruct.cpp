@@ -391,9 +391,12 @@ void Reconstructor::train_block(UnitRun& u) {
            [&](int64_t it) {
              auto idx = sample();
              auto xin = qdrop_mix(x_q_.index_select(0, idx), x_fp_.index_select(0, idx), recipe_.qdrop);
-             auto loss = lp_loss(u.unit.forward(xin, u.ctx), u.y_fp.index_select(0, idx));
-             if (recipe_.pd_weight > 0)
-               loss = loss + prediction_loss(u, u.unit.forward(x_q_.index_select(0, idx), u.ctx), idx);
+             const torch::Tensor y = u.unit.forward(xin, u.ctx);
+             auto loss = lp_loss(y, u.y_fp.index_select(0, idx));
+             if (recipe_.pd_weight > 0) {  // on purely quantized inputs: without QDrop those are xin, whose output is y
+               const torch::Tensor y_q = recipe_.qdrop > 0 ? u.unit.forward(x_q_.index_select(0, idx), u.ctx) : y;
+               loss = loss + prediction_loss(u, y_q, idx);
+             }
              torch::Tensor reg;
              for (auto& r : u.rounders) {
                auto rr = r->regularizer(it, n_it);
