@@ -31,15 +31,11 @@ done
 
 python3 - "$OUT" "$SEEDS" > "$OUT/section.md" <<'PY'
 import glob, os, re, statistics, sys
+sys.path.insert(0, "bench")
+from mdtable import metrics
 out, seeds = sys.argv[1], sys.argv[2].split()
-def top1(md):
-    for line in open(md):
-        c = [x.strip() for x in line.split("|")]
-        if len(c) > 3 and c[1] not in ("method", "FP32", "---") and re.match(r"^[0-9.]+$", c[2]): return float(c[2])
-def fp(md):
-    for line in open(md):
-        c = [x.strip() for x in line.split("|")]
-        if len(c) > 3 and c[1] == "FP32": return float(c[2])
+def top1(md): return next(v for k, v in metrics(md).items() if k != "fp32")
+def fp(md): return metrics(md)["fp32"]
 names = {"plain": "-", "cle": "CLE", "bc": "bias correction", "cle_bc": "CLE + bias correction"}
 print("## Cross-layer equalization and bias correction (issue #13)\n")
 print("Script: `bench/run_dfq.sh <build> <iters> [seeds]`. ResNet-20, CIFAR-10, calibration records 0-1023, evaluation")

@@ -34,19 +34,14 @@ done
 
 python3 - "$OUT" > "$OUT/section.md" <<'PY'
 import glob, os, re, statistics, sys
+sys.path.insert(0, "bench")
+from mdtable import mean_sd as ms, metrics
 out = sys.argv[1]
-def metrics(md):
-    got = {}
-    for line in open(md):
-        c = [x.strip() for x in line.split("|")]
-        if len(c) > 3 and re.match(r"^[0-9.]+$", c[2]): got[c[1].split()[0].lower()] = float(c[2])
-    return got
 def alloc(log):
     for line in open(log):
         m = re.match(r"mixed precision: hidden weights average ([0-9.]+) bits", line)
         if m: return float(m.group(1)), line.split(":", 2)[2].strip()
     return None, ""
-def ms(v): return f"{v[0]:.2f}" if len(v) == 1 else f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}"
 print("## Mixed precision (issue #13)\n")
 print("Script: `bench/run_mixed.sh <build> <iters> [rows]`. Hidden-layer weights at widths {2, 3, 4} chosen per layer")
 print("(`mixed.bits=2,3,4 mixed.budget=3`: sensitivity = logit MSE on 64 calibration inputs with one layer round-to-nearest")

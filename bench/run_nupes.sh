@@ -31,18 +31,9 @@ done
 
 python3 - "$OUT" > "$OUT/section.md" <<'PY'
 import glob, os, re, statistics, sys
+sys.path.insert(0, "bench")
+from mdtable import mean_sd as ms, metrics
 out = sys.argv[1]
-def metrics(md):
-    got = {}
-    for line in open(md):
-        c = [x.strip() for x in line.split("|")]
-        if len(c) > 3 and re.match(r"^[0-9.]+$", c[2]):
-            got[c[1].split()[0].lower()] = float(c[2])
-    return got
-def ms(vals):
-    if not vals: return "-"
-    if len(vals) == 1: return f"{vals[0]:.2f}"
-    return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
 print("## NUPES power grids (issue #13)\n")
 print("Script: `bench/run_nupes.sh <build> <iters> [rows]`. Weight-only, per-channel symmetric, MSE-initialised")
 print("grids for every method (NUPES's grid is symmetric, so FlexRound and RTN run symmetric too: RTN/FlexRound on the")

@@ -22,15 +22,11 @@ for seed in $SEEDS; do
 done
 python3 - "$OUT" > "$OUT/section.md" <<'PY'
 import glob, os, re, statistics, sys
+sys.path.insert(0, "bench")
+from mdtable import metrics, rows
 out = sys.argv[1]
-def top1(md):
-    for line in open(md):
-        c = [x.strip() for x in line.split("|")]
-        if len(c) > 3 and c[1].startswith("flexround"): return float(c[2]), c[5]
-def fp(md):
-    for line in open(md):
-        c = [x.strip() for x in line.split("|")]
-        if len(c) > 3 and c[1] == "FP32": return float(c[2])
+def top1(md): return float(rows(md)["flexround"][2]), rows(md)["flexround"][5]
+def fp(md): return metrics(md)["fp32"]
 print("## PD-Quant (issue #13)\n")
 print("Script: `bench/run_pdquant.sh <build> <iters> [seeds]`. ResNet-20, CIFAR-10 W2A4: FlexRound + QDrop")
 print("(recipes/flexround-qdrop-w4a4.json with weight.bits=2, per-channel weights, first/last layer 8-bit) with and without")
