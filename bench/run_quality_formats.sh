@@ -106,7 +106,13 @@ for row in sorted(rows, key=lambda r: (r.split("-")[0], r.split("-")[1], -int(re
         fp, rtn, fr, dec, seeds, cmd = grids[g]
         d = mean(rtn) - mean(fr) if lm else mean(fr) - mean(rtn)
         frs = f"**{fmt(fr, dec)}**" if g == best else fmt(fr, dec)
-        verdict = f"tie at {dec} decimals" if round(d, dec) == 0 else ("better" if d > 0 else "WORSE")
+        sd = statistics.stdev(fr) if len(fr) > 1 else 0.0
+        if round(d, dec) == 0:
+            verdict = f"tie at {dec} decimals"
+        elif abs(d) <= sd:
+            verdict = f"tie within the seed spread ({'better' if d > 0 else 'worse'} by mean)"
+        else:
+            verdict = "better" if d > 0 else "WORSE"
         lines.append(f"| {row} | {fp:.{dec}f} | {g} | {fmt(rtn, dec)} | {frs} | {d:+.{dec}f} {verdict} | "
                      f"{' '.join(seeds) if seeds else '1005'} |")
         cmds += [f"- {row} {g}: {c}" for c in cmd]

@@ -82,6 +82,9 @@ struct MethodResult {
   double metric = 0;        ///< quantized top-1 % or perplexity
   double seconds = 0;       ///< quantization wall time
   int64_t size_bytes = 0;   ///< .fqz size (0 if not saved)
+  /// Code bits per weight of the hidden layers (the adapter's edge layers, kept at weight.first_last_bits, left
+  /// out): weight.bits for uniform runs, the allocation's average for mixed precision, more for multipoint sums.
+  double weight_bits = 0;
   QuantizeReport report;
 };
 
@@ -102,7 +105,7 @@ double evaluate_fp(const Task& task);
 /// Loads a .fqz onto a fresh FP model from the task and evaluates it through the same code path.
 double evaluate_qmodel(const Task& task, const std::string& fqz_path);
 
-/// Markdown table: FP row then one row per result (metric, delta vs FP, size, time).
+/// Markdown table: FP row then one row per result (metric, delta vs FP, size, time, code bits per hidden weight).
 std::string results_table(const Task& task, double fp_metric, const std::vector<MethodResult>& rows);
 
 /// Markdown table of the cost per reconstruction unit: a row per unit, a column per method that trained

@@ -10,7 +10,7 @@
 
 namespace flexquant {
 
-constexpr int kQModelFormatVersion = 2;  // 2: layer specs name their weight format
+constexpr int kQModelFormatVersion = 3;  // 2: layer specs name their weight format; 3: multipoint terms
 
 struct QModelInfo {
   std::string arch;

@@ -154,7 +154,13 @@ struct QuantizedTensor {
   QParams qparams;
   std::vector<int64_t> shape;  ///< original weight shape
   WeightQuantSpec spec;
-  torch::Tensor dequantize() const;  ///< fp32, original shape; scale * level(code)
+  /// Further points added to this one (multipoint quantization, methods.md §6): each a per-channel symmetric
+  /// QuantizedTensor of the same shape whose scale is 0 on the rows that do not use it. Empty for every
+  /// single-grid method; exporters to single-grid formats refuse tensors that have terms.
+  std::vector<QuantizedTensor> terms;
+  torch::Tensor dequantize() const;  ///< fp32, original shape; scale * level(code), plus every term's
+  /// Code bits stored per weight: bits, plus bits times the fraction of rows each term is used on (scale > 0).
+  double code_bits_per_weight() const;
 };
 
 /// Codes of RTN with qparams, as a QuantizedTensor.

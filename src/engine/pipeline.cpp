@@ -253,6 +253,18 @@ std::map<std::string, int> allocate_mixed_precision(ModelAdapter& model, const t
   return bits;
 }
 
+// Code bits per hidden weight, averaged over the weights of every hidden layer.
+double hidden_code_bits(ModelAdapter& model, const QuantState& state) {
+  double bits = 0, weights = 0;
+  for (QuantLayer* l : model.all_layers()) {
+    auto it = state.weights.find(l->name);
+    if (l->role != LayerRole::Hidden || it == state.weights.end()) continue;
+    bits += it->second.code_bits_per_weight() * static_cast<double>(l->weight.numel());
+    weights += static_cast<double>(l->weight.numel());
+  }
+  return weights > 0 ? bits / weights : 0;
+}
+
 }  // namespace
 
 QuantizeReport quantize(ModelAdapter& model, const torch::Tensor& calib, const Recipe& recipe, QuantState& state,
@@ -280,6 +292,7 @@ MethodResult run_method(const Task& task, const Recipe& recipe, const std::strin
   Stopwatch sw;
   r.report = quantize(*model, calib, recipe, state, progress, 0, checkpoint);
   r.seconds = sw.seconds();
+  r.weight_bits = hidden_code_bits(*model, state);
   QuantizedContext ctx(state);
   r.metric = task.evaluate(*model, ctx);
   if (!out_path.empty()) {
@@ -338,9 +351,10 @@ std::string results_table(const Task& task, double fp, const std::vector<MethodR
   // Perplexity near 7 needs a third decimal: seeds and grids differ by less than 0.01 at 8 bits.
   const int digits = ppl ? 3 : 2;
   std::string t = fmt::format(
-      "| method | {} | delta vs FP | .fqz bytes | quantize time | ms/iter per unit (mean) |\n|---|---|---|---|---|---|\n",
+      "| method | {} | delta vs FP | .fqz bytes | quantize time | ms/iter per unit (mean) | code bits / hidden weight |\n"
+      "|---|---|---|---|---|---|---|\n",
       task.metric_name());
-  t += fmt::format("| FP32 | {:.{}f} | - | - | - | - |\n", fp, digits);
+  t += fmt::format("| FP32 | {:.{}f} | - | - | - | - | 32 |\n", fp, digits);
   for (auto& r : rows) {
     double d = r.metric - fp;
     std::string delta = ppl ? fmt::format("{:+.3f} ({:+.2f} %)", d, 100 * d / fp) : fmt::format("{:+.2f}", d);
@@ -348,9 +362,9 @@ std::string results_table(const Task& task, double fp, const std::vector<MethodR
     int n = 0;
     for (auto& u : r.report.units)
       if (u.iters > 0) ms += u.ms_per_iter, ++n;
-    t += fmt::format("| {} | {:.{}f} | {} | {} | {} | {} |\n", r.label, r.metric, digits, delta,
+    t += fmt::format("| {} | {:.{}f} | {} | {} | {} | {} | {:.3f} |\n", r.label, r.metric, digits, delta,
                      r.size_bytes ? std::to_string(r.size_bytes) : "-", format_duration(r.seconds),
-                     n ? fmt::format("{:.1f}", ms / n) : "-");
+                     n ? fmt::format("{:.1f}", ms / n) : "-", r.weight_bits);
   }
   return t;
 }

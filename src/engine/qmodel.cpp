@@ -128,6 +128,16 @@ uint64_t fnv1a(uint64_t h, const void* data, size_t n) {
   return h;
 }
 
+// One grid's codes and parameters as tensors "<prefix>.codes/.scale/.zero_point[/.offset]"; returns its json entry.
+static json write_qtensor(const std::string& prefix, const QuantizedTensor& q, std::map<std::string, torch::Tensor>& tensors) {
+  auto flat = [](const torch::Tensor& t) { return t.to(torch::kCPU).to(torch::kFloat).contiguous(); };
+  tensors[prefix + ".codes"] = pack_codes(q.codes, q.spec.bits());
+  tensors[prefix + ".scale"] = flat(q.qparams.scale);
+  tensors[prefix + ".zero_point"] = flat(q.qparams.zero_point);
+  if (q.qparams.offset.defined()) tensors[prefix + ".offset"] = flat(q.qparams.offset);
+  return {{"shape", q.shape}, {"grouped_shape", q.codes.sizes().vec()}, {"spec", spec_to_json(q.spec)}};
+}
+
 void write_quant_state(ModelAdapter& model, const QuantState& state, bool partial,
                        std::map<std::string, torch::Tensor>& tensors, json& layers, json& acts) {
   layers = json::object();
@@ -136,15 +146,11 @@ void write_quant_state(ModelAdapter& model, const QuantState& state, bool partia
     if (partial && it == state.weights.end()) continue;
     FQ_CHECK(it != state.weights.end(), InternalError, "layer \"", l->name, "\" has no quantized weight");
     const QuantizedTensor& q = it->second;
-    tensors[l->name + ".codes"] = pack_codes(q.codes, q.spec.bits());
-    tensors[l->name + ".scale"] = q.qparams.scale.to(torch::kCPU).to(torch::kFloat).contiguous();
-    tensors[l->name + ".zero_point"] = q.qparams.zero_point.to(torch::kCPU).to(torch::kFloat).contiguous();
-    if (q.qparams.offset.defined())
-      tensors[l->name + ".offset"] = q.qparams.offset.to(torch::kCPU).to(torch::kFloat).contiguous();
+    layers[l->name] = write_qtensor(l->name, q, tensors);
+    // Multipoint sums: each further point under "<layer>.term<i>", its grid in the layer's "terms" list.
+    for (size_t i = 0; i < q.terms.size(); ++i)
+      layers[l->name]["terms"].push_back(write_qtensor(l->name + ".term" + std::to_string(i), q.terms[i], tensors));
     if (l->bias.defined()) tensors[l->name + ".bias"] = l->bias.to(torch::kCPU).contiguous();
-    layers[l->name] = {{"shape", q.shape},
-                       {"grouped_shape", q.codes.sizes().vec()},
-                       {"spec", spec_to_json(q.spec)}};
   }
   for (auto& [key, sc] : state.smooth_scales) tensors["smooth." + key] = sc.to(torch::kCPU).contiguous();
   for (auto& [key, sc] : state.equalization_scales) tensors["cle." + key] = sc.to(torch::kCPU).contiguous();
@@ -208,6 +214,26 @@ QModelInfo read_qmodel_info(const std::string& path) {
   return fqz_fields(path, [&] { return info_from(f); });
 }
 
+// The grid read back from write_qtensor's tensors under `prefix` and its json entry.
+static QuantizedTensor read_qtensor(const SafeTensorsFile& f, const json& j, const std::string& prefix,
+                                    const std::string& where) {
+  QuantizedTensor q;
+  q.spec = spec_from_json(j.at("spec"));
+  q.shape = j.at("shape").get<std::vector<int64_t>>();
+  auto gshape = j.at("grouped_shape").get<std::vector<int64_t>>();
+  int64_t count = 1;
+  for (auto d : gshape) {
+    FQ_CHECK(d >= 0 && (d == 0 || count <= (int64_t{1} << 48) / d), ModelError, where, " has grouped_shape ",
+             json(gshape).dump(), " -> each >= 0, at most 2^48 codes");
+    count *= d;
+  }
+  q.codes = unpack_codes(f.at(prefix + ".codes"), q.spec.bits(), count).view(gshape);
+  q.qparams.scale = f.at(prefix + ".scale");
+  q.qparams.zero_point = f.at(prefix + ".zero_point");
+  if (f.contains(prefix + ".offset")) q.qparams.offset = f.at(prefix + ".offset");
+  return q;
+}
+
 void read_quant_state(const SafeTensorsFile& f, const json& layers, const json& acts, ModelAdapter& model,
                       QuantState& state, bool partial) {
   const std::string path = f.path;
@@ -225,22 +251,17 @@ void read_quant_state(const SafeTensorsFile& f, const json& layers, const json& 
     FQ_CHECK(layers.contains(l->name), ModelError, "\"", path, "\" has no entry for layer \"", l->name,
              "\"; it does not match this model");
     const json& lj = layers[l->name];
-    QuantizedTensor q;
-    q.spec = spec_from_json(lj.at("spec"));
-    q.shape = lj.at("shape").get<std::vector<int64_t>>();
-    FQ_CHECK(q.shape == l->weight.sizes().vec(), ModelError, "layer \"", l->name, "\" in \"", path, "\" has shape ",
-             json(q.shape).dump(), " but the model's weight is ", json(l->weight.sizes().vec()).dump());
-    auto gshape = lj.at("grouped_shape").get<std::vector<int64_t>>();
-    int64_t count = 1;
-    for (auto d : gshape) {
-      FQ_CHECK(d >= 0 && (d == 0 || count <= (int64_t{1} << 48) / d), ModelError, "layer \"", l->name, "\" in \"",
-               path, "\" has grouped_shape ", json(gshape).dump(), " -> each >= 0, at most 2^48 codes");
-      count *= d;
-    }
-    q.codes = unpack_codes(f.at(l->name + ".codes"), q.spec.bits(), count).view(gshape);
-    q.qparams.scale = f.at(l->name + ".scale");
-    q.qparams.zero_point = f.at(l->name + ".zero_point");
-    if (f.contains(l->name + ".offset")) q.qparams.offset = f.at(l->name + ".offset");
+    const std::string where = "layer \"" + l->name + "\" in \"" + path + "\"";
+    QuantizedTensor q = read_qtensor(f, lj, l->name, where);
+    FQ_CHECK(q.shape == l->weight.sizes().vec(), ModelError, where, " has shape ", json(q.shape).dump(),
+             " but the model's weight is ", json(l->weight.sizes().vec()).dump());
+    FQ_CHECK(!lj.contains("terms") || lj["terms"].is_array(), ModelError, where, ": \"terms\" is not a list");
+    if (lj.contains("terms"))
+      for (size_t i = 0; i < lj["terms"].size(); ++i) {
+        q.terms.push_back(read_qtensor(f, lj["terms"][i], l->name + ".term" + std::to_string(i), where));
+        FQ_CHECK(q.terms.back().shape == q.shape, ModelError, where, ": multipoint term ", i, " has shape ",
+                 json(q.terms.back().shape).dump(), ", the layer ", json(q.shape).dump());
+      }
     auto dev = l->weight.device();
     l->weight = q.dequantize().to(dev);
     if (f.contains(l->name + ".bias")) l->bias = f.at(l->name + ".bias").to(dev);

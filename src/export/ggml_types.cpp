@@ -320,6 +320,9 @@ std::string ggml_spec_mismatch(GgmlType t, const WeightQuantSpec& s) {
 }
 
 std::string ggml_grid_mismatch(GgmlType t, const QuantizedTensor& q) {
+  if (!q.terms.empty())
+    return fmt::format("it is a multipoint sum of {} grids and a GGUF tensor holds one: quantize with a single-grid "
+                       "method (rtn, flexround, gptq, ...), or keep the .fqz", q.terms.size() + 1);
   std::string why = ggml_spec_mismatch(t, q.spec);
   if (!why.empty()) return why;
   const auto& info = ggml_type_info(t);

@@ -91,6 +91,9 @@ onnx::NodeProto& QdqWriter::node_named(const std::string& name) {
 void QdqWriter::write_weight_codes(const QuantLayer& l, const QuantizedTensor& q, const OnnxModel::LayerSource& src,
                                    onnx::NodeProto& node) {
   const WeightQuantSpec& s = q.spec;
+  FQ_CHECK(q.terms.empty(), ConfigError, "layer ", l.name, " is a multipoint sum of ", q.terms.size() + 1, " grids; "
+           "a QDQ weight is one DequantizeLinear -> quantize with a single-grid method (rtn, flexround, gptq, ...), or "
+           "keep the .fqz");
   FQ_CHECK(s.integer(), ConfigError, "layer ", l.name, " is on the ", s.format.name(), " grid; QDQ ONNX holds integer "
            "codes only -> export an integer recipe (weight.format int), or keep the .fqz");
   FQ_CHECK(s.granularity != Granularity::PerGroup, ConfigError, "layer ", l.name, " has per-group scales; "

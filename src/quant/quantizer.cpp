@@ -424,7 +424,17 @@ QuantizedTensor quantize_rtn(const torch::Tensor& w, const WeightQuantSpec& spec
 
 torch::Tensor QuantizedTensor::dequantize() const {
   auto v = qparams.scale * grouped_levels(spec, qparams).from_codes(codes).to(qparams.scale.scalar_type());
-  return from_grouped(qparams.offset.defined() ? v - qparams.offset : v, shape);
+  auto w = from_grouped(qparams.offset.defined() ? v - qparams.offset : v, shape);
+  for (const QuantizedTensor& t : terms) w = w + t.dequantize();
+  return w;
+}
+
+double QuantizedTensor::code_bits_per_weight() const {
+  double b = spec.bits();
+  for (const QuantizedTensor& t : terms)
+    b += t.spec.bits() * (t.qparams.scale.reshape({t.qparams.scale.size(0), -1}).amax(1) > 0).to(torch::kDouble)
+                             .mean().item<double>();
+  return b;
 }
 
 }  // namespace flexquant

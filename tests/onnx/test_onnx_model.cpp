@@ -250,5 +250,15 @@ TEST(OnnxQdq, GridsQdqCannotHoldAreRefusedByName) {
   quantize(*m, torch::randn({16, 3, 12, 12}), r, state);
   flexquant::testing::expect_error<ConfigError>([&] { export_qdq_onnx(path, *m, state, tmp_path("x.onnx")); },
                                                 {"fp4_e2m1", "integer"});
+  // A multipoint sum is several grids per weight; one DequantizeLinear holds one.
+  Recipe mp = w4a4("multipoint", 0);
+  mp.act_bits = 32;
+  mp.rounder.extra["multipoint.points"] = 2;
+  mp.calib_samples = 16;
+  QuantState mstate;
+  auto m2 = OnnxModel::load(path);
+  quantize(*m2, torch::randn({16, 3, 12, 12}), mp, mstate);
+  flexquant::testing::expect_error<ConfigError>([&] { export_qdq_onnx(path, *m2, mstate, tmp_path("x.onnx")); },
+                                                {"multipoint sum", "single-grid method"});
   fs::remove(path);
 }

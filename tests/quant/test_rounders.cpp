@@ -15,10 +15,12 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <numeric>
 #include <string>
 #include <vector>
 
 #include "flexquant/error.h"
+#include "flexquant/gptq.h"
 #include "flexquant/quantizer.h"
 #include "flexquant/rounder.h"
 #include "flexquant/runtime.h"
@@ -296,7 +298,7 @@ TEST(Rounders, RegistryNamesNeedsAndUnknownName) {
   } catch (const fq::ConfigError& e) {
     std::string m = e.what();
     EXPECT_NE(m.find("flexrond"), std::string::npos) << m;
-    EXPECT_NE(m.find("adaround | flexround | gptq | lrq | nupes | rtn"), std::string::npos) << m;
+    EXPECT_NE(m.find("adaround | flexround | gptq | lrq | multipoint | nupes | rtn"), std::string::npos) << m;
   }
   // GPTQ's codes come from a Hessian: init without one is an error that says so, not a silent RTN.
   auto w = torch::randn({4, 8});
@@ -1043,4 +1045,154 @@ TEST(Nupes, LearnsTheExponentAndBeatsNearestOnRealConvLayer) {
   fp_spec.format = fq::Format::parse("fp4_e2m1");
   fq::testing::expect_error<fq::ConfigError>([&] { fq::make_rounder("nupes")->init(L.w, fp_spec, {}); },
                                              {"weight.format=int"});
+}
+
+// ---- Multipoint (methods.md §6): each output channel a sum of points on one low-bit grid ----
+
+namespace {
+fq::RounderOptions multipoint_options(double points, double max_points = 4) {
+  fq::RounderOptions o;
+  o.extra["multipoint.points"] = points;
+  o.extra["multipoint.max_points"] = max_points;
+  return o;
+}
+
+// The real layer's input Hessian (im2col rows of the calibration half), as the engine collects it.
+fq::LayerStats real_layer_stats() {
+  const auto& L = real_layer();
+  fq::QuantLayer q;
+  q.kind = fq::LayerKind::Conv2d;
+  q.weight = L.w;
+  q.padding = 1;
+  fq::HessianAccumulator acc(q);
+  acc.add(L.x_train);
+  fq::LayerStats s;
+  s.hessian = acc.hessian();
+  return s;
+}
+
+fq::QuantizedTensor multipoint(const fq::WeightQuantSpec& spec, double points, double max_points = 4) {
+  const auto& L = real_layer();
+  auto r = fq::make_rounder("multipoint", multipoint_options(points, max_points));
+  r->init(L.w, spec, fq::init_qparams(L.w, spec), real_layer_stats());
+  auto q = r->harden();
+  EXPECT_TRUE(torch::equal(q.dequantize(), r->forward(true))) << "harden != forward at " << points << " points";
+  return q;
+}
+
+// Held-out output error of a weight on the real layer (mean squared conv output difference).
+double eval_output_error(const torch::Tensor& w_hat) {
+  const auto& L = real_layer();
+  torch::NoGradGuard ng;
+  return (torch::conv2d(L.x_eval, w_hat, L.b, 1, 1) - torch::conv2d(L.x_eval, L.w, L.b, 1, 1)).pow(2).mean()
+      .item<double>();
+}
+
+// Points each output channel uses (1 + the terms with a nonzero scale on it).
+std::vector<int> points_per_channel(const fq::QuantizedTensor& q) {
+  std::vector<int> n(static_cast<size_t>(q.shape[0]), 1);
+  for (const auto& t : q.terms)
+    for (int64_t c = 0; c < q.shape[0]; ++c) n[c] += t.qparams.scale.reshape({-1})[c].item<float>() > 0;
+  return n;
+}
+}  // namespace
+
+// One point is round-to-nearest on the recipe's grid, bit for bit, on every grid kind.
+TEST(Multipoint, OnePointIsRoundToNearestBitForBit) {
+  const auto& L = real_layer();
+  for (const auto& spec : {make_spec(2, true, fq::Granularity::PerChannel, 0, fq::ScaleInit::Mse),
+                           make_spec(3, false, fq::Granularity::PerGroup, 32, fq::ScaleInit::Mse)}) {
+    auto q = multipoint(spec, 1.0);
+    EXPECT_TRUE(q.terms.empty());
+    EXPECT_TRUE(torch::equal(q.codes, fq::quantize_rtn(L.w, spec, fq::init_qparams(L.w, spec)).codes));
+    EXPECT_DOUBLE_EQ(q.code_bits_per_weight(), spec.bits());
+  }
+}
+
+// The greedy residual fit against a slow reference: per channel, every further point's scale is the least-squares
+// best of the candidate set {k/80 * max-range scale, k = 1..100} x {both orientations of the integer code range},
+// checked with plain loops over every channel's row.
+TEST(Multipoint, ResidualPointsAreTheLeastSquaresCandidate) {
+  const auto& L = real_layer();
+  auto spec = make_spec(2, true, fq::Granularity::PerChannel, 0, fq::ScaleInit::Mse);
+  auto q = multipoint(spec, 4.0, 4);  // every channel may take all 4 points
+  ASSERT_EQ(q.terms.size(), 3u);
+  auto approx = fq::quantize_rtn(L.w, spec, fq::init_qparams(L.w, spec)).dequantize();
+  int checked = 0;
+  for (const auto& t : q.terms) {
+    auto r = (L.w - approx).reshape({L.w.size(0), -1});
+    auto used = t.qparams.scale.reshape({-1}) > 0;
+    for (int64_t c = 0; c < L.w.size(0); ++c) {
+      if (!used[c].item<bool>()) continue;  // points come in order: a channel using term i uses every earlier one
+      ++checked;
+      std::vector<float> row(r[c].data_ptr<float>(), r[c].data_ptr<float>() + r.size(1));
+      double m = 0;
+      for (float v : row) m = std::max(m, static_cast<double>(std::fabs(v)));
+      const double s0 = std::max(m * 2.0 / 3.0, 1e-12);  // uint2 symmetric: levels -2..1, max-range scale
+      double best = 1e300;
+      for (float lo : {-2.0f, -1.0f})  // both orientations of the 2-bit codes: levels -2..1 and -1..2
+        for (int k = 1; k <= 100; ++k) {
+          const float s = static_cast<float>(s0 * (k / 80.0));
+          double e = 0;
+          for (float v : row) {
+            const float lvl = std::min(std::max(std::nearbyint(v / s), lo), lo + 3);
+            e += std::pow(static_cast<double>(v - s * lvl), 2);
+          }
+          best = std::min(best, e);
+        }
+      auto got = (t.dequantize().reshape({L.w.size(0), -1})[c] - r[c]).pow(2).sum().item<double>();
+      EXPECT_NEAR(got, best, 1e-5 * best + 1e-12) << "channel " << c;
+    }
+    approx = approx + t.dequantize();
+  }
+  EXPECT_GE(checked, 32);  // most channels take the second and third point
+  EXPECT_LE(q.code_bits_per_weight(), 8.0);
+}
+
+// More points, less error (held-out data); the budget caps the points; the output-error allocation beats giving
+// the same extra points to an arbitrary half of the channels (the paper's ablation against random choice).
+TEST(Multipoint, BudgetAllocationAndErrorFallWithPoints) {
+  auto spec = make_spec(2, true, fq::Granularity::PerChannel, 0, fq::ScaleInit::Mse);
+  double prev = 1e300;
+  for (double p : {1.0, 1.5, 2.0, 3.0}) {
+    auto q = multipoint(spec, p);
+    const auto n = points_per_channel(q);
+    int total = 0;
+    for (int v : n) {
+      total += v;
+      EXPECT_LE(v, 4);
+    }
+    EXPECT_LE(total, std::lround(p * 16));
+    EXPECT_NEAR(q.code_bits_per_weight(), 2.0 * total / 16, 1e-12);
+    const double e = eval_output_error(q.dequantize());
+    std::printf("[ multipoint ] W2 layer1.0.conv1: %.2f points/channel (budget %.1f): held-out output MSE %.4e\n",
+                total / 16.0, p, e);
+    EXPECT_LT(e, prev) << p << " points";
+    prev = e;
+  }
+  // A fourth point is spent only where it cuts the calibration output error; held out, it must not hurt much.
+  EXPECT_LE(eval_output_error(multipoint(spec, 4.0).dequantize()), prev * 1.02);
+  const auto adaptive = multipoint(spec, 1.5);
+  const auto one = multipoint(spec, 1.0).dequantize(), two = multipoint(spec, 2.0).dequantize();
+  const auto n = points_per_channel(adaptive);
+  ASSERT_EQ(std::accumulate(n.begin(), n.end(), 0), 24);  // 8 extra points on 16 channels, all spent
+  for (auto first : {true, false}) {
+    auto pick = torch::zeros({16, 1, 1, 1}, torch::kBool);
+    pick.slice(0, first ? 0 : 8, first ? 8 : 16).fill_(true);
+    EXPECT_LT(eval_output_error(adaptive.dequantize()), eval_output_error(torch::where(pick, two, one)));
+  }
+}
+
+TEST(Multipoint, BadOptionsAndGridsAreConfigErrors) {
+  const auto& L = real_layer();
+  auto spec = make_spec(3, true, fq::Granularity::PerChannel, 0, fq::ScaleInit::Mse);
+  auto qp = fq::init_qparams(L.w, spec);
+  fq::testing::expect_error<fq::ConfigError>(
+      [&] { fq::make_rounder("multipoint", multipoint_options(5, 4))->init(L.w, spec, qp, real_layer_stats()); },
+      {"multipoint.points", "1 .. multipoint.max_points"});
+  fq::testing::expect_error<fq::ConfigError>(
+      [&] { fq::make_rounder("multipoint", multipoint_options(1.5, 2.5))->init(L.w, spec, qp, real_layer_stats()); },
+      {"multipoint.max_points", "integer"});
+  fq::testing::expect_error<fq::ConfigError>([&] { fq::make_rounder("multipoint")->init(L.w, spec, qp); },
+                                             {"Hessian"});
 }

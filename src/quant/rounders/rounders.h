@@ -12,6 +12,7 @@ std::unique_ptr<Rounder> make_flexround(const RounderOptions& opts);
 std::unique_ptr<Rounder> make_lrq(const RounderOptions& opts);
 std::unique_ptr<Rounder> make_gptq(const RounderOptions& opts);
 std::unique_ptr<Rounder> make_nupes(const RounderOptions& opts);
+std::unique_ptr<Rounder> make_multipoint(const RounderOptions& opts);
 
 /// The FlexRound map without autograd (see flexround_quantize): s1p = s1_0*exp(delta1-delta1_0) in the grouped
 /// parameter shape, s1 = s1p broadcast to w, r = w/S, q = levels.nearest(r), out = s1*q.
