@@ -28,6 +28,10 @@ namespace fs = std::filesystem;
 
 constexpr int64_t kMaxDatasetBytes = int64_t{8} << 30;  // float32 images held in memory
 constexpr int64_t kMaxImagePixels = int64_t{1} << 24;   // per image
+// Huffman-coded JPEG (stb reads no arithmetic coding) spends at least one bit per 8x8 block on its DC coefficient:
+// at most 64 pixels per bit, 512 per byte (a flat grayscale image). stb decodes a truncated file's missing blocks
+// anyway: a 990-byte file claiming 32 x 65302 pixels took seconds (fuzz_image, a timeout).
+constexpr int64_t kMaxJpegPixelsPerByte = 1024;
 
 Normalization default_norm(int64_t channels) {
   return channels == 3 ? Normalization::cifar10() : Normalization{std::vector<double>(channels, 0.5), std::vector<double>(channels, 0.5)};
@@ -155,6 +159,10 @@ torch::Tensor decode_image(const std::string& path, int channels) {
              " pixels -> at most 16 megapixels; hint: downscale it, the model resizes it to its input size anyway");
     FQ_CHECK(bytes.rfind("BM", 0) != 0 || bmp_pixels_fit(bytes, w, h), IoError, "BMP \"", path, "\" is ", w, "x", h,
              " pixels but holds only ", bytes.size(), " bytes -> the file is truncated or corrupt");
+    FQ_CHECK(bytes.rfind("\xFF\xD8", 0) != 0 || int64_t{w} * h <= kMaxJpegPixelsPerByte * int64_t(bytes.size()),
+             IoError, "JPEG \"", path, "\" claims ", w, "x", h, " pixels in ", bytes.size(), " bytes, more than ",
+             kMaxJpegPixelsPerByte, " pixels per byte that any JPEG stb decodes can reach -> the file is truncated or "
+             "corrupt");
   }
   stbi_uc* px = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()),
                                       &w, &h, &c, channels);

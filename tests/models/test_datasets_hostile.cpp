@@ -6,6 +6,8 @@
 #include <fstream>
 #include <iterator>
 
+#include <stb/stb_image_write.h>
+
 #include "flexquant/datasets.h"
 #include "flexquant/error.h"
 #include "hostile_input.h"
@@ -62,6 +64,23 @@ TEST(DatasetsHostile, JpegHuffmanTableWithTooManyCodesIsRefused) {
   const std::string dir =
       image_folder_with("huffman", "0.jpg", read_bytes(fuzz_regression("image/stb-huffman-table-overflow.jpg")));
   expect_error<IoError>([&] { load_image_folder(dir); }, {"0.jpg", "Huffman table", "more than 256 codes"});
+}
+
+TEST(DatasetsHostile, JpegClaimingMorePixelsThanItsBytesCanHoldIsRefused) {
+  // fuzz_image (a timeout): a 990-byte JPEG whose header claims 32 x 65302 pixels; stb decoded the missing data.
+  // Here: a real 32 x 32 JPEG of CIFAR-like noise whose SOF0 height is patched to 65302.
+  std::vector<unsigned char> px(32 * 32);
+  for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<unsigned char>((i * 2654435761u) >> 24);
+  std::string jpg;
+  auto sink = [](void* ctx, void* data, int n) { static_cast<std::string*>(ctx)->append(static_cast<char*>(data), n); };
+  ASSERT_TRUE(stbi_write_jpg_to_func(sink, &jpg, 32, 32, 1, px.data(), 90));
+  const std::string ok = image_folder_with("jpeg-ok", "0.jpg", jpg);
+  EXPECT_EQ(load_image_folder(ok).images.size(2), 32);  // the unpatched file decodes
+  const size_t sof = jpg.find("\xFF\xC0");
+  ASSERT_NE(sof, std::string::npos);
+  jpg[sof + 5] = char(65302 >> 8), jpg[sof + 6] = char(65302 & 0xFF);  // SOF0: length(2) precision(1) height(2)
+  const std::string dir = image_folder_with("jpeg-tall", "0.jpg", jpg);
+  expect_error<IoError>([&] { load_image_folder(dir); }, {"0.jpg", "32x65302", "truncated or corrupt"});
 }
 
 TEST(DatasetsHostile, ImageHeaderClaimingGigapixelsIsRefusedBeforeDecoding) {
