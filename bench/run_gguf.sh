@@ -6,22 +6,25 @@
 # llama-quantize's reference rounding), then RTN / GPTQ / AdaRound / FlexRound learned on the type's exact grid
 # (uint<b> symmetric, groups of 32, fp16 scales) and written from their codes. ffn_down rows (172) fit no 32-block:
 # llama.cpp's RTN writes them f16, flexquant's quantized rows f32 (exact); the sizes column shows the cost.
+# Q4_1/Q5_1 rows: the same methods on the asymmetric grid whose minimum is a half (weight.symmetric=false with fp16
+# scales: value = d * code + m, m fixed at the initial MSE grid, d learned).
 # "imatrix": llama.cpp's own quantizer (libggml) with importance matrices computed as its imatrix tool does (mean
 # squared layer inputs over the same 512 x 256 calibration tokens), for every type.
-# Usage: bench/run_gguf.sh [build-dir] [iters] [row ...]   rows: ref q4_0 q5_0 q8_0 imatrix (default all); "table" only
+# Usage: bench/run_gguf.sh [build-dir] [iters] [row ...]   rows: ref q4_0 q4_1 q5_0 q5_1 q8_0 imatrix (default all); "table" only
 # reassembles out/bench_gguf/table.md from finished rows (rows may run as parallel processes, FLEXQUANT_ARGS="--threads 1").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 BUILD=${1:-build-bench}; ITERS=${2:-5000}; shift 2 || true
-ROWS=${*:-ref q4_0 q5_0 q8_0 imatrix}
+ROWS=${*:-ref q4_0 q4_1 q5_0 q5_1 q8_0 imatrix}
+TYPES="q4_0 q4_1 q5_0 q5_1 q8_0"
 SHARED=${FLEXQUANT_SHARED:-../shared}
 OUT=out/bench_gguf; mkdir -p "$OUT"
 MODEL=$SHARED/data/lm/stories260K.bin
 DATA="--data $SHARED/data/lm/tinystories_valid_first.txt --calib-paragraphs 2000"
-declare -A BITS=([q4_0]=4 [q5_0]=5 [q8_0]=8)
+declare -A BITS=([q4_0]=4 [q4_1]=4 [q5_0]=5 [q5_1]=5 [q8_0]=8)
 R="recipes/llm-rtn-w4.json,recipes/llm-gptq-w4.json,recipes/llm-adaround-w4.json,recipes/llm-flexround-g32.json"
-GRID="--set weight.symmetric=true --set weight.granularity=group --set weight.group_size=32 --set weight.scale_dtype=fp16"
+GRID="--set weight.granularity=group --set weight.group_size=32 --set weight.scale_dtype=fp16"
 bench_binary "$BUILD"
 T="${FLEXQUANT_ARGS:-}"
 
@@ -40,14 +43,14 @@ for row in $ROWS; do
   rm -f "$OUT/$row.md" "$OUT/$row.cmd"
   mkdir -p "$OUT/$row"
   if [[ $row == imatrix ]]; then
-    for t in q4_0 q5_0 q8_0; do
+    for t in ${IMATRIX_TYPES:-$TYPES}; do
       bench_run "$OUT/imatrix.$t.export.cmd" "$OUT/imatrix.$t.export.log" $BENCH_BIN $T export --model "$MODEL" --type $t \
         --quantizer llama.cpp --imatrix-data $SHARED/data/lm/tinystories_valid_first.txt --imatrix-samples 512 \
         --imatrix-paragraphs 2000 --out "$OUT/imatrix/$t.gguf"
       judge imatrix "llama.cpp imatrix" "$OUT/imatrix/$t.gguf" $t
     done
   elif [[ $row == ref ]]; then
-    for t in f32 f16 q4_1 q5_1; do
+    for t in f32 f16; do
       bench_run "$OUT/ref.$t.export.cmd" "$OUT/ref.$t.export.log" $BENCH_BIN export --model "$MODEL" --type $t --out "$OUT/ref/$t.gguf"
       judge ref "llama.cpp $t" "$OUT/ref/$t.gguf"
     done
@@ -56,7 +59,8 @@ for row in $ROWS; do
     bench_run "$OUT/$row.export.cmd" "$OUT/$row.export.log" $BENCH_BIN export --model "$MODEL" --type $row --out "$OUT/$row/llamacpp-rtn.gguf"
     judge $row "llama.cpp rtn" "$OUT/$row/llamacpp-rtn.gguf"
     bench_run "$OUT/$row.compare.cmd" "$OUT/$row.compare.log" $BENCH_BIN $T compare --model "$MODEL" $DATA --recipe $R \
-      --set weight.bits=${BITS[$row]} $GRID --set calib.samples=512 --set recon.iters=$ITERS --out-dir "$OUT/$row" --out-format gguf
+      --set weight.bits=${BITS[$row]} --set weight.symmetric=$([[ $row == *_0 ]] && echo true || echo false) $GRID \
+      --set calib.samples=512 --set recon.iters=$ITERS --out-dir "$OUT/$row" --out-format gguf
     for f in "$OUT/$row"/[0-9]-*.gguf; do
       m=$(basename "$f" .gguf); judge $row "flexquant ${m#*-}" "$f"
     done
@@ -66,14 +70,14 @@ done
 {
   echo "| type | method | flexquant perplexity | llama.cpp perplexity | file bytes |"
   echo "|---|---|---|---|---|"
-  [[ -f "$OUT/ref.md" ]] && cat "$OUT/ref.md"
-  for row in q4_0 q5_0 q8_0; do
+  [[ -f "$OUT/ref.md" ]] && grep -E "^\| ref \| llama.cpp f(32|16) " "$OUT/ref.md"
+  for row in $TYPES; do
     [[ -f "$OUT/$row.md" ]] && head -1 "$OUT/$row.md"
     [[ -f "$OUT/imatrix.md" ]] && grep "^| $row |" "$OUT/imatrix.md"
     [[ -f "$OUT/$row.md" ]] && tail -n +2 "$OUT/$row.md"
   done
   echo; echo "Commands (start date, provenance, command):"; echo
-  for row in ref q4_0 q5_0 q8_0 imatrix; do [[ -f "$OUT/$row.cmd" ]] && cat "$OUT/$row.cmd"; done
+  for row in ref $TYPES imatrix; do [[ -f "$OUT/$row.cmd" ]] && cat "$OUT/$row.cmd"; done
   true
 } > "$OUT/table.md"
 cat "$OUT/table.md"

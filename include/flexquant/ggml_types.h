@@ -51,12 +51,14 @@ std::vector<uint8_t> ggml_quantize(GgmlType t, const float* x, int64_t rows, int
 /// Blocks -> floats, as ggml's dequantize_row_* computes them.
 std::vector<float> ggml_dequantize(GgmlType t, const uint8_t* data, int64_t rows, int64_t n);
 
-/// The flexquant weight grid that is exactly type t (uint<b> symmetric, per group of 32, fp16 scales);
-/// nullopt for F32/F16 and the types with a free minimum (Q4_1, Q5_1).
+/// The flexquant weight grid that is exactly type t: Q4_0/Q5_0/Q8_0 uint<b> symmetric per group of 32 with fp16
+/// scales; Q4_1/Q5_1 the same asymmetric, whose minimum is a half offset (has_fp16_min); the k-quants' kquant grids;
+/// nullopt for F32/F16.
 std::optional<WeightQuantSpec> ggml_weight_spec(GgmlType t);
 /// Why a spec is not type t's grid ("" when it is), naming the recipe setting that fixes it.
 std::string ggml_spec_mismatch(GgmlType t, const WeightQuantSpec& spec);
-/// Why q is not on type t's grid ("" when it is): its spec (ggml_spec_mismatch), whole 32-weight groups, half scales.
+/// Why q is not on type t's grid ("" when it is): its spec (ggml_spec_mismatch), whole 32-weight groups, half scales
+/// (and half minima).
 std::string ggml_grid_mismatch(GgmlType t, const QuantizedTensor& q);
 /// Packs a hardened weight [rows, n] that is on type t's grid into t's blocks. Checks that the packed bytes
 /// dequantize to q.dequantize() bit for bit; ConfigError naming `what` otherwise.

@@ -17,8 +17,7 @@ std::vector<std::string> gguf_mixes();
 GgmlType gguf_mix_base(const std::string& mix);
 /// The type of every quantizable layer of a llama `model` (adapter layer name -> type) under `mix`: attn_v and
 /// ffn_down of the layers llama.cpp's use_more_bits picks get Q6_K, the rest the base type; a row that fits no
-/// 256-weight super-block falls back as llama.cpp does (Q4_K, Q5_K -> Q5_0: Q5_1 has no learned grid;
-/// Q6_K -> Q8_0). ConfigError for a model whose layers have no GGUF names.
+/// 256-weight super-block falls back as llama.cpp does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0). ConfigError for a model whose layers have no GGUF names.
 std::map<std::string, GgmlType> gguf_mix_types(const std::string& mix, ModelAdapter& model);
 
 }  // namespace flexquant

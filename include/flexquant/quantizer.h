@@ -70,6 +70,12 @@ struct WeightQuantSpec {
   bool integer() const { return format.is_int(); }
 };
 
+/// True for the asymmetric integer grids with fp16 scales: their zero point is stored as a half-precision offset
+/// (GGUF's Q4_1 / Q5_1: value = d * code + m, m = -offset), which init_qparams sets and no method changes.
+inline bool has_fp16_min(const WeightQuantSpec& s) {
+  return s.integer() && !s.symmetric && s.scale_dtype == ScaleDtype::Fp16;
+}
+
 /// The integer format of `bits`-bit weight codes (uint<bits>: codes 0..2^bits-1 around a zero point).
 Format int_weight_format(int bits);
 
@@ -78,8 +84,9 @@ Format int_weight_format(int bits);
 struct QParams {
   torch::Tensor scale;       ///< fp32, > 0
   torch::Tensor zero_point;  ///< fp32, integer-valued, in [0, 2^b-1]
-  /// Undefined, or (k-quants with mins) fp32 >= 0 in the parameter shape: value = scale * level - offset, with the
-  /// zero point 0. Methods never see it: make_rounder's rounders work on w + offset (as ggml rounds (x + m) / d).
+  /// Undefined, or (k-quants with mins; asymmetric fp16 grids, whose minimum is a half like Q4_1/Q5_1's) fp32 in the
+  /// parameter shape: value = scale * level - offset, with the zero point 0. Methods never see it: make_rounder's
+  /// rounders work on w + offset (as ggml rounds (x + m) / d).
   torch::Tensor offset;
 };
 

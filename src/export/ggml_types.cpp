@@ -293,9 +293,9 @@ std::optional<WeightQuantSpec> ggml_weight_spec(GgmlType t) {
     return s;
   }
   const Layout l = layout(t);
-  if (l.bits == 0 || l.has_min) return std::nullopt;
+  if (l.bits == 0) return std::nullopt;
   s.format = int_weight_format(l.bits);
-  s.symmetric = true;
+  s.symmetric = !l.has_min;  // Q4_1/Q5_1: the asymmetric fp16 grid, whose minimum is a half (has_fp16_min)
   s.group_size = kQK;
   s.scale_dtype = ScaleDtype::Fp16;
   return s;
@@ -304,7 +304,7 @@ std::optional<WeightQuantSpec> ggml_weight_spec(GgmlType t) {
 std::string ggml_spec_mismatch(GgmlType t, const WeightQuantSpec& s) {
   const auto spec = ggml_weight_spec(t);
   const std::string tn = ggml_type_info(t).name;
-  if (!spec) return tn + " has no flexquant grid (its minimum is a free fp16 value): export it from FP weights";
+  if (!spec) return tn + " has no flexquant grid: export it from FP weights";
   if (!s.integer() || s.bits() != spec->bits())
     return fmt::format("the weight is on {} but {} needs {}", s.format.name(), tn, spec->format.name());
   if (s.symmetric != spec->symmetric)
@@ -332,6 +332,11 @@ std::string ggml_grid_mismatch(GgmlType t, const QuantizedTensor& q) {
     return fmt::format("{} needs rows of whole {}-weight blocks: use f16 or f32 for this tensor", tn, info.block);
   if (!torch::equal(stored_scale(q.qparams.scale, q.spec), q.qparams.scale))
     return tn + " stores " + to_string(q.spec.scale_dtype) + " scales, and these scales are not all on that grid";
+  if (layout(t).has_min) {
+    const torch::Tensor& o = q.qparams.offset;
+    if (!o.defined() || !torch::equal(o.to(torch::kHalf).to(o.scalar_type()), o) || q.qparams.zero_point.any().item<bool>())
+      return tn + " stores a half minimum per block, and this grid's zero points are not one (init_qparams sets it)";
+  }
   return "";
 }
 
@@ -397,7 +402,9 @@ std::vector<uint8_t> ggml_pack(GgmlType t, const QuantizedTensor& q, const std::
     }
     FQ_CHECK(ok, InternalError, what, ": its scales or offsets are not integer multiples of one super-scale (", ggml_type_info(t).name, ")");
   } else {
-    for (int64_t b = 0; b < rows * n / kQK; ++b) write_block(t, out.data() + b * bytes, to_half_bits(sc[b]), 0, c + b * kQK);
+    const float* off = offset.data_ptr<float>();  // Q4_1/Q5_1: m = -offset (0 for the others, and unused)
+    for (int64_t b = 0; b < rows * n / kQK; ++b)
+      write_block(t, out.data() + b * bytes, to_half_bits(sc[b]), to_half_bits(-off[b]), c + b * kQK);
   }
   // Equal as numbers (a symmetric k-quant's negative scale writes -0 where flexquant holds +0).
   auto back = ggml_dequantize(t, out.data(), rows, n);

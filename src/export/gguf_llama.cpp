@@ -187,7 +187,7 @@ GgmlType gguf_type_for(const WeightQuantSpec& spec) {
   throw ConfigError(fmt::format(
       "the recipe's weight grid ({}, {}, group {}, {} scales) is not a GGUF block type -> for q4_0 / q5_0 / q8_0 "
       "use weight.bits=4|5|8 weight.symmetric=true weight.granularity=group weight.group_size=32 "
-      "weight.scale_dtype=fp16 (recipes/llm-flexround-q4_0.json); for the k-quants weight.scale_dtype=kquant with "
+      "weight.scale_dtype=fp16 (recipes/llm-flexround-q4_0.json), and weight.symmetric=false for q4_1 / q5_1; for the k-quants weight.scale_dtype=kquant with "
       "bits 2/3/4/5/6, group_size 16/16/32/32/16, symmetric false/true/false/false/true (q2_k .. q6_k)",
       spec.format.name(), spec.symmetric ? "symmetric" : "asymmetric", spec.group_size, to_string(spec.scale_dtype)));
 }

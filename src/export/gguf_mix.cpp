@@ -20,13 +20,13 @@ const Mix kMixes[] = {{"q4_k_m", GgmlType::Q4_K, GgmlType::Q6_K}, {"q5_k_m", Ggm
 // llama.cpp's choice of the layers that get more bits: the first and last eighth, and every third between.
 bool use_more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
 
-// llama.cpp's replacement when a row fits no 256-weight super-block (Q5_K's Q5_1 has no learned grid: Q5_0).
+// llama.cpp's replacement when a row fits no 256-weight super-block.
 GgmlType row_fallback(GgmlType t) {
   switch (t) {
     case GgmlType::Q2_K:
     case GgmlType::Q3_K: return GgmlType::Q4_0;
-    case GgmlType::Q4_K:
-    case GgmlType::Q5_K: return GgmlType::Q5_0;
+    case GgmlType::Q4_K: return GgmlType::Q5_0;
+    case GgmlType::Q5_K: return GgmlType::Q5_1;
     case GgmlType::Q6_K: return GgmlType::Q8_0;
     default: return t;
   }

@@ -94,6 +94,8 @@ void QdqWriter::write_weight_codes(const QuantLayer& l, const QuantizedTensor& q
   FQ_CHECK(q.terms.empty(), ConfigError, "layer ", l.name, " is a multipoint sum of ", q.terms.size() + 1, " grids; "
            "a QDQ weight is one DequantizeLinear -> quantize with a single-grid method (rtn, flexround, gptq, ...), or "
            "keep the .fqz");
+  FQ_CHECK(!q.qparams.offset.defined(), ConfigError, "layer ", l.name, " has a minimum offset per group (", to_string(s.scale_dtype),
+           " scales, asymmetric); DequantizeLinear takes an integer zero point -> use weight.scale_dtype=fp32");
   FQ_CHECK(s.integer(), ConfigError, "layer ", l.name, " is on the ", s.format.name(), " grid; QDQ ONNX holds integer "
            "codes only -> export an integer recipe (weight.format int), or keep the .fqz");
   FQ_CHECK(s.granularity != Granularity::PerGroup, ConfigError, "layer ", l.name, " has per-group scales; "

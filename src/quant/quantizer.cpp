@@ -396,6 +396,10 @@ static QParams init_qparams_unstored(const torch::Tensor& w_in, const WeightQuan
 QParams init_qparams(const torch::Tensor& w, const WeightQuantSpec& spec) {
   QParams qp = init_qparams_unstored(w, spec);
   qp.scale = stored_scale(qp.scale, spec);
+  if (has_fp16_min(spec)) {  // the zero point as a half minimum: value = scale * q - offset, q in [0, 2^b-1]
+    qp.offset = (qp.scale * qp.zero_point).to(torch::kHalf).to(torch::kFloat);
+    qp.zero_point = torch::zeros_like(qp.zero_point);
+  }
   return qp;
 }
 

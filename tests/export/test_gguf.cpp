@@ -172,8 +172,25 @@ TEST(GgmlTypes, LlamaCppImatrixLowersWeightedErrorOnRealLayers) {
 TEST(GgmlTypes, LearnedCodesPackExactlyAndDequantizeBitForBit) {
   auto model = stories();
   const QuantLayer& wq = model->layer(0).layers()[LlamaDecoderLayer::Wq];
-  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0}) {
+  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0}) {
     WeightQuantSpec spec = *ggml_weight_spec(t);
+    if (t == GgmlType::Q4_1 || t == GgmlType::Q5_1) {  // the minimum is a half, fixed: every method starts at RTN
+      const QParams qp = init_qparams(wq.weight, spec);
+      ASSERT_TRUE(qp.offset.defined());
+      EXPECT_TRUE(torch::equal(qp.offset.to(torch::kHalf).to(torch::kFloat), qp.offset));
+      EXPECT_FALSE(qp.zero_point.any().item<bool>());
+      for (const char* m : {"rtn", "adaround", "flexround", "lrq", "gptq"}) {
+        auto r = make_rounder(m);
+        LayerStats st;
+        st.hessian = torch::eye(wq.weight.size(1));
+        r->init(wq.weight, spec, qp, st);
+        auto h = r->harden();
+        EXPECT_TRUE(torch::equal(h.qparams.offset, qp.offset)) << m << ": the minimum moved";
+        if (std::string(m) != "gptq")
+          EXPECT_TRUE(torch::equal(r->forward(true), fake_quant_rtn(wq.weight, spec, qp))) << m;
+        EXPECT_EQ(ggml_grid_mismatch(t, h), "") << m;
+      }
+    }
     auto r = make_rounder("flexround");
     r->init(wq.weight, spec, init_qparams(wq.weight, spec));
     {
@@ -259,10 +276,11 @@ TEST(LlamaCpp, FlexRoundExportsRunInLlamaCpp) {
   w.data = shared_path("data/lm/tinystories_valid_first.txt");
   w.eval_limit = 4000;
   auto task = make_task(w);
-  for (const char* type : {"q8_0", "q4_0"}) {
+  for (const char* type : {"q8_0", "q4_0", "q4_1", "q5_1"}) {
     Recipe r;
     r.method = "flexround";
-    r.weight_bits = std::string(type) == "q8_0" ? 8 : 4;
+    r.weight_bits = std::string(type) == "q8_0" ? 8 : type[1] - '0';
+    r.weight_symmetric = type[3] == '0';  // q4_1 / q5_1: asymmetric, the minimum a half
     r.weight_granularity = "group";
     r.weight_group_size = 32;
     r.weight_scale_dtype = "fp16";
@@ -480,6 +498,7 @@ TEST(GgufMix, Q4KMAssignsLlamaCppTypesWithFallbacks) {
   EXPECT_EQ(types.at("layers.2.attention.wv"), GgmlType::Q8_0);   // use_more_bits(2, 5): Q6_K -> Q8_0
   EXPECT_EQ(types.at("layers.4.feed_forward.w2"), GgmlType::Q8_0);
   EXPECT_EQ(types.at("layers.3.feed_forward.w2"), GgmlType::Q5_0);
+  EXPECT_EQ(gguf_mix_types("q5_k_m", *real).at("layers.0.attention.wq"), GgmlType::Q5_1);  // Q5_K -> Q5_1
   flexquant::testing::expect_error<ConfigError>([&] { gguf_mix_types("q4_k_x", *real); }, {"q4_k_x", "q4_k_m", "q5_k_m"});
 }
 

@@ -24,7 +24,8 @@ class GptqRounder : public Rounder {
     FQ_CHECK(stats.hessian.defined(), ConfigError, "gptq: no Hessian in the layer statistics -> the engine must "
              "collect one (MethodNeeds::hessian)");
     GptqOptions o = opts_;
-    if (spec.scale_dtype == ScaleDtype::KQuant) o.grid = qp;  // a two-level grid is fixed up front, not per column
+    // A two-level grid, or a fixed half minimum (Q4_1/Q5_1), is set up front, not re-estimated per column group.
+    if (spec.scale_dtype == ScaleDtype::KQuant || has_fp16_min(spec)) o.grid = qp;
     q_ = gptq_quantize(w, stats.hessian, spec, o);
     w_ = q_.dequantize().to(w.device());
   }
