@@ -1172,6 +1172,11 @@ TEST(Multipoint, BudgetAllocationAndErrorFallWithPoints) {
   }
   // A fourth point is spent only where it cuts the calibration output error; held out, it must not hurt much.
   EXPECT_LE(eval_output_error(multipoint(spec, 4.0).dequantize()), prev * 1.02);
+  for (int b : {3, 4}) {  // uniform grids of the same code bits, for the record (RESULTS' multipoint section)
+    auto u = make_spec(b, true, fq::Granularity::PerChannel, 0, fq::ScaleInit::Mse);
+    std::printf("[ multipoint ] uniform W%d RTN: held-out output MSE %.4e\n", b,
+                eval_output_error(fq::quantize_rtn(real_layer().w, u, fq::init_qparams(real_layer().w, u)).dequantize()));
+  }
   const auto adaptive = multipoint(spec, 1.5);
   const auto one = multipoint(spec, 1.0).dequantize(), two = multipoint(spec, 2.0).dequantize();
   const auto n = points_per_channel(adaptive);
