@@ -3,6 +3,7 @@
 import glob
 import os
 import re
+import subprocess
 import sys
 
 out = sys.argv[1]
@@ -37,19 +38,35 @@ print("(per-tensor symmetric MSE weights, first/last layer 8-bit, LSQ activation
 print("ONNX (`compare --out-format onnx`) and evaluated by ONNX Runtime 1.30.0 (`eval --runtime onnxruntime`); beside it")
 print("the same recipes through the safetensors path (hand-written `resnet_cifar` adapter) in the same run. Calibration:")
 print("CIFAR-10 test records 0-1023; evaluation: records 1024-9999 (8,976 images).\n")
+# Runs built from the commit that made the safetensors path fold BatchNorm as the exporter does (or later) load both
+# files to the same floats; older runs did not.
+FOLD = subprocess.run(["git", "log", "-1", "--format=%H", "--grep", "BN folding in the exporter's float32 arithmetic"],
+                      capture_output=True, text=True).stdout.strip()
+
+
+def fold_of(cmd_path):
+    """'f32' if the run's binary was built from FOLD or a descendant, 'f64' if before it, '?' if unknown."""
+    m = re.search(r"built from commit ([0-9a-f]+)", open(cmd_path).read()) if os.path.exists(cmd_path) else None
+    if not m or not FOLD:
+        return "?"
+    r = subprocess.run(["git", "merge-base", "--is-ancestor", FOLD, m.group(1)], capture_output=True)
+    return "f32" if r.returncode == 0 else "f64"
+
+
 print("How to read it. The two paths build the same units, layers and sites (test OnnxModel.ResNetUnitsLayersAndSites")
-print("MatchTheHandWrittenAdapter) and, given the same weights, quantize bit for bit alike (test OnnxModel.SameWeights")
-print("QuantizeBitForBitLikeTheHandWrittenAdapter: FlexRound+QDrop codes, grids and losses equal). The two files' weights")
-print("are not the same floats: the exporter folded BatchNorm with its own arithmetic, flexquant folds the safetensors")
-print("BN in float64, so the BN-folded weights differ by up to 1e-5. RTN, a function of the weights (and the activation")
-print("grids calibrated on them) alone, agrees within 0.05; the trained methods follow different Adam trajectories from those last-bit differences, the same kind")
-print("of run-to-run noise as the thread count (0.3 points at ResNet-20 W4A4, issue #14); AdaRound at W2A4 and 500")
-print("iterations has not converged (below RTN on both paths) and moves by more. The ONNX Runtime column")
+print("MatchTheHandWrittenAdapter). The column *BN fold* says how the safetensors run folded BatchNorm. **f64**: runs")
+print("built before commit \"BN folding in the exporter's float32 arithmetic\", when the safetensors path folded in")
+print("float64 and its weights differed from the exporter's by up to 1e-5; RTN then agreed within 0.05 while the trained")
+print("methods followed different Adam trajectories from those last bits (the same kind of run-to-run noise as the")
+print("thread count, 0.3 points at ResNet-20 W4A4, issue #14). **f32**: since that commit both paths load bit for bit")
+print("the same folded weights for ResNet-20/32/44 (same test), and FlexRound+QDrop run on each file as loaded gives the")
+print("same losses, codes and grids bit for bit (test OnnxModel.SameWeightsQuantizeBitForBitLikeTheHandWrittenAdapter).")
+print("AdaRound at W2A4 and 500 iterations has not converged (below RTN on both paths). The ONNX Runtime column")
 print("evaluates the exported QDQ file: its differences from flexquant's own number come from activations lying within")
 print("float rounding of a 4-bit rounding boundary, where ONNX Runtime's conv accumulation order (FP logits differ by")
 print("<= 2e-5) flips a code (`flexquant onnx --model 0-rtn.onnx` on the W4A4 RTN file: 5 of 8,976 predictions differ).\n")
-print("| model | setting | iters/block | method | ONNX path | safetensors path | ONNX - safetensors | QDQ in ONNX Runtime | ORT - ONNX path |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| model | setting | iters/block | method | ONNX path | safetensors path | ONNX - safetensors | BN fold | QDQ in ONNX Runtime | ORT - ONNX path |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 cmds = []
 for md in sorted(glob.glob(os.path.join(out, "*-onnx.md"))):
     stem = os.path.basename(md)[: -len("-onnx.md")]
@@ -60,12 +77,13 @@ for md in sorted(glob.glob(os.path.join(out, "*-onnx.md"))):
     cmd = os.path.join(out, stem + "-onnx.cmd")
     it = re.search(r"recon\.iters=(\d+)", open(cmd).read()) if os.path.exists(cmd) else None
     iters = it.group(1) if it else "?"
+    fold = fold_of(os.path.join(out, stem + "-safetensors.cmd"))
     for i, (label, v) in enumerate(onnx_rows.items()):
         st = st_rows.get(label)
         o = ort.get(i)
         f = lambda x: "-" if x is None else f"{x:.2f}"
         d = lambda a, b: "-" if a is None or b is None else f"{a - b:+.2f}"
-        print(f"| {model} | {setting.upper()} | {iters} | {label.split(' W')[0] + (' +QDrop' if 'QDrop' in label else '')} | {v:.2f} | {f(st)} | {d(v, st)} | {f(o)} | {d(o, v)} |")
+        print(f"| {model} | {setting.upper()} | {iters} | {label.split(' W')[0] + (' +QDrop' if 'QDrop' in label else '')} | {v:.2f} | {f(st)} | {d(v, st)} | {fold} | {f(o)} | {d(o, v)} |")
     for p in ("onnx", "safetensors"):
         c = os.path.join(out, f"{stem}-{p}.cmd")
         if os.path.exists(c):

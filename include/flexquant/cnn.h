@@ -47,7 +47,8 @@ struct FoldedConv {
   torch::Tensor weight;
   torch::Tensor bias;
 };
-/// `conv_bias` may be undefined (no bias). Computed in float64, returned as float32.
+/// `conv_bias` may be undefined (no bias). Computed in float32 in the order PyTorch's ONNX exporter folds them, so
+/// the safetensors and ONNX exports of one model fold to the same floats.
 FoldedConv fold_batchnorm(const torch::Tensor& conv_weight, const torch::Tensor& conv_bias, const torch::Tensor& gamma,
                           const torch::Tensor& beta, const torch::Tensor& running_mean,
                           const torch::Tensor& running_var, double eps = 1e-5);

@@ -485,14 +485,16 @@ FoldedConv fold_batchnorm(const torch::Tensor& conv_weight, const torch::Tensor&
   const int64_t out = conv_weight.size(0);
   FQ_INTERNAL_ASSERT(gamma.numel() == out && beta.numel() == out && running_mean.numel() == out &&
                      running_var.numel() == out);
-  auto d = [](const torch::Tensor& t) { return t.to(torch::kFloat64); };
-  const torch::Tensor scale = d(gamma) / torch::sqrt(d(running_var) + eps);  // [out]
+  // float32, in the order of PyTorch's ONNX exporter (its Conv+BatchNormalization fusion), so that a model given as
+  // safetensors and the same model exported to ONNX hold bit for bit the same folded weights.
+  auto f = [](const torch::Tensor& t) { return t.to(torch::kFloat32); };
+  const torch::Tensor scale = f(gamma).div(f(running_var).add(eps).sqrt());  // [out]
   std::vector<int64_t> bshape(conv_weight.dim(), 1);
   bshape[0] = out;
   FoldedConv r;
-  r.weight = (d(conv_weight) * scale.view(bshape)).to(torch::kFloat32).contiguous();
-  torch::Tensor b = conv_bias.defined() ? d(conv_bias) : torch::zeros({out}, torch::kFloat64);
-  r.bias = (d(beta) + (b - d(running_mean)) * scale).to(torch::kFloat32).contiguous();
+  r.weight = f(conv_weight).mul(scale.view(bshape)).contiguous();
+  r.bias = (conv_bias.defined() ? f(conv_bias).sub(f(running_mean)).mul(scale).add(f(beta))
+                                : f(beta).sub(f(running_mean).mul(scale))).contiguous();
   return r;
 }
 
