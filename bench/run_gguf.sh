@@ -12,6 +12,7 @@
 # squared layer inputs over the same 512 x 256 calibration tokens), for every type.
 # Usage: bench/run_gguf.sh [build-dir] [iters] [row ...]   rows: ref q4_0 q4_1 q5_0 q5_1 q8_0 imatrix (default all); "table" only
 # reassembles out/bench_gguf/table.md from finished rows (rows may run as parallel processes, FLEXQUANT_ARGS="--threads 1").
+# IMATRIX_TYPES="q4_1 q5_1" limits the imatrix row to those types, keeping the other types' finished lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -40,10 +41,12 @@ judge() {
 
 for row in $ROWS; do
   [[ $row == table ]] && continue  # only (re)assemble the table from finished rows
-  rm -f "$OUT/$row.md" "$OUT/$row.cmd"
+  rm -f "$OUT/$row.cmd"
+  [[ $row == imatrix ]] || rm -f "$OUT/$row.md"
   mkdir -p "$OUT/$row"
-  if [[ $row == imatrix ]]; then
+  if [[ $row == imatrix ]]; then  # IMATRIX_TYPES="q4_1 q5_1" redoes only those types' lines
     for t in ${IMATRIX_TYPES:-$TYPES}; do
+      [[ -f "$OUT/imatrix.md" ]] && { grep -v "^| $t |" "$OUT/imatrix.md" > "$OUT/imatrix.md.tmp" || true; mv "$OUT/imatrix.md.tmp" "$OUT/imatrix.md"; }
       bench_run "$OUT/imatrix.$t.export.cmd" "$OUT/imatrix.$t.export.log" $BENCH_BIN $T export --model "$MODEL" --type $t \
         --quantizer llama.cpp --imatrix-data $SHARED/data/lm/tinystories_valid_first.txt --imatrix-samples 512 \
         --imatrix-paragraphs 2000 --out "$OUT/imatrix/$t.gguf"
