@@ -58,9 +58,10 @@ class Task {
   /// task has one (language models: .gguf, the type from the recipe's grid; ONNX image classifiers: QDQ .onnx). Returns the file size.
   virtual int64_t save(ModelAdapter& model, const QuantState& state, const QModelInfo& info, const Recipe& r,
                        const std::string& path) const;
-  /// ConfigError when this task cannot write `path` (its extension names no format the task has), IoError when its
-  /// folder is missing or not writable: run_method calls it before quantizing.
-  virtual void check_output(const std::string& path) const;
+  /// ConfigError when this task cannot write `path` with recipe `r` (its extension names no format the task has, or
+  /// the recipe's grid or method is one that format cannot hold), IoError when its folder is missing or not
+  /// writable: run_method calls it before quantizing.
+  virtual void check_output(const std::string& path, const Recipe& r) const;
   /// The metric of an exported file as the runtime users run it in computes it, on the same evaluation data
   /// (language models: "llama.cpp" on a .gguf; image classifiers: "onnxruntime" on a .onnx). ConfigError naming the runtimes this task has otherwise.
   virtual double evaluate_in_runtime(const std::string& path, const std::string& runtime) const;

@@ -95,6 +95,9 @@ struct MethodInfo {
   /// Options in the method's own recipe section, read by `make` as opts.option(key). (The built-ins keep
   /// typed fields in RounderOptions, with the same sections.)
   std::vector<MethodOption> options;
+  /// Its weights are one grid each (QuantizedTensor without terms): what the GGUF and QDQ ONNX exports can hold.
+  /// Multipoint sums are not; the exports refuse such a recipe before any work.
+  bool single_grid = true;
 };
 
 /// Adds (or replaces) a method. The built-ins are registered by the registry itself (a static registrar

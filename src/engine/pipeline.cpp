@@ -31,6 +31,13 @@ namespace flexquant {
 namespace fs = std::filesystem;
 namespace {
 
+// Runtime formats hold one grid per weight: a method whose weights are sums (multipoint) is refused before any work.
+void check_single_grid(const std::string& path, const Recipe& r) {
+  FQ_CHECK(method_info(r.method).single_grid, ConfigError, "cannot write \"", path, "\": method ", r.method,
+           " makes each weight a sum of several grids, which this format cannot hold -> save an .fqz, or use a "
+           "single-grid method (rtn, flexround, gptq, ...)");
+}
+
 bool has_extension(const std::string& p, const char* ext) { return fs::path(p).extension() == ext; }
 
 // The output's folder exists and takes a new file (probed with a temporary one), checked before hours of work.
@@ -94,10 +101,13 @@ class ImageTask : public Task {
     if (!has_extension(path, ".onnx")) return Task::save(model, state, info, r, path);
     return export_qdq_onnx(workload_.model, model, state, path).bytes;
   }
-  void check_output(const std::string& path) const override {
-    if (!has_extension(path, ".onnx")) return Task::check_output(path);
+  void check_output(const std::string& path, const Recipe& r) const override {
+    if (!has_extension(path, ".onnx")) return Task::check_output(path, r);
     FQ_CHECK(arch_ == "onnx", ConfigError, "QDQ ONNX is written from an ONNX source model; \"", workload_.model,
              "\" is ", arch_, " safetensors -> quantize the model's .onnx export, or save an .fqz");
+    check_single_grid(path, r);
+    const std::string why = qdq_spec_mismatch(r.weight_spec());
+    FQ_CHECK(why.empty(), ConfigError, "cannot write \"", path, "\" with this recipe: ", why);
     check_writable(path);
   }
   double evaluate_in_runtime(const std::string& path, const std::string& runtime) const override {
@@ -191,8 +201,18 @@ class LanguageTask : public Task {
     o.name = fs::path(workload_.model).stem().string() + " " + recipe_label(r);
     return export_gguf(model, state, *tok_, o, path).bytes;
   }
-  void check_output(const std::string& path) const override {
-    if (!is_gguf(path)) return Task::check_output(path);
+  void check_output(const std::string& path, const Recipe& r) const override {
+    if (!is_gguf(path)) return Task::check_output(path, r);
+    check_single_grid(path, r);
+    if (r.weight_mix.empty()) {  // ConfigError naming the recipe keys that fix it, for every width the run can use
+      gguf_type_for(r.weight_spec());
+      if (!r.mixed_bits.empty())
+        for (int bits : parse_widths(r.mixed_bits)) {
+          WeightQuantSpec s = r.weight_spec();
+          s.format = int_weight_format(bits);
+          gguf_type_for(s);
+        }
+    }
     check_writable(path);
   }
   double evaluate_in_runtime(const std::string& path, const std::string& runtime) const override {
@@ -285,7 +305,7 @@ MethodResult run_method(const Task& task, const Recipe& recipe, const std::strin
   MethodResult r;
   r.label = recipe_label(recipe);
   r.recipe = recipe;
-  if (!out_path.empty()) task.check_output(out_path);  // before the work, not after it
+  if (!out_path.empty()) task.check_output(out_path, recipe);  // before the work, not after it
   auto model = task.load_model();
   torch::Tensor calib = task.calibration(recipe);
   QuantState state;
@@ -316,7 +336,7 @@ int64_t Task::save(ModelAdapter& model, const QuantState& state, const QModelInf
   return save_qmodel(path, model, state, info);
 }
 
-void Task::check_output(const std::string& path) const {
+void Task::check_output(const std::string& path, const Recipe&) const {
   FQ_CHECK(fs::path(path).extension() == ".fqz", ConfigError, "cannot write \"", path, "\": this ", arch_,
            " model is saved as .fqz", arch_ == "onnx" ? " or .onnx (QDQ)" : arch_ == "llama" ? " or .gguf" : "",
            " -> use one of those extensions");

@@ -12,6 +12,20 @@
 #include "flexquant/onnx_model.h"
 
 namespace flexquant {
+
+std::string qdq_spec_mismatch(const WeightQuantSpec& s) {
+  if (!s.integer())
+    return "the weights are on the " + s.format.name() + " grid; QDQ ONNX holds integer codes only -> export an "
+           "integer recipe (weight.format int), or keep the .fqz";
+  if (s.granularity == Granularity::PerGroup)
+    return "per-group scales; DequantizeLinear takes per-tensor or per-channel ones up to opset 20 -> "
+           "weight.granularity channel|tensor";
+  if (s.scale_dtype == ScaleDtype::KQuant || has_fp16_min(s))
+    return "a minimum offset per group (" + to_string(s.scale_dtype) + " scales, asymmetric); DequantizeLinear takes "
+           "an integer zero point -> use weight.scale_dtype=fp32";
+  return "";
+}
+
 namespace {
 namespace fs = std::filesystem;
 
@@ -94,12 +108,8 @@ void QdqWriter::write_weight_codes(const QuantLayer& l, const QuantizedTensor& q
   FQ_CHECK(q.terms.empty(), ConfigError, "layer ", l.name, " is a multipoint sum of ", q.terms.size() + 1, " grids; "
            "a QDQ weight is one DequantizeLinear -> quantize with a single-grid method (rtn, flexround, gptq, ...), or "
            "keep the .fqz");
-  FQ_CHECK(!q.qparams.offset.defined(), ConfigError, "layer ", l.name, " has a minimum offset per group (", to_string(s.scale_dtype),
-           " scales, asymmetric); DequantizeLinear takes an integer zero point -> use weight.scale_dtype=fp32");
-  FQ_CHECK(s.integer(), ConfigError, "layer ", l.name, " is on the ", s.format.name(), " grid; QDQ ONNX holds integer "
-           "codes only -> export an integer recipe (weight.format int), or keep the .fqz");
-  FQ_CHECK(s.granularity != Granularity::PerGroup, ConfigError, "layer ", l.name, " has per-group scales; "
-           "DequantizeLinear takes per-tensor or per-channel ones up to opset 20 -> weight.granularity channel|tensor");
+  const std::string why = qdq_spec_mismatch(s);
+  FQ_CHECK(why.empty(), ConfigError, "layer ", l.name, ": ", why);
   const bool per_channel = s.granularity == Granularity::PerChannel;
   FQ_CHECK(!per_channel || opset_ >= 13, ConfigError, "\"", source_, "\" is opset ", opset_, "; per-channel "
            "DequantizeLinear needs opset 13 -> re-export the model with opset_version=13, or weight.granularity tensor");

@@ -153,6 +153,33 @@ TEST(Engine, MultipointEndToEndWithReload) {
   std::filesystem::remove(path);
 }
 
+// A recipe whose weights the output format cannot hold is refused before any work (no progress line, no unit), naming
+// the setting that fixes it: a multipoint sum or a non-GGUF grid to .gguf, a minifloat grid or a sum to QDQ .onnx.
+TEST(Engine, ExportsRefuseRecipesTheirFormatCannotHoldBeforeAnyWork) {
+  namespace fs = std::filesystem;
+  const auto dir = fs::temp_directory_path();
+  auto no_work = [](const std::string& line) { ADD_FAILURE() << "work started: " << line; };
+  using flexquant::testing::expect_error;
+  auto lm = stories_task();
+  expect_error<ConfigError>([&] { run_method(*lm, lm_w3_recipe("multipoint"), (dir / "x.gguf").string(), no_work); },
+                            {"x.gguf", "multipoint", ".fqz"});
+  expect_error<ConfigError>([&] { run_method(*lm, lm_w3_recipe("rtn"), (dir / "y.gguf").string(), no_work); },
+                            {"GGUF block type", "weight.scale_dtype=fp16"});
+  Workload w;
+  w.model = shared_path("data/cifar10/resnet20.onnx");
+  w.data = "cifar10:" + shared_path("data/cifar10");
+  w.eval_limit = 100;
+  auto cnn = make_task(w);
+  Recipe fp4 = small_recipe("rtn", 0);
+  fp4.weight_format = "fp4_e2m1";
+  fp4.act_bits = 32;
+  expect_error<ConfigError>([&] { run_method(*cnn, fp4, (dir / "z.onnx").string(), no_work); },
+                            {"z.onnx", "fp4_e2m1", "integer"});
+  expect_error<ConfigError>([&] { run_method(*cnn, small_recipe("multipoint", 0), (dir / "z.onnx").string(), no_work); },
+                            {"multipoint", ".fqz"});
+  EXPECT_FALSE(fs::exists(dir / "x.gguf") || fs::exists(dir / "y.gguf") || fs::exists(dir / "z.onnx"));
+}
+
 // act.format: LSQ activation steps on a minifloat grid (fp4_e2m1 at every hidden site; the classifier's input stays
 // integer at first_last_bits). Block reconstruction lowers the loss, the .fqz keeps the grids, the reload reproduces.
 TEST(Engine, MinifloatActivationsEndToEndWithReload) {

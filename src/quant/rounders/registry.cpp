@@ -30,13 +30,15 @@ struct Registry {
           {"nupes.learn_a", 1, "Learn a jointly with FlexRound's divisors (1) or keep it fixed (0)."}}});
     add({"gptq", "GPTQ: column-wise error feedback through the input Hessian (methods.md §7.2)",
          {false, /*hessian=*/true}, rounders::make_gptq, {}});
-    add({"multipoint", "Multipoint: each output channel a sum of low-bit points fitted greedily to the residual, the "
+    MethodInfo mp{"multipoint", "Multipoint: each output channel a sum of low-bit points fitted greedily to the residual, the "
                        "points per channel chosen from the output error under a budget (methods.md §6)",
          {false, /*hessian=*/true}, rounders::make_multipoint,
          {{"multipoint.points", 1.5, "Points per output channel, averaged over each layer's channels: the layer's "
                                      "budget (spent only while a point cuts output error). 1 = round-to-nearest. Code "
                                      "bits per weight = weight.bits x points."},
-          {"multipoint.max_points", 4, "Most points one output channel may take (integer, 1..8)."}}});
+          {"multipoint.max_points", 4, "Most points one output channel may take (integer, 1..8)."}}};
+    mp.single_grid = false;
+    add(std::move(mp));
   }
 };
 
