@@ -62,7 +62,9 @@ TEST(CrossLayerEqualization, KeepsMobilenetV2OnCifarSizedInputsAndEqualizesRange
   for (const auto& p : pairs) ASSERT_NE(p.clip, nullptr) << p.name;
 
   const auto scales = equalize_model(*m, 1);
-  EXPECT_LT(rel_diff(logits(*m, x), before), 1e-5);
+  // Exact in real arithmetic; in float32 each of the 33 pairs rounds its two weights once more (1.1e-5 measured with
+  // the exporter-order BN fold). A wrong scale or ceiling moves the logits by orders of magnitude more.
+  EXPECT_LT(rel_diff(logits(*m, x), before), 5e-5);
   bool moved_ceiling = false;
   for (const auto& p : pairs) moved_ceiling |= !(*p.clip == 6.0f).all().item<bool>();
   EXPECT_TRUE(moved_ceiling) << "no ReLU6 ceiling was rescaled";
