@@ -24,14 +24,14 @@ struct QdqExportReport {
   int batchnorms_folded = 0;  ///< BatchNormalization nodes replaced by the folded conv weights
 };
 
-/// Writes `out` (to a temporary name, renamed at the end) from the ONNX file the model was loaded from and the
-/// quantized model and state. ConfigError naming the layer for a grid QDQ cannot express (minifloat and power
-/// grids, per-group scales: DequantizeLinear takes integers with per-tensor or per-channel parameters up to
-/// opset 20) and for per-channel scales on a model below opset 13; IoError when `out` cannot be written.
 /// Why weights quantized with `spec` cannot be QDQ ONNX ("" when they can), naming the recipe setting that fixes it:
 /// the exporter's check, also run on the recipe before any work (`quantize --out model.onnx`).
 std::string qdq_spec_mismatch(const WeightQuantSpec& spec);
 
+/// Writes `out` (to a temporary name, renamed at the end) from the ONNX file the model was loaded from and the
+/// quantized model and state. ConfigError naming the layer for a grid QDQ cannot express (minifloat and power
+/// grids, per-group scales: DequantizeLinear takes integers with per-tensor or per-channel parameters up to
+/// opset 20) and for per-channel scales on a model below opset 13; IoError when `out` cannot be written.
 QdqExportReport export_qdq_onnx(const std::string& source_onnx, ModelAdapter& quantized, const QuantState& state,
                                 const std::string& out);
 
