@@ -7,7 +7,7 @@
 namespace flexquant::rounders {
 namespace {
 
-class GptqRounder : public Rounder {
+class GptqRounder : public HessianRounder {
  public:
   explicit GptqRounder(const RounderOptions& o) {
     opts_.damp = o.gptq_damp;
@@ -15,34 +15,18 @@ class GptqRounder : public Rounder {
     opts_.block_size = o.gptq_block_size;
   }
   std::string name() const override { return "gptq"; }
-  void init(const torch::Tensor&, const WeightQuantSpec&, const QParams&) override {
-    throw ConfigError("gptq needs the layer's input Hessian -> call init(w, spec, qp, stats) with stats.hessian "
-                      "(the engine does this because gptq's registry entry sets needs.hessian)");
-  }
+  using HessianRounder::init;
   void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp, const LayerStats& stats) override {
     check_weight_finite(w, "weight");
-    FQ_CHECK(stats.hessian.defined(), ConfigError, "gptq: no Hessian in the layer statistics -> the engine must "
-             "collect one (MethodNeeds::hessian)");
+    check_stats(stats);
     GptqOptions o = opts_;
     // A two-level grid, or a fixed half minimum (Q4_1/Q5_1), is set up front, not re-estimated per column group.
     if (spec.scale_dtype == ScaleDtype::KQuant || has_fp16_min(spec)) o.grid = qp;
-    q_ = gptq_quantize(w, stats.hessian, spec, o);
-    w_ = q_.dequantize().to(w.device());
-  }
-  torch::Tensor forward(bool) override {
-    FQ_INTERNAL_ASSERT(w_.defined(), "gptq rounder used before init()");
-    return w_;
-  }
-  std::vector<torch::Tensor> parameters() override { return {}; }
-  QuantizedTensor harden() override {
-    FQ_INTERNAL_ASSERT(w_.defined(), "gptq rounder used before init()");
-    return q_;
+    set_codes(gptq_quantize(w, stats.hessian, spec, o), w.device());
   }
 
  private:
   GptqOptions opts_;
-  QuantizedTensor q_;
-  torch::Tensor w_;
 };
 
 }  // namespace

@@ -84,24 +84,20 @@ std::vector<int> allocate_points(const std::vector<torch::Tensor>& err, int64_t 
   return points;
 }
 
-class MultipointRounder : public Rounder {
+class MultipointRounder : public HessianRounder {
  public:
   explicit MultipointRounder(const RounderOptions& o)
       : points_(o.option("multipoint.points")), max_points_(o.option("multipoint.max_points")) {}
   std::string name() const override { return "multipoint"; }
-  void init(const torch::Tensor&, const WeightQuantSpec&, const QParams&) override {
-    throw ConfigError("multipoint needs the layer's input Hessian -> call init(w, spec, qp, stats) with "
-                      "stats.hessian (the engine does this because multipoint's registry entry sets needs.hessian)");
-  }
+  using HessianRounder::init;
   void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp, const LayerStats& stats) override {
     check_options(spec);
-    FQ_CHECK(stats.hessian.defined(), ConfigError, "multipoint: no Hessian in the layer statistics -> the engine "
-             "must collect one (MethodNeeds::hessian)");
+    check_stats(stats);
     check_weight_finite(w, "weight");
     torch::NoGradGuard ng;
     const auto wf = w.detach().to(torch::kFloat);
-    q_ = quantize_rtn(wf, spec, qp);
-    auto approx = q_.dequantize().to(wf.device());
+    QuantizedTensor q = quantize_rtn(wf, spec, qp);
+    auto approx = q.dequantize().to(wf.device());
     std::vector<torch::Tensor> err{row_output_errors(wf - approx, stats.hessian).cpu()};
     std::vector<QuantizedTensor> terms;
     const WeightQuantSpec ts = term_spec(spec);
@@ -112,17 +108,8 @@ class MultipointRounder : public Rounder {
     }
     const int64_t cout = wf.size(0);
     const auto points = allocate_points(err, std::llround((points_ - 1.0) * static_cast<double>(cout)));
-    keep_used(terms, points);
-    w_ = q_.dequantize().to(wf.device());
-  }
-  torch::Tensor forward(bool) override {
-    FQ_INTERNAL_ASSERT(w_.defined(), "multipoint rounder used before init()");
-    return w_;
-  }
-  std::vector<torch::Tensor> parameters() override { return {}; }
-  QuantizedTensor harden() override {
-    FQ_INTERNAL_ASSERT(w_.defined(), "multipoint rounder used before init()");
-    return q_;
+    q.terms = used_terms(std::move(terms), points);
+    set_codes(std::move(q), wf.device());
   }
 
  private:
@@ -135,19 +122,19 @@ class MultipointRounder : public Rounder {
              "grid per super-block; a sum of points has no k-quant encoding -> use weight.scale_dtype=fp32 or fp16");
   }
   // Term i is used on the channels given more than i+1 points: the others get scale 0; unused tails are dropped.
-  void keep_used(std::vector<QuantizedTensor>& terms, const std::vector<int>& points) {
+  static std::vector<QuantizedTensor> used_terms(std::vector<QuantizedTensor> terms, const std::vector<int>& points) {
     auto n = torch::tensor(std::vector<int64_t>(points.begin(), points.end()));
+    std::vector<QuantizedTensor> out;
     for (size_t i = 0; i < terms.size(); ++i) {
       auto used = (n > static_cast<int64_t>(i) + 1).to(terms[i].qparams.scale.device());
       if (!used.any().item<bool>()) break;
       auto& s = terms[i].qparams.scale;
       s = torch::where(used.reshape(s.sizes()), s, torch::zeros_like(s));
-      q_.terms.push_back(std::move(terms[i]));
+      out.push_back(std::move(terms[i]));
     }
+    return out;
   }
   double points_, max_points_;
-  QuantizedTensor q_;
-  torch::Tensor w_;
 };
 
 }  // namespace

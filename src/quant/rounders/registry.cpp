@@ -51,6 +51,35 @@ Registry& registry() {
 
 torch::Tensor Rounder::regularizer(int64_t, int64_t) { return torch::zeros({}); }
 
+namespace rounders {
+
+void HessianRounder::init(const torch::Tensor&, const WeightQuantSpec&, const QParams&) {
+  throw ConfigError(name() + " needs the layer's input Hessian -> call init(w, spec, qp, stats) with stats.hessian (the "
+                    "engine does this because " + name() + "'s registry entry sets needs.hessian)");
+}
+
+void HessianRounder::check_stats(const LayerStats& stats) const {
+  FQ_CHECK(stats.hessian.defined(), ConfigError, name(), ": no Hessian in the layer statistics -> the engine must "
+           "collect one (MethodNeeds::hessian)");
+}
+
+void HessianRounder::set_codes(QuantizedTensor q, const torch::Device& device) {
+  q_ = std::move(q);
+  w_ = q_.dequantize().to(device);
+}
+
+torch::Tensor HessianRounder::forward(bool) {
+  FQ_INTERNAL_ASSERT(w_.defined(), name() + " rounder used before init()");
+  return w_;
+}
+
+QuantizedTensor HessianRounder::harden() {
+  FQ_INTERNAL_ASSERT(w_.defined(), name() + " rounder used before init()");
+  return q_;
+}
+
+}  // namespace rounders
+
 std::vector<MethodInfo> methods() {
   auto& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);

@@ -14,6 +14,28 @@ std::unique_ptr<Rounder> make_gptq(const RounderOptions& opts);
 std::unique_ptr<Rounder> make_nupes(const RounderOptions& opts);
 std::unique_ptr<Rounder> make_multipoint(const RounderOptions& opts);
 
+/// A method that decides its codes once in init() from the layer's input Hessian (its registry entry sets
+/// needs.hessian): nothing is trained, forward is the dequantized codes. GPTQ and multipoint.
+class HessianRounder : public Rounder {
+ public:
+  using Rounder::init;
+  /// ConfigError: without the Hessian there is nothing to decide from (not a silent RTN).
+  void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp) override;
+  torch::Tensor forward(bool hard) override;
+  std::vector<torch::Tensor> parameters() override { return {}; }
+  QuantizedTensor harden() override;
+
+ protected:
+  /// ConfigError when stats holds no Hessian.
+  void check_stats(const LayerStats& stats) const;
+  /// The decided codes; forward() returns their dequantized weight on `device`.
+  void set_codes(QuantizedTensor q, const torch::Device& device);
+
+ private:
+  QuantizedTensor q_;
+  torch::Tensor w_;
+};
+
 /// The FlexRound map without autograd (see flexround_quantize): s1p = s1_0*exp(delta1-delta1_0) in the grouped
 /// parameter shape, s1 = s1p broadcast to w, r = w/S, q = levels.nearest(r), out = s1*q.
 struct FlexMap {
