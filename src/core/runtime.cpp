@@ -107,8 +107,10 @@ std::string init_runtime(int threads) {
     if (n < 1) n = 1;
     at::set_num_threads(n);
     // glibc returns every large freed tensor to the OS and page-faults it back on the next allocation;
-    // for many mid-sized tensors (LM evaluation) that was 10x slower, mostly system time.
-    mallopt(M_MMAP_THRESHOLD, 256 << 20);
+    // for many mid-sized tensors (LM evaluation, reconstruction steps) that was 10x slower, mostly system time.
+    // 32 MiB is the largest threshold glibc accepts (HEAP_MAX_SIZE / 2); a larger value is refused and, since
+    // M_TRIM_THRESHOLD also turns off the dynamic threshold, left every tensor over 128 KiB on mmap.
+    if (mallopt(M_MMAP_THRESHOLD, 32 << 20) != 1) log_warn("mallopt(M_MMAP_THRESHOLD) refused: large tensors stay on mmap");
     mallopt(M_TRIM_THRESHOLD, 512 << 20);
     info = blas_info();
     if (info == "reference") {

@@ -7,12 +7,12 @@
 #include "flexquant/reconstruct.h"
 
 #include <fmt/format.h>
-#include <torch/optim/adam.h>
 #include <torch/autograd.h>
 
 #include <cmath>
 #include <filesystem>
 
+#include "flexquant/adam.h"
 #include "flexquant/error.h"
 #include "flexquant/ggml_types.h"
 #include "flexquant/gguf_mix.h"  // weight.mix: a GGUF type per layer
@@ -27,7 +27,8 @@ constexpr int64_t kChunk = 128;  // samples per no-grad forward chunk
 
 // Sum over dim 1, mean over the rest (BRECQ/QDrop lp_loss, p = 2; methods.md §10.7).
 torch::Tensor lp_loss(const torch::Tensor& y, const torch::Tensor& target) {
-  auto d = (y - target).pow(2);
+  auto d = y - target;
+  d = d * d;
   if (d.dim() < 2) return d.mean();
   return d.sum(1).mean();
 }
@@ -99,21 +100,18 @@ void run_adam(const std::vector<torch::Tensor>& w_params, const std::vector<torc
               const std::function<std::pair<torch::Tensor, torch::Tensor>(int64_t)>& step_loss,
               const std::function<void(int64_t, double)>& report) {
   if (iters <= 0 || (w_params.empty() && a_params.empty())) return;
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  if (!w_params.empty()) groups.emplace_back(w_params, std::make_unique<torch::optim::AdamOptions>(recipe.lr));
-  if (!a_params.empty()) groups.emplace_back(a_params, std::make_unique<torch::optim::AdamOptions>(recipe.act_lr));
-  torch::optim::Adam opt(groups, torch::optim::AdamOptions(recipe.lr));
+  std::vector<FusedAdam::Group> groups;
+  if (!w_params.empty()) groups.push_back({w_params, recipe.lr});
+  if (!a_params.empty()) groups.push_back({a_params, recipe.act_lr});
+  FusedAdam opt(groups);
   const int64_t report_every = std::max<int64_t>(1, iters / 10);
   double running = 0;
   for (int64_t it = 0; it < iters; ++it) {
     // Cosine to 0 over exactly `iters` steps (FlexRound); activation steps always cosine (QDrop).
     double cosf = 0.5 * (1 + std::cos(M_PI * it / iters));
     size_t g = 0;
-    if (!w_params.empty())
-      static_cast<torch::optim::AdamOptions&>(opt.param_groups()[g++].options())
-          .lr(recipe.lr_schedule == "cosine" ? recipe.lr * cosf : recipe.lr);
-    if (!a_params.empty())
-      static_cast<torch::optim::AdamOptions&>(opt.param_groups()[g].options()).lr(recipe.act_lr * cosf);
+    if (!w_params.empty()) opt.set_lr(g++, recipe.lr_schedule == "cosine" ? recipe.lr * cosf : recipe.lr);
+    if (!a_params.empty()) opt.set_lr(g, recipe.act_lr * cosf);
     throw_if_stop_requested(fmt::format("in {} at iteration {}/{}", what, it, iters));
     opt.zero_grad();
     auto [loss, reg] = step_loss(it);

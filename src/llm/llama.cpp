@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 
+#include "flexquant/attention.h"
 #include "flexquant/error.h"
 
 namespace flexquant {
@@ -49,7 +50,7 @@ namespace {
 
 // x * rsqrt(mean(x^2) + eps) * w over the last dim.
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
-  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * w;
+  return x * torch::rsqrt((x * x).mean(-1, /*keepdim=*/true) + eps) * w;  // x * x: pow(2) is a libm call per element
 }
 
 // x: [B,T,H,hd]; rotates pairs (x[2j], x[2j+1]) of each head by pos * theta^(-2j/hd).
@@ -104,16 +105,7 @@ torch::Tensor LlamaDecoderLayer::forward(const torch::Tensor& x, UnitContext& ct
   q = apply_rope(q.view({B, T, nh, hd}), cfg_.rope_theta).transpose(1, 2);   // [B,nh,T,hd]
   k = apply_rope(k.view({B, T, nkv, hd}), cfg_.rope_theta).transpose(1, 2);  // [B,nkv,T,hd]
   v = v.view({B, T, nkv, hd}).transpose(1, 2);
-  if (nkv != nh) {  // query head h reads kv head h / (nh/nkv)
-    k = k.repeat_interleave(nh / nkv, 1);
-    v = v.repeat_interleave(nh / nkv, 1);
-  }
-  // One baddbmm does QK^T, the 1/sqrt(hd) scale and the causal mask: on CPU the [B,nh,T,T] passes of a
-  // separate divide and masked_fill (and their backward) cost more than the tiny matmuls themselves.
-  torch::Tensor causal = torch::full({T, T}, -std::numeric_limits<float>::infinity(), q.options()).triu(1);
-  torch::Tensor scores = torch::baddbmm(causal, q.reshape({B * nh, T, hd}), k.reshape({B * nh, T, hd}).transpose(1, 2),
-                                        /*beta=*/1, /*alpha=*/1.0 / std::sqrt(static_cast<double>(hd)));
-  torch::Tensor att = torch::bmm(torch::softmax(scores, -1), v.reshape({B * nh, T, hd})).view({B, nh, T, hd});
+  torch::Tensor att = causal_attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(hd)));  // [B,nh,T,hd]
   att = att.transpose(1, 2).reshape({B, T, nh * hd});
   att = ctx.act(sites_[AttnOut], AttnOut, att);
   torch::Tensor y = x + ctx.run(layers_[Wo], Wo, att);
