@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "flexquant/error.h"
+#include "flexquant/lsq.h"
 #include "flexquant/rounder.h"
 
 namespace flexquant {
@@ -158,10 +159,7 @@ torch::Tensor ActQuantizer::forward(const torch::Tensor& x) {
     xq = scale * torch::clamp(torch::round(xd / scale), -z, qmax - z);
     return x + (xq - x).detach();  // straight through: the range always covers the row
   }
-  auto s_eff = lsq_step(x, qmax);
-  auto v = x / s_eff;
-  auto v_round = v + (torch::round(v) - v).detach();  // STE round
-  xq = torch::clamp(v_round, -static_cast<double>(zero_point_), qmax - zero_point_) * s_eff;
+  xq = lsq_fake_quant(x, lsq_step(x, qmax), -static_cast<double>(zero_point_), qmax - zero_point_);
   return drop(x, xq);
 }
 
