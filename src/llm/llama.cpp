@@ -53,19 +53,6 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
   return x * torch::rsqrt((x * x).mean(-1, /*keepdim=*/true) + eps) * w;  // x * x: pow(2) is a libm call per element
 }
 
-// x: [B,T,H,hd]; rotates pairs (x[2j], x[2j+1]) of each head by pos * theta^(-2j/hd).
-torch::Tensor apply_rope(const torch::Tensor& x, double theta) {
-  const int64_t T = x.size(1), hd = x.size(3);
-  auto opts = torch::TensorOptions().dtype(torch::kFloat64).device(x.device());
-  torch::Tensor j = torch::arange(hd / 2, opts);
-  torch::Tensor freq = torch::pow(theta, -2.0 * j / static_cast<double>(hd));       // [hd/2]
-  torch::Tensor ang = torch::arange(T, opts).unsqueeze(1) * freq.unsqueeze(0);       // [T, hd/2]
-  torch::Tensor c = ang.cos().to(x.scalar_type()).view({1, T, 1, hd / 2});
-  torch::Tensor s = ang.sin().to(x.scalar_type()).view({1, T, 1, hd / 2});
-  torch::Tensor xp = x.reshape({x.size(0), T, x.size(2), hd / 2, 2});
-  torch::Tensor x0 = xp.select(-1, 0), x1 = xp.select(-1, 1);
-  return torch::stack({x0 * c - x1 * s, x0 * s + x1 * c}, -1).reshape(x.sizes());
-}
 
 }  // namespace
 
@@ -102,8 +89,8 @@ torch::Tensor LlamaDecoderLayer::forward(const torch::Tensor& x, UnitContext& ct
   torch::Tensor q = ctx.run(layers_[Wq], Wq, h);
   torch::Tensor k = ctx.act(sites_[K], K, ctx.run(layers_[Wk], Wk, h));
   torch::Tensor v = ctx.act(sites_[V], V, ctx.run(layers_[Wv], Wv, h));
-  q = apply_rope(q.view({B, T, nh, hd}), cfg_.rope_theta).transpose(1, 2);   // [B,nh,T,hd]
-  k = apply_rope(k.view({B, T, nkv, hd}), cfg_.rope_theta).transpose(1, 2);  // [B,nkv,T,hd]
+  q = rotary_embedding(q.view({B, T, nh, hd}), cfg_.rope_theta).transpose(1, 2);   // [B,nh,T,hd]
+  k = rotary_embedding(k.view({B, T, nkv, hd}), cfg_.rope_theta).transpose(1, 2);  // [B,nkv,T,hd]
   v = v.view({B, T, nkv, hd}).transpose(1, 2);
   torch::Tensor att = causal_attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(hd)));  // [B,nh,T,hd]
   att = att.transpose(1, 2).reshape({B, T, nh * hd});

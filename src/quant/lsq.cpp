@@ -7,12 +7,7 @@
 #include <vector>
 
 #include "flexquant/error.h"
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FQ_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define FQ_VECTOR_CLONES
-#endif
+#include "flexquant/vector_clones.h"
 
 namespace flexquant {
 namespace {

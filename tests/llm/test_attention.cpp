@@ -79,3 +79,20 @@ TEST(CausalAttention, BadShapesAreRefusedByName) {
   }
   EXPECT_THROW(causal_attention(torch::randn({3, 8, 4}), k, k, 0.5), ModelError);
 }
+
+TEST(RotaryEmbedding, SameBitsAsTheReferenceForwardAndBackward) {
+  torch::manual_seed(13);
+  for (auto shape : {std::vector<int64_t>{4, 256, 8, 8}, std::vector<int64_t>{2, 37, 3, 6}}) {
+    for (double theta : {10000.0, 500000.0}) {
+      SCOPED_TRACE(::testing::Message() << c10::IntArrayRef(shape) << " theta " << theta);
+      auto x0 = torch::randn(shape), g = torch::randn(shape);
+      auto xa = x0.clone().requires_grad_(true), xb = x0.clone().requires_grad_(true);
+      auto ya = rotary_embedding(xa, theta), yb = rotary_embedding_reference(xb, theta);
+      EXPECT_TRUE(torch::equal(ya, yb)) << (ya - yb).abs().max().item<double>();
+      (ya * g).sum().backward();
+      (yb * g).sum().backward();
+      EXPECT_TRUE(torch::equal(xa.grad(), xb.grad())) << (xa.grad() - xb.grad()).abs().max().item<double>();
+    }
+  }
+  EXPECT_THROW(rotary_embedding(torch::randn({1, 4, 2, 5}), 1e4), ModelError);
+}
