@@ -2,10 +2,11 @@
 // table's setting) and of stories260K (W4 FlexRound, the LM table's), the FLOPs of one reconstruction step, the
 // engine's measured ms/step at each thread count, and the fraction of the same run's measured sgemm peak.
 //
-//   bench_step [--threads 1,2] [--iters 200] [--models resnet20,stories260k] [--profile trace.json]
+//   bench_step [--threads 1,2] [--iters 200] [--reps 3] [--models resnet20,stories260k] [--profile trace.json]
 //
 // The ms/step is the engine's own (quantize() on the real model and data, UnitReport::ms_per_iter: Adam steps only,
-// setup excluded). FLOPs per step count the layers' GEMMs (forward, weight gradient, and input gradient for every
+// setup excluded), the median over --reps runs; the runs alternate thread counts so that drift in the machine's
+// speed (a shared VM moves by 20 % between runs) reaches every column alike. FLOPs per step count the layers' GEMMs (forward, weight gradient, and input gradient for every
 // layer but a unit's first, whose input needs none) plus, for the language model, the attention score and value
 // matmuls (same three passes); elementwise work (rounders, activation quantizers, norms) is not counted.
 // Output: one markdown table per model on stdout, one line per thread count with the sgemm peak first.
@@ -13,6 +14,7 @@
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -117,7 +119,8 @@ struct Measured {
   std::map<int, std::vector<double>> ms;  // by thread count
 };
 
-Measured measure(const ModelCase& mc, const std::vector<int>& threads, int64_t iters, const std::string& profile) {
+Measured measure(const ModelCase& mc, const std::vector<int>& threads, int64_t iters, int reps,
+                 const std::string& profile) {
   auto task = make_task(mc.workload);
   Recipe r = Recipe::from_file(mc.recipe_file);
   r.iters = iters;
@@ -133,21 +136,35 @@ Measured measure(const ModelCase& mc, const std::vector<int>& threads, int64_t i
     m.flops = step_flops(*model, calib.slice(0, 0, r.batch), attn);
     for (Unit* u : model->units()) m.units.push_back(u->name());
   }
-  for (int t : threads) {
-    at::set_num_threads(t);
-    auto model = task->load_model();
-    QuantState state;
-    std::unique_ptr<torch::autograd::profiler::RecordProfile> prof;
-    if (!profile.empty() && t == threads.back())
-      prof = std::make_unique<torch::autograd::profiler::RecordProfile>(fmt::format("{}.{}.json", profile, mc.name));
-    QuantizeReport rep = quantize(*model, calib, r, state, [](const std::string&) {});
-    for (auto& u : rep.units) m.ms[t].push_back(u.ms_per_iter);
+  std::map<int, std::vector<std::vector<double>>> runs;  // thread count -> run -> unit
+  for (int rep = 0; rep < reps; ++rep) {
+    for (int t : threads) {
+      at::set_num_threads(t);
+      auto model = task->load_model();
+      QuantState state;
+      std::unique_ptr<torch::autograd::profiler::RecordProfile> prof;
+      if (!profile.empty() && rep == 0 && t == threads.back())
+        prof = std::make_unique<torch::autograd::profiler::RecordProfile>(fmt::format("{}.{}.json", profile, mc.name));
+      QuantizeReport report = quantize(*model, calib, r, state, [](const std::string&) {});
+      std::vector<double> ms;
+      for (auto& u : report.units) ms.push_back(u.ms_per_iter);
+      runs[t].push_back(ms);
+    }
+  }
+  for (auto& [t, rs] : runs) {
+    for (size_t k = 0; k < rs.front().size(); ++k) {
+      std::vector<double> v;
+      for (auto& run : rs) v.push_back(run[k]);
+      std::sort(v.begin(), v.end());
+      m.ms[t].push_back(v[v.size() / 2]);
+    }
   }
   return m;
 }
 
-void print_table(const ModelCase& mc, const Measured& m, const std::map<int, double>& peak, int64_t iters) {
-  fmt::print("\n### {} ({}, {} iterations per unit)\n\n| unit | GFLOP / step |", mc.name, mc.recipe_file, iters);
+void print_table(const ModelCase& mc, const Measured& m, const std::map<int, double>& peak, int64_t iters, int reps) {
+  fmt::print("\n### {} ({}, {} iterations per unit, median of {} runs)\n\n| unit | GFLOP / step |", mc.name,
+             mc.recipe_file, iters, reps);
   std::string rule = "|---|---:|";
   for (auto& [t, _] : m.ms) fmt::print(" ms / step, {0} thr | % of peak, {0} thr |", t), rule += "---:|---:|";
   fmt::print("\n{}\n", rule);
@@ -167,12 +184,14 @@ void print_table(const ModelCase& mc, const Measured& m, const std::map<int, dou
 int main(int argc, char** argv) {
   std::vector<int> threads = {1, 2};
   int64_t iters = 200;
+  int reps = 3;
   std::vector<std::string> models = {"resnet20", "stories260k"};
   std::string profile;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--threads") { threads.clear(); for (auto& s : split(v)) threads.push_back(std::stoi(s)); }
     else if (k == "--iters") iters = std::stoll(v);
+    else if (k == "--reps") reps = std::max(1, std::stoi(v));
     else if (k == "--models") models = split(v);
     else if (k == "--profile") profile = v;
     else { std::cerr << "unknown option " << k << "\n"; return 2; }
@@ -201,7 +220,7 @@ int main(int argc, char** argv) {
   for (const auto& name : models) {
     auto it = cases.find(name);
     if (it == cases.end()) { std::cerr << "unknown model " << name << " -> allowed: resnet20, stories260k\n"; return 2; }
-    print_table(it->second, measure(it->second, threads, iters, profile), peak, iters);
+    print_table(it->second, measure(it->second, threads, iters, reps, profile), peak, iters, reps);
   }
   return 0;
 }

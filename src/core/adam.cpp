@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "flexquant/error.h"
-#include "flexquant/vector_clones.h"
+#include "flexquant/simd.h"
 
 namespace flexquant {
 namespace {

@@ -19,31 +19,11 @@
 #include <vector>
 
 #include "flexquant/error.h"
-#include "flexquant/vector_clones.h"
+#include "flexquant/simd.h"
 
-#define FQ_INLINE inline __attribute__((always_inline))
 
 namespace flexquant {
 namespace {
-
-// exp for x <= 0 (Cephes expf: exp(x) = 2^n * exp(r), |r| <= ln2/2, degree-6 polynomial; ~1 ulp), branch-free so
-// the loops that call it vectorize. Below -87 it returns ~1e-38 instead of a denormal or 0.
-FQ_INLINE float exp_nonpos(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &e, sizeof two_n);
-  return p * two_n;
-}
 
 // 32 partial accumulators (four vectors, four independent chains) so the reductions vectorize without
 // reassociation flags and do not wait on the add latency.
@@ -152,7 +132,7 @@ FQ_INLINE float prob_row(const float* qs, const float* kt, int64_t Tp, int64_t h
   const int64_t n = i + 1;
   row_times(qs, kt, Tp, hd, n, p);
   const float c = lse ? *lse : max_of(p, n);
-  for (int64_t j = 0; j < n; ++j) p[j] = exp_nonpos(p[j] - c);
+  for (int64_t j = 0; j < n; ++j) p[j] = fast_exp(p[j] - c);
   for (int64_t j = n; j < round_up(n); ++j) p[j] = 0;
   return c;
 }

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "flexquant/error.h"
-#include "flexquant/vector_clones.h"
+#include "flexquant/simd.h"
 
 namespace flexquant {
 namespace {

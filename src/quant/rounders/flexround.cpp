@@ -19,11 +19,14 @@ FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch:
   FlexMap m;
   // exp(delta1 - delta1_0) == 1 exactly at init, so s1 == s1_0 and the step-0 codes are RTN's bit for bit.
   m.s1p = stored_scale(s1_0 * torch::exp(delta1 - delta1_0), spec);  // fp16 grids: the value a runtime reads
-  m.s1 = expand_to_weight(m.s1p, w.sizes(), spec);
   torch::Tensor logs = delta2;
   if (delta3.defined()) logs = logs + delta3;
   if (delta4.defined()) logs = logs + delta4;
-  m.S = m.s1 * torch::exp(logs);
+  const torch::Tensor exp_logs = torch::exp(logs);
+  const bool per_channel = spec.granularity == Granularity::PerTensor || spec.granularity == Granularity::PerChannel;
+  if (per_channel && flex_map_fused(w, exp_logs, levels, m)) return m;  // the same bits in one pass
+  m.s1 = expand_to_weight(m.s1p, w.sizes(), spec);
+  m.S = m.s1 * exp_logs;
   m.r = w / m.S;  // division, as RTN does: w/S must round like w/s1 at init
   m.q = levels.nearest(m.r);
   m.out = m.s1 * m.q;
@@ -59,7 +62,8 @@ struct FlexRoundFn : public torch::autograd::Function<FlexRoundFn> {
                                const torch::Tensor& delta4, const WeightLevels& levels, const WeightQuantSpec& spec) {
     FlexMap m = flex_map(w, s1_0, delta1, delta1_0, delta2, delta3, delta4, levels, spec);
     // S only when w itself wants a gradient (NUPES learns the transform that produces w).
-    ctx->save_for_backward({m.s1, m.r, m.q, levels.passes(m.r, m.q), w.requires_grad() ? m.S : torch::Tensor()});
+    ctx->save_for_backward({m.s1, m.r, m.q, m.passes.defined() ? m.passes : levels.passes(m.r, m.q),
+                            w.requires_grad() ? m.S : torch::Tensor()});
     ctx->saved_data["gran"] = static_cast<int64_t>(spec.granularity);
     ctx->saved_data["group_size"] = spec.group_size;
     ctx->saved_data["d1"] = delta1.sizes().vec();
@@ -87,6 +91,14 @@ struct FlexRoundFn : public torch::autograd::Function<FlexRoundFn> {
     variable_list grads(9);  // one per forward argument; the levels and the spec get none
     const auto& g = grad_out[0];
     if (!g.defined()) return grads;
+    FlexGrads fg;
+    const bool per_channel = spec.granularity == Granularity::PerTensor || spec.granularity == Granularity::PerChannel;
+    if (per_channel && flex_backward_fused(g, s1, r, q, passes, S, ctx->saved_data["d1"].toIntVector(),
+                                           ctx->saved_data["d3"].toIntVector(), ctx->saved_data["d4"].toIntVector(),
+                                           need, fg)) {
+      grads[0] = fg.w, grads[2] = fg.d1, grads[4] = fg.d2, grads[5] = fg.d3, grads[6] = fg.d4;
+      return grads;
+    }
     auto gs = g * s1;
     // d out/d log S = -s1 * r where the rounding of r did not saturate (STE), 0 where it did.
     auto g_logs = (gs * r).neg_().masked_fill_(passes.logical_not(), 0);

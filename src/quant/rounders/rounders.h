@@ -1,6 +1,7 @@
 // Factories of the built-in rounders (internal to fq_quant; the public entry point is make_rounder()).
 #pragma once
 #include <memory>
+#include <vector>
 
 #include "flexquant/rounder.h"
 
@@ -40,7 +41,25 @@ class HessianRounder : public Rounder {
 /// parameter shape, s1 = s1p broadcast to w, r = w/S, q = levels.nearest(r), out = s1*q.
 struct FlexMap {
   torch::Tensor s1p, s1, S, r, q, out;  // S: the full divisor s1*S2*s3*s4
+  torch::Tensor passes;                 // bool, round(r) == q (not saturated); set by the fused path only
 };
+
+/// The fused CPU float32 map for integer grids with one scale per tensor or per output channel: from s1p and
+/// exp_logs = exp(delta2 + delta3 + delta4) (ATen's exp, so the bits are the reference's), fills every other
+/// FlexMap field and `passes` in one pass. False where it does not apply (flex_map then runs the ATen ops).
+bool flex_map_fused(const torch::Tensor& w, const torch::Tensor& exp_logs, const WeightLevels& levels, FlexMap& m);
+
+/// FlexRound's backward in one pass for integer grids with one scale per tensor or output channel, delta3 / delta4
+/// absent or broadcast along the weight's first two dims: the gradients of
+/// delta1 (summed per output channel or over the tensor: d1_numel), delta2, delta3, delta4 and w, each undefined
+/// unless asked. Sums are accumulated in float64 in element order. False where it does not apply.
+struct FlexGrads {
+  torch::Tensor d1, d2, d3, d4, w;
+};
+bool flex_backward_fused(const torch::Tensor& g, const torch::Tensor& s1, const torch::Tensor& r,
+                         const torch::Tensor& q, const torch::Tensor& passes, const torch::Tensor& S,
+                         const std::vector<int64_t>& d1_shape, const std::vector<int64_t>& d3_shape,
+                         const std::vector<int64_t>& d4_shape, const std::vector<int64_t>& need, FlexGrads& out);
 FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
                  const torch::Tensor& delta1_0, const torch::Tensor& delta2, const torch::Tensor& delta3,
                  const torch::Tensor& delta4, const WeightLevels& levels, const WeightQuantSpec& spec);
