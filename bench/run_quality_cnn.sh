@@ -3,7 +3,7 @@
 # AdaRound, FlexRound and FlexRound+QDrop on one table. Calibration: records 0-1023; evaluation: records
 # 1024-9999 (8,976 images). Each row writes out/bench_cnn/<model>-w<W>a<A>.{md,log,cmd} and replaces its
 # subsection of docs/RESULTS.md "CNN quality", so rows can run in separate processes.
-# Usage: bench/run_quality_cnn.sh [build-dir] [iters] [models] [settings]
+# Usage: [RECIPES=a.json,b.json] bench/run_quality_cnn.sh [build-dir] [iters] [models] [settings]
 #   models: "resnet20 resnet32 resnet44" (default), settings: "w4a32 w3a32 w2a32 w4a4 w2a4" (default)
 # The papers use 20000 iterations per block.
 set -euo pipefail
@@ -14,8 +14,13 @@ MODELS=${3:-resnet20 resnet32 resnet44}
 SETTINGS=${4:-w4a32 w3a32 w2a32 w4a4 w2a4}
 ALL_MODELS="resnet20 resnet32 resnet44"; ALL_SETTINGS="w4a32 w3a32 w2a32 w4a4 w2a4"
 SHARED=${FLEXQUANT_SHARED:-../shared}
-OUT=out/bench_cnn; mkdir -p "$OUT"
-R=recipes/rtn-w4a4.json,recipes/adaround-w4a4.json,recipes/flexround-w4a4.json,recipes/flexround-qdrop-w4a4.json
+# The published table ran 500 iterations; other lengths (the papers' 20,000) get their own folder and subsections
+# ("<model> <SETTING> at <iters> iterations") so that both stand.
+OUT=out/bench_cnn; TAG=""
+if [[ $ITERS != 500 ]]; then OUT=out/bench_cnn_$ITERS; TAG=" at $ITERS iterations"; fi
+mkdir -p "$OUT"
+# RECIPES narrows a row to some methods (e.g. a full-length row that has time for AdaRound and FlexRound only).
+R=${RECIPES:-recipes/rtn-w4a4.json,recipes/adaround-w4a4.json,recipes/flexround-w4a4.json,recipes/flexround-qdrop-w4a4.json}
 [[ "$MODELS" == none ]] || bench_binary "$BUILD"
 for m in $MODELS; do
   [[ $m == none ]] && continue  # "none": only reassemble the section
@@ -34,5 +39,5 @@ done
 # hand-written text of the section and the rows not run now stay as they are.
 for m in $MODELS; do
   [[ $m == none ]] && continue
-  for s in $SETTINGS; do bench_subsection "$m ${s^^}" "CNN quality (issue #3)" "$OUT/$m-$s"; done
+  for s in $SETTINGS; do bench_subsection "$m ${s^^}$TAG" "CNN quality (issue #3)" "$OUT/$m-$s"; done
 done

@@ -44,7 +44,7 @@ for row in $ROWS; do
           args=$R20; [[ $m == lm ]] && args=$LM
           f=$OUT/quality-$m-$which
           [[ -f $f.md ]] && continue
-          bench_run "$f.cmd" "$f.log" "$bin" --threads 2 $args --markdown "$f.md"
+          bench_run "$f.cmd" "$f.log" "$bin" ${FLEXQUANT_ARGS:-} $args --markdown "$f.md"
         done
         BENCH_PROVENANCE=$saved
       done ;;
@@ -143,16 +143,16 @@ for f in glob.glob(f"{out}/quality-*.md"):
         q[m.groups()] = (mdtable.rows(f), open(f[:-3] + ".cmd").read().strip())
 if q:
     print("### Quality unchanged\n")
-    print("The same recipes, seeds and data through the engine before and after the speed work (2 threads): the")
+    print("The same recipes, seeds, thread count and data through the engine before and after the speed work: the")
     print("fused ops compute the same functions; where they sum in another order (Adam's update, LSQ's and FlexRound's")
     print("parameter gradients, the attention's softmax) the trained parameters drift at float-rounding level, and")
     print("training amplifies that into run-to-run noise of the size that thread count alone gives (issue #14).\n")
-    print("| model | recipe | before | after | ms/iter per unit before | after |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| model | recipe | before | after |")
+    print("|---|---|---:|---:|")
     for m, name in (("r20", "ResNet-20 FlexRound W4A4, 500 it (top-1 %)"), ("lm", "stories260K FlexRound W4, 1000 it (perplexity)")):
         if (m, "before") in q and (m, "after") in q:
             b, a = q[(m, "before")][0], q[(m, "after")][0]
-            print(f"| {m} | {name} | {b['flexround'][2]} | {a['flexround'][2]} | {b['flexround'][6]} | {a['flexround'][6]} |")
+            print(f"| {m} | {name} | {b['flexround'][2]} | {a['flexround'][2]} |")
     print()
     for k, (_, cmd) in sorted(q.items()):
         print(f"- {k[0]} {k[1]}: {cmd}")
