@@ -28,8 +28,11 @@ for row in $ROWS; do
       bench_binary "$BUILD" bench_step  # provenance of the script and the tree it ran from
       BENCH_PROVENANCE="script bench/step_baseline.py at commit ${BENCH_PROVENANCE#built from commit }"
       for rep in 1 2 3; do
-        bench_run "$OUT/baseline$rep.cmd" "$OUT/baseline$rep.log" $PY bench/step_baseline.py --threads 1,2 \
-          --steps 200 --shared "$SHARED"
+        # The allocator settings flexquant's init_runtime makes (mallopt), so the ratio measures the step's code:
+        # with glibc's defaults every tensor over 128 KiB is page-faulted anew, 2-10x slower on this VM.
+        bench_run "$OUT/baseline$rep.cmd" "$OUT/baseline$rep.log" env \
+          GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=536870912 \
+          $PY bench/step_baseline.py --threads 1,2 --steps 200 --shared "$SHARED"
       done ;;
     quality)
       [[ -x "${BEFORE_BIN:-}" ]] || bench_die "BEFORE_BIN (a frozen flexquant from before the speed work) is not set"
@@ -67,7 +70,9 @@ print("computes only the causal half, so its own work is smaller). The peak is t
 print("sgemm (OpenBLAS, held to AVX2 kernels by the machine's OPENBLAS_CORETYPE) and the same GEMM as a 1x1")
 print("convolution (oneDNN). The naive step (bench/step_baseline.py) is FlexRound + LSQ written the obvious way in")
 print("Python PyTorch 1.13 (Debian python3-torch, the same ATen): ResNet-20 layer1.0 W4A4 and stories260K layers.0")
-print("W4, median of 3 runs of 200 steps. The machine is a shared 2-vCPU VM: single runs move by up to 20 %.\n")
+print("W4, median of 3 runs of 200 steps, with the allocator settings flexquant makes at start-up (glibc's defaults")
+print("page-fault every tensor over 128 KiB anew, which made the naive step 2-10x slower still; that would flatter")
+print("the ratio). The machine is a shared 2-vCPU VM: single runs move by up to 20 %.\n")
 if os.path.exists(f"{out}/step.cmd"):
     print("Run " + open(f"{out}/step.cmd").read().strip() + "\n")
     log = open(f"{out}/step.log").read()

@@ -50,7 +50,8 @@ using torch::autograd::variable_list;
 struct LsqFn : public torch::autograd::Function<LsqFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x_in, const torch::Tensor& s, double lo,
                                double hi) {
-    const torch::Tensor x = x_in.contiguous();
+    // Element-wise: any dense layout (a CNN's channels-last activations) is read and written as it lies.
+    const torch::Tensor x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
     const float sv = s.item<float>();
     torch::Tensor y = torch::empty_like(x);
     const float* xp = x.data_ptr<float>();
@@ -70,7 +71,8 @@ struct LsqFn : public torch::autograd::Function<LsqFn> {
     const float sv = s.item<float>();
     const float lo = static_cast<float>(ctx->saved_data["lo"].toDouble());
     const float hi = static_cast<float>(ctx->saved_data["hi"].toDouble());
-    const torch::Tensor g = grad_out[0].contiguous();
+    torch::Tensor g = grad_out[0];
+    if (g.strides() != x.strides()) g = torch::empty_like(x).copy_(g);  // the gradient in x's layout
     torch::Tensor gx = torch::empty_like(x);
     const int64_t n = x.numel(), chunks = (n + kChunk - 1) / kChunk;
     std::vector<double> partial(chunks, 0.0);

@@ -63,3 +63,13 @@ TEST(LsqFakeQuant, SameBitsAtAnyThreadCount) {
   EXPECT_TRUE(torch::equal(one.gx, two.gx));
   EXPECT_TRUE(torch::equal(one.gs, two.gs));
 }
+
+TEST(LsqFakeQuant, ChannelsLastInputsGiveTheSameValuesAndGradients) {
+  torch::manual_seed(21);
+  const auto x = torch::relu(torch::randn({4, 16, 8, 8})), g = torch::randn({4, 16, 8, 8});
+  const Out a = run(true, x, 0.1, 0, 15, g);
+  const Out b = run(true, x.contiguous(torch::MemoryFormat::ChannelsLast), 0.1, 0, 15, g);
+  EXPECT_TRUE(torch::equal(a.y, b.y));
+  EXPECT_TRUE(torch::equal(a.gx, b.gx));
+  EXPECT_NEAR(a.gs.item<double>(), b.gs.item<double>(), 1e-4 * std::max(1.0, std::abs(a.gs.item<double>())));
+}
