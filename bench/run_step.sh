@@ -42,7 +42,10 @@ for row in $ROWS; do
       for which in before after; do
         bin=$BENCH_BIN; [[ $which == before ]] && bin=$BEFORE_BIN
         saved=$BENCH_PROVENANCE
-        [[ $which == before ]] && BENCH_PROVENANCE="before: $BEFORE_BIN (sha256 $(sha256sum "$BEFORE_BIN" | cut -c1-16)...)"
+        if [[ $which == before ]]; then
+          c=$("$BEFORE_BIN" --version | sed -n 's/.*(built from \(.*\))$/\1/p')
+          BENCH_PROVENANCE="built from commit $c (flexquant sha256 $(sha256sum "$BEFORE_BIN" | cut -c1-16)...; before the speed work)"
+        fi
         for m in r20 lm; do
           args=$R20; [[ $m == lm ]] && args=$LM
           f=$OUT/quality-$m-$which
