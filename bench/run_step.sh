@@ -5,7 +5,8 @@
 # script run; and a quality check of the sped-up engine against a binary from before the speed work (same recipes,
 # seeds and data; BEFORE_BIN, a frozen flexquant from a committed tree). Writes out/bench_step/ and the
 # "Reconstruction step cost (issue #12)" section of docs/RESULTS.md.
-# Usage: BEFORE_BIN=out/bench-bin/<commit>/flexquant bench/run_step.sh [build-dir] [rows]
+# Usage: BEFORE_BIN=out/bench-bin/<commit>/flexquant [SEEDS="1005 1 2"] [QUALITY_MODELS="r20 lm"] \
+#          bench/run_step.sh [build-dir] [rows]
 #   rows: step baseline quality (default all three; "none" only reassembles the section)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,11 +47,13 @@ for row in $ROWS; do
           c=$("$BEFORE_BIN" --version | sed -n 's/.*(built from \(.*\))$/\1/p')
           BENCH_PROVENANCE="built from commit $c (flexquant sha256 $(sha256sum "$BEFORE_BIN" | cut -c1-16)...; before the speed work)"
         fi
-        for m in r20 lm; do
-          args=$R20; [[ $m == lm ]] && args=$LM
-          f=$OUT/quality-$m-$which
-          [[ -f $f.md ]] && continue
-          bench_run "$f.cmd" "$f.log" "$bin" ${FLEXQUANT_ARGS:-} $args --markdown "$f.md"
+        for m in ${QUALITY_MODELS:-r20 lm}; do
+          for seed in ${SEEDS:-1005}; do
+            args=$R20; [[ $m == lm ]] && args=$LM
+            f=$OUT/quality-$m-$which-s$seed
+            [[ -f $f.md ]] && continue
+            bench_run "$f.cmd" "$f.log" "$bin" ${FLEXQUANT_ARGS:-} $args --set seed=$seed --markdown "$f.md"
+          done
         done
         BENCH_PROVENANCE=$saved
       done ;;
@@ -144,26 +147,37 @@ if step:
     for case, r in ratios:
         print(f"- >= 3x faster than the naive step, {case}: {'met' if r >= 3 else 'NOT met'} ({r:.2f}x).")
     print()
-q = {}
+q = {}   # (model, before|after) -> [(seed, cells, cmd)]
 for f in glob.glob(f"{out}/quality-*.md"):
-    m = re.match(r"quality-(r20|lm)-(before|after)$", os.path.basename(f)[:-3])
+    m = re.match(r"quality-(r20|lm)-(before|after)-s(\d+)$", os.path.basename(f)[:-3])
     if m and os.path.exists(f[:-3] + ".cmd"):
-        q[m.groups()] = (mdtable.rows(f), open(f[:-3] + ".cmd").read().strip())
+        q.setdefault(m.groups()[:2], []).append((int(m.group(3)), mdtable.rows(f)["flexround"], open(f[:-3] + ".cmd").read().strip()))
 if q:
-    print("### Quality unchanged\n")
-    print("The same recipes, seeds, thread count and data through the engine before and after the speed work: the")
-    print("fused ops compute the same functions; where they sum in another order (Adam's update, LSQ's and FlexRound's")
-    print("parameter gradients, the attention's softmax) the trained parameters drift at float-rounding level, and")
-    print("training amplifies that into run-to-run noise of the size that thread count alone gives (issue #14).\n")
-    print("| model | recipe | before | after |")
-    print("|---|---|---:|---:|")
+    print("### Quality and end-to-end time, before and after\n")
+    print("The same recipes, seeds, thread count (2) and data through the engine before and after the speed work, on")
+    print("an otherwise idle machine. The fused ops compute the same functions; where they sum in another order (Adam's")
+    print("update, LSQ's and FlexRound's parameter gradients, the attention's softmax) or round once instead of twice")
+    print("(LSQ's forward is now round(x/s)*s exactly, where x/s + (round(x/s) - x/s) could be an ulp off), the trained")
+    print("parameters drift at float-rounding level and training turns that into run-to-run noise. Mean +- sample std")
+    print("over the seeds listed; quantize time and ms/iter are per run (mean over runs).\n")
+    print("| model | recipe | seeds | metric before | metric after | quantize time before | after | ms/iter per unit before | after |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    def secs(t):
+        m = re.match(r"(?:(\d+)m)?([0-9.]+)s", t)
+        return 60 * int(m.group(1) or 0) + float(m.group(2)) if m else float("nan")
     for m, name in (("r20", "ResNet-20 FlexRound W4A4, 500 it (top-1 %)"), ("lm", "stories260K FlexRound W4, 1000 it (perplexity)")):
         if (m, "before") in q and (m, "after") in q:
-            b, a = q[(m, "before")][0], q[(m, "after")][0]
-            print(f"| {m} | {name} | {b['flexround'][2]} | {a['flexround'][2]} |")
+            b, a = sorted(q[(m, "before")]), sorted(q[(m, "after")])
+            fmt = lambda v: mdtable.mean_sd(v) if m == "r20" else (f"{v[0]:.3f}" if len(v) == 1 else f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}")
+            seeds = ", ".join(str(x[0]) for x in a)
+            tb = statistics.mean(secs(x[1][5]) for x in b); ta = statistics.mean(secs(x[1][5]) for x in a)
+            mb = statistics.mean(float(x[1][6]) for x in b); ma = statistics.mean(float(x[1][6]) for x in a)
+            print(f"| {m} | {name} | {seeds} | {fmt([float(x[1][2]) for x in b])} | {fmt([float(x[1][2]) for x in a])} |"
+                  f" {tb:.1f} s | {ta:.1f} s | {mb:.1f} | {ma:.1f} |")
     print()
-    for k, (_, cmd) in sorted(q.items()):
-        print(f"- {k[0]} {k[1]}: {cmd}")
+    for k, v in sorted(q.items()):
+        for seed, _, cmd in sorted(v):
+            print(f"- {k[0]} {k[1]} seed {seed}: {cmd}")
     print()
 PY
 $PY bench/update_results.py "Reconstruction step cost (issue #12)" "$OUT/section.md"
