@@ -189,6 +189,29 @@ TEST(CliQuantize, BadInputGetsClearErrors) {
   EXPECT_NE(r.out.find("--eval-skip -5 -> allowed >= 0"), std::string::npos) << r.out;
 }
 
+// An --out the run could not write is refused before any unit is quantized (not after the whole run): a missing
+// folder and one that is not writable (root may write anywhere, so that case needs a non-root user).
+TEST(CliQuantize, UnwritableOutIsRefusedBeforeAnyWork) {
+  const std::string common = "--threads 1 quantize --model " + shared_path("data/cifar10/resnet20.safetensors") +
+                             " --arch resnet_cifar --data cifar10:" + shared_path("data/cifar10") +
+                             " --recipe recipes/flexround-w4a4.json --set recon.iters=50";
+  auto r = run_cli(common + " --out /nonexistent_fq_dir/r20.fqz");
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("/nonexistent_fq_dir"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("does not exist"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("[ 1/11]"), std::string::npos) << "a unit ran before the refusal:\n" << r.out;
+  if (::geteuid() != 0) {
+    const std::string dir = ::testing::TempDir() + "fq_readonly_" + std::to_string(::getpid());
+    std::filesystem::create_directories(dir);
+    std::filesystem::permissions(dir, std::filesystem::perms::owner_read | std::filesystem::perms::owner_exec);
+    r = run_cli(common + " --out " + dir + "/r20.fqz");
+    std::filesystem::permissions(dir, std::filesystem::perms::owner_all);
+    std::filesystem::remove_all(dir);
+    EXPECT_NE(r.out.find("is not writable"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("[ 1/11]"), std::string::npos) << r.out;
+  }
+}
+
 // The GGUF path through the binary: an .fqz on Q8_0's grid exported with `flexquant export`, then evaluated from the
 // .gguf by flexquant (the same perplexity as the .fqz: the blocks hold the evaluated codes) and by llama.cpp.
 TEST(CliExport, FqzToGgufThenEvalByFlexquantAndLlamaCpp) {
