@@ -154,12 +154,13 @@ for f in glob.glob(f"{out}/quality-*.md"):
         q.setdefault(m.groups()[:2], []).append((int(m.group(3)), mdtable.rows(f)["flexround"], open(f[:-3] + ".cmd").read().strip()))
 if q:
     print("### Quality and end-to-end time, before and after\n")
-    print("The same recipes, seeds, thread count (2) and data through the engine before and after the speed work, on")
-    print("an otherwise idle machine. The fused ops compute the same functions; where they sum in another order (Adam's")
-    print("update, LSQ's and FlexRound's parameter gradients, the attention's softmax) or round once instead of twice")
-    print("(LSQ's forward is now round(x/s)*s exactly, where x/s + (round(x/s) - x/s) could be an ulp off), the trained")
-    print("parameters drift at float-rounding level and training turns that into run-to-run noise. Mean +- sample std")
-    print("over the seeds listed; quantize time and ms/iter are per run (mean over runs).\n")
+    print("The same recipes, seeds and data through the engine before and after the speed work. The fused ops compute")
+    print("the same functions; where they sum in another order (Adam's update, LSQ's and FlexRound's parameter")
+    print("gradients, the attention's softmax) or round once instead of twice (LSQ's forward is now round(x/s)*s")
+    print("exactly, where x/s + (round(x/s) - x/s) could be an ulp off), the trained parameters drift at float-rounding")
+    print("level and training turns that into run-to-run noise. Metrics: mean +- sample std over the seeds listed (each")
+    print("run's thread count is in its command; thread count alone moves a run by up to 0.3 points). Times: the seed")
+    print("1005 runs only, at 2 threads on an otherwise idle machine.\n")
     print("| model | recipe | seeds | metric before | metric after | quantize time before | after | ms/iter per unit before | after |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     def secs(t):
@@ -170,10 +171,9 @@ if q:
             b, a = sorted(q[(m, "before")]), sorted(q[(m, "after")])
             fmt = lambda v: mdtable.mean_sd(v) if m == "r20" else (f"{v[0]:.3f}" if len(v) == 1 else f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}")
             seeds = ", ".join(str(x[0]) for x in a)
-            tb = statistics.mean(secs(x[1][5]) for x in b); ta = statistics.mean(secs(x[1][5]) for x in a)
-            mb = statistics.mean(float(x[1][6]) for x in b); ma = statistics.mean(float(x[1][6]) for x in a)
-            print(f"| {m} | {name} | {seeds} | {fmt([float(x[1][2]) for x in b])} | {fmt([float(x[1][2]) for x in a])} |"
-                  f" {tb:.1f} s | {ta:.1f} s | {mb:.1f} | {ma:.1f} |")
+            tb = [x[1] for x in b if x[0] == 1005]; ta = [x[1] for x in a if x[0] == 1005]
+            times = (f"{secs(tb[0][5]):.1f} s | {secs(ta[0][5]):.1f} s | {tb[0][6]} | {ta[0][6]}" if tb and ta else "- | - | - | -")
+            print(f"| {m} | {name} | {seeds} | {fmt([float(x[1][2]) for x in b])} | {fmt([float(x[1][2]) for x in a])} | {times} |")
     print()
     for k, v in sorted(q.items()):
         for seed, _, cmd in sorted(v):
