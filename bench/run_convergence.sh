@@ -59,7 +59,8 @@ for row in ("r20-w4a4", "r20-w2a4"):
     if os.path.exists(md) and os.path.exists(md[:-3] + ".cmd"):
         r = mdtable.metrics(md)
         for method in ("adaround", "flexround"):
-            pts.setdefault((row, method), {})[20000] = (r[method], open(md[:-3] + ".cmd").read().strip())
+            if method in r:  # a full-length row may have run some methods only
+                pts.setdefault((row, method), {})[20000] = (r[method], open(md[:-3] + ".cmd").read().strip())
         fp.setdefault(row, r["fp32"])
 iters = sorted({i for v in pts.values() for i in v})
 names = {"r20-w4a4": "ResNet-20 W4A4 (top-1 %)", "r20-w2a4": "ResNet-20 W2A4 (top-1 %)",
