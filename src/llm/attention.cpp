@@ -9,8 +9,8 @@
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -20,7 +20,6 @@
 
 #include "flexquant/error.h"
 #include "flexquant/simd.h"
-
 
 namespace flexquant {
 namespace {
@@ -51,9 +50,10 @@ FQ_INLINE float max_of(const float* x, int64_t n) {
   return m;
 }
 
-constexpr int64_t kLane = 8;  // key positions per register block; rows of the transposed keys are padded to it
+constexpr int64_t kLane = 8;           // key positions per register block; transposed key rows are padded to it
 constexpr int64_t kMaxFusedHead = 16;  // wider heads take the reference path (see causal_attention)
-constexpr int kRows = 4;      // query rows (add_rows is written for 4) whose dK / dV updates share one pass over the accumulators
+// Query rows whose dK / dV updates share one pass over the accumulators (add_rows is written for 4).
+constexpr int kRows = 4;
 
 int64_t round_up(int64_t n) { return (n + kLane - 1) / kLane * kLane; }
 
@@ -199,6 +199,7 @@ FQ_VECTOR_CLONES void backward_task(const Shape& sh, int64_t b, int64_t kvh, con
         const float* qi = q + (base + i) * hd;
         const float* doi = dout + (base + i) * hd;
         const float* oi = out + (base + i) * hd;
+        // qr holds q * scale for the scores, then q itself for dK (the scale is already folded into dS).
         for (int64_t d = 0; d < hd; ++d) qr[d] = qi[d] * scale, gr[d] = doi[d];
         prob_row(qr, kt.data(), Tp, hd, i, lse + base + i, pr);
         for (int64_t j = round_up(i + 1); j < nb; ++j) pr[j] = 0;
@@ -273,8 +274,14 @@ struct CausalAttentionFn : public torch::autograd::Function<CausalAttentionFn> {
   }
 };
 
-// cos / sin of t * theta^(-2j/hd) for t < T, j < hd/2 ([T, hd/2] each, float32 on x's device), computed in float64
-// as the reference does, once per (T, hd, theta, device).
+// t * theta^(-2j/hd) for t < T, j < hd/2: [T, hd/2] in float64 on `dev` (the fused table and the reference's).
+torch::Tensor rope_angles(int64_t T, int64_t hd, double theta, const torch::Device& dev) {
+  auto opts = torch::TensorOptions().dtype(torch::kFloat64).device(dev);
+  const torch::Tensor freq = torch::pow(theta, -2.0 * torch::arange(hd / 2, opts) / static_cast<double>(hd));
+  return torch::arange(T, opts).unsqueeze(1) * freq.unsqueeze(0);
+}
+
+// cos / sin of rope_angles as float32 ([T, hd/2] each), once per (T, hd, theta, device).
 std::pair<torch::Tensor, torch::Tensor> rope_table(int64_t T, int64_t hd, double theta, const torch::Device& dev) {
   static std::mutex mu;
   static std::map<std::tuple<int64_t, int64_t, double, std::string>, std::pair<torch::Tensor, torch::Tensor>> cache;
@@ -283,9 +290,7 @@ std::pair<torch::Tensor, torch::Tensor> rope_table(int64_t T, int64_t hd, double
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   torch::NoGradGuard ng;
-  auto opts = torch::TensorOptions().dtype(torch::kFloat64).device(dev);
-  const torch::Tensor freq = torch::pow(theta, -2.0 * torch::arange(hd / 2, opts) / static_cast<double>(hd));
-  const torch::Tensor ang = torch::arange(T, opts).unsqueeze(1) * freq.unsqueeze(0);
+  const torch::Tensor ang = rope_angles(T, hd, theta, dev);
   auto table = std::make_pair(ang.cos().to(torch::kFloat).contiguous(), ang.sin().to(torch::kFloat).contiguous());
   return cache.emplace(key, table).first->second;
 }
@@ -342,9 +347,7 @@ void check_rope_input(const torch::Tensor& x) {
 torch::Tensor rotary_embedding_reference(const torch::Tensor& x, double theta) {
   check_rope_input(x);
   const int64_t T = x.size(1), hd = x.size(3);
-  auto opts = torch::TensorOptions().dtype(torch::kFloat64).device(x.device());
-  torch::Tensor freq = torch::pow(theta, -2.0 * torch::arange(hd / 2, opts) / static_cast<double>(hd));
-  torch::Tensor ang = torch::arange(T, opts).unsqueeze(1) * freq.unsqueeze(0);
+  const torch::Tensor ang = rope_angles(T, hd, theta, x.device());
   torch::Tensor c = ang.cos().to(x.scalar_type()).view({1, T, 1, hd / 2});
   torch::Tensor s = ang.sin().to(x.scalar_type()).view({1, T, 1, hd / 2});
   torch::Tensor xp = x.reshape({x.size(0), T, x.size(2), hd / 2, 2});
@@ -375,10 +378,11 @@ torch::Tensor causal_attention_reference(const torch::Tensor& q, const torch::Te
 }
 
 torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
+  const Shape sh = shape_of(q, k, v);  // before reading any size: bad shapes get the named error on every path
   // Wide heads: the reference's batched GEMMs win once a head is wider than a few registers (bench_attention:
   // head width 64 at one thread, fused 37 ms vs 24 ms; width 8, fused 4.5 ms vs 9.6 ms).
   if (!q.is_cpu() || q.scalar_type() != torch::kFloat || k.scalar_type() != torch::kFloat ||
-      v.scalar_type() != torch::kFloat || q.size(-1) > kMaxFusedHead)
+      v.scalar_type() != torch::kFloat || sh.hd > kMaxFusedHead)
     return causal_attention_reference(q, k, v, scale);
   return CausalAttentionFn::apply(q, k, v, scale);
 }

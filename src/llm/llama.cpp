@@ -8,7 +8,6 @@
 #include <torch/nn/functional/linear.h>
 
 #include <cmath>
-#include <limits>
 
 #include "flexquant/attention.h"
 #include "flexquant/error.h"
@@ -52,7 +51,6 @@ namespace {
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
   return x * torch::rsqrt((x * x).mean(-1, /*keepdim=*/true) + eps) * w;  // x * x: pow(2) is a libm call per element
 }
-
 
 }  // namespace
 

@@ -78,6 +78,7 @@ TEST(CausalAttention, BadShapesAreRefusedByName) {
     EXPECT_NE(std::string(e.what()).find("causal_attention"), std::string::npos) << e.what();
   }
   EXPECT_THROW(causal_attention(torch::randn({3, 8, 4}), k, k, 0.5), ModelError);
+  EXPECT_THROW(causal_attention(torch::randn({}), k, k, 0.5), ModelError);  // no size read before the check
 }
 
 TEST(RotaryEmbedding, SameBitsAsTheReferenceForwardAndBackward) {

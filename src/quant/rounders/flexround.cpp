@@ -13,6 +13,9 @@
 namespace flexquant {
 namespace rounders {
 
+// The grids the fused CPU path serves: one scale per tensor or per output channel.
+static bool fused_granularity(Granularity g) { return g == Granularity::PerTensor || g == Granularity::PerChannel; }
+
 FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
                  const torch::Tensor& delta1_0, const torch::Tensor& delta2, const torch::Tensor& delta3,
                  const torch::Tensor& delta4, const WeightLevels& levels, const WeightQuantSpec& spec) {
@@ -23,8 +26,7 @@ FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch:
   if (delta3.defined()) logs = logs + delta3;
   if (delta4.defined()) logs = logs + delta4;
   const torch::Tensor exp_logs = torch::exp(logs);
-  const bool per_channel = spec.granularity == Granularity::PerTensor || spec.granularity == Granularity::PerChannel;
-  if (per_channel && flex_map_fused(w, exp_logs, levels, m)) return m;  // the same bits in one pass
+  if (fused_granularity(spec.granularity) && flex_map_fused(w, exp_logs, levels, m)) return m;  // same bits, one pass
   m.s1 = expand_to_weight(m.s1p, w.sizes(), spec);
   m.S = m.s1 * exp_logs;
   m.r = w / m.S;  // division, as RTN does: w/S must round like w/s1 at init
@@ -92,10 +94,9 @@ struct FlexRoundFn : public torch::autograd::Function<FlexRoundFn> {
     const auto& g = grad_out[0];
     if (!g.defined()) return grads;
     FlexGrads fg;
-    const bool per_channel = spec.granularity == Granularity::PerTensor || spec.granularity == Granularity::PerChannel;
-    if (per_channel && flex_backward_fused(g, s1, r, q, passes, S, ctx->saved_data["d1"].toIntVector(),
-                                           ctx->saved_data["d3"].toIntVector(), ctx->saved_data["d4"].toIntVector(),
-                                           need, fg)) {
+    const std::vector<int64_t> d1 = ctx->saved_data["d1"].toIntVector(), d3 = ctx->saved_data["d3"].toIntVector(),
+                               d4 = ctx->saved_data["d4"].toIntVector();
+    if (fused_granularity(spec.granularity) && flex_backward_fused(g, s1, r, q, passes, S, d1, d3, d4, need, fg)) {
       grads[0] = fg.w, grads[2] = fg.d1, grads[4] = fg.d2, grads[5] = fg.d3, grads[6] = fg.d4;
       return grads;
     }
@@ -104,11 +105,11 @@ struct FlexRoundFn : public torch::autograd::Function<FlexRoundFn> {
     auto g_logs = (gs * r).neg_().masked_fill_(passes.logical_not(), 0);
     if (need[0]) {
       // log s1 enters twice: in S (-s1 r, in range) and in the outer multiply (s1 q).
-      grads[2] = reduce_to_param(gs * q + g_logs, ctx->saved_data["d1"].toIntVector(), spec);
+      grads[2] = reduce_to_param(gs * q + g_logs, d1, spec);
     }
     if (need[1]) grads[4] = g_logs.sum_to_size(ctx->saved_data["d2"].toIntVector());
-    if (need[2]) grads[5] = g_logs.sum_to_size(ctx->saved_data["d3"].toIntVector());
-    if (need[3]) grads[6] = g_logs.sum_to_size(ctx->saved_data["d4"].toIntVector());
+    if (need[2]) grads[5] = g_logs.sum_to_size(d3);
+    if (need[3]) grads[6] = g_logs.sum_to_size(d4);
     if (S.defined()) grads[0] = (gs / S).masked_fill_(passes.logical_not(), 0);  // d out/d w = s1/S in range
     return grads;
   }

@@ -1,5 +1,7 @@
 // FlexRound's fused CPU path (rounders.h: flex_map_fused, flex_backward_fused). The ATen composition in
 // flexround.cpp stays the reference and the path for every other grid, device and dtype; tests compare the two.
+#include <c10/util/accumulate.h>
+
 #include <cmath>
 #include <vector>
 
@@ -96,18 +98,13 @@ bool flex_backward_fused(const torch::Tensor& g_in, const torch::Tensor& s1, con
     return false;
   const auto ws = r.sizes();
   const int64_t O = ws[0], C = ws[1], K = r.numel() / std::max<int64_t>(1, O * C);
-  int64_t d1_numel = 1;
-  for (int64_t s : d1_shape) d1_numel *= s;
+  const int64_t d1_numel = c10::multiply_integers(d1_shape);
   if (d1_numel != 1 && d1_numel != O) return false;
   const Bcast b3 = bcast(d3_shape, ws), b4 = bcast(d4_shape, ws);
   if (!b3.valid || !b4.valid) return false;
   const torch::Tensor g = g_in.contiguous();
-  auto numel = [](const std::vector<int64_t>& sh) {
-    int64_t n = 1;
-    for (int64_t s : sh) n *= s;
-    return n;
-  };
-  std::vector<double> a1(d1_numel, 0.0), a3(numel(d3_shape), 0.0), a4(numel(d4_shape), 0.0);
+  std::vector<double> a1(d1_numel, 0.0), a3(c10::multiply_integers(d3_shape), 0.0),
+      a4(c10::multiply_integers(d4_shape), 0.0);
   torch::Tensor gd2 = need[1] ? torch::empty_like(r) : torch::Tensor();
   torch::Tensor gw = S.defined() ? torch::empty_like(r) : torch::Tensor();
   const float *gp = g.data_ptr<float>(), *s1p = s1.data_ptr<float>(), *rp = r.data_ptr<float>();
