@@ -6,7 +6,9 @@
 # seeds and data; BEFORE_BIN, a frozen flexquant from a committed tree). Writes out/bench_step/ and the
 # "Reconstruction step cost (issue #12)" section of docs/RESULTS.md.
 # Usage: BEFORE_BIN=out/bench-bin/<commit>/flexquant [SEEDS="1005 1 2"] [QUALITY_MODELS="r20 lm"] \
-#          bench/run_step.sh [build-dir] [rows]
+#          [QUALITY_LABEL=after2] bench/run_step.sh [build-dir] [rows]
+#   QUALITY_LABEL names this build's quality runs (default "after"; "after2" for a second round of speed work,
+#   whose table column then stands beside the earlier rounds'). Runs whose files exist are not repeated.
 #   rows: step baseline quality (default all three; "none" only reassembles the section)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +42,7 @@ for row in $ROWS; do
       bench_binary "$BUILD"
       R20="compare --model $SHARED/data/cifar10/resnet20.safetensors --arch resnet_cifar --data cifar10:$SHARED/data/cifar10 --recipe recipes/flexround-w4a4.json --set recon.iters=500"
       LM="compare --model $SHARED/data/lm/stories260K.bin --data $SHARED/data/lm/tinystories_valid_first.txt --recipe recipes/llm-flexround-w4.json --set recon.iters=1000"
-      for which in before after; do
+      for which in before ${QUALITY_LABEL:-after}; do
         bin=$BENCH_BIN; [[ $which == before ]] && bin=$BEFORE_BIN
         saved=$BENCH_PROVENANCE
         if [[ $which == before ]]; then
@@ -149,7 +151,7 @@ if step:
     print()
 q = {}   # (model, before|after) -> [(seed, cells, cmd)]
 for f in glob.glob(f"{out}/quality-*.md"):
-    m = re.match(r"quality-(r20|lm)-(before|after)-s(\d+)$", os.path.basename(f)[:-3])
+    m = re.match(r"quality-(r20|lm)-(before|after|after2)-s(\d+)$", os.path.basename(f)[:-3])
     if m and os.path.exists(f[:-3] + ".cmd"):
         q.setdefault(m.groups()[:2], []).append((int(m.group(3)), mdtable.rows(f)["flexround"], open(f[:-3] + ".cmd").read().strip()))
 if q:
@@ -161,19 +163,27 @@ if q:
     print("level and training turns that into run-to-run noise. Metrics: mean +- sample std over the seeds listed (each")
     print("run's thread count is in its command; thread count alone moves a run by up to 0.3 points). Times: the seed")
     print("1005 runs only, at 2 threads on an otherwise idle machine.\n")
-    print("| model | recipe | seeds | metric before | metric after | quantize time before | after | ms/iter per unit before | after |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    labels = [l for l in ("before", "after", "after2") if any(k[1] == l for k in q)]
+    print("Columns: before = the engine before the speed work; after = the first round (fused attention, LSQ,")
+    print("Adam, FlexRound map, allocator); after2 = the second round (language-model steps cut into 4 single-threaded")
+    print("shards per step, fused RMSNorm and SwiGLU, the attention kernels unrolled for head width 8).\n")
+    print("| model | recipe | seeds | " + " | ".join(f"metric {l}" for l in labels) + " | " +
+          " | ".join(f"quantize time {l}" for l in labels) + " | " + " | ".join(f"ms/iter per unit {l}" for l in labels) + " |")
+    print("|---|---|---|" + "---:|" * (3 * len(labels)))
     def secs(t):
         m = re.match(r"(?:(\d+)m)?([0-9.]+)s", t)
         return 60 * int(m.group(1) or 0) + float(m.group(2)) if m else float("nan")
     for m, name in (("r20", "ResNet-20 FlexRound W4A4, 500 it (top-1 %)"), ("lm", "stories260K FlexRound W4, 1000 it (perplexity)")):
-        if (m, "before") in q and (m, "after") in q:
-            b, a = sorted(q[(m, "before")]), sorted(q[(m, "after")])
-            fmt = lambda v: mdtable.mean_sd(v) if m == "r20" else (f"{v[0]:.3f}" if len(v) == 1 else f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}")
-            seeds = ", ".join(str(x[0]) for x in a)
-            tb = [x[1] for x in b if x[0] == 1005]; ta = [x[1] for x in a if x[0] == 1005]
-            times = (f"{secs(tb[0][5]):.1f} s | {secs(ta[0][5]):.1f} s | {tb[0][6]} | {ta[0][6]}" if tb and ta else "- | - | - | -")
-            print(f"| {m} | {name} | {seeds} | {fmt([float(x[1][2]) for x in b])} | {fmt([float(x[1][2]) for x in a])} | {times} |")
+        runs = {l: sorted(q[(m, l)]) for l in labels if (m, l) in q}
+        if len(runs) < 2:
+            continue
+        fmt = lambda v: mdtable.mean_sd(v) if m == "r20" else (f"{v[0]:.3f}" if len(v) == 1 else f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}")
+        seeds = ", ".join(str(x[0]) for x in runs[labels[-1]] if labels[-1] in runs)
+        metric = [fmt([float(x[1][2]) for x in runs[l]]) if l in runs else "-" for l in labels]
+        s1005 = {l: [x[1] for x in runs.get(l, []) if x[0] == 1005] for l in labels}
+        times = [f"{secs(s1005[l][0][5]):.1f} s" if s1005[l] else "-" for l in labels]
+        per_unit = [s1005[l][0][6] if s1005[l] else "-" for l in labels]
+        print(f"| {m} | {name} | {seeds} | " + " | ".join(metric + times + per_unit) + " |")
     print()
     for k, v in sorted(q.items()):
         for seed, _, cmd in sorted(v):

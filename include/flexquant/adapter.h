@@ -113,7 +113,11 @@ class Unit {
   /// x -> y for this unit, calling ctx.run(layers()[i], i, ...) for every layer and ctx.act(site, j, ...)
   /// at every activation site.
   virtual torch::Tensor forward(const torch::Tensor& x, UnitContext& ctx) = 0;
-  /// Whether the loss should sum over dim 1 (channels / tokens) as lp_loss does: true for all units here.
+  /// Shards a CPU train step cuts its batch into, each run forward and backward on one thread, their gradients
+  /// summed in order. Pays where a unit is many small ops that gain little from splitting each over threads;
+  /// 1 keeps every op multi-threaded, as convolutions need (oneDNN's kernels crawl nested in a parallel region).
+  /// A property of the unit, not of the thread count, so results do not depend on the thread count.
+  virtual int64_t step_shards() const { return 1; }
 };
 
 /// A normalisation whose gain feeds quantizable layers directly (norm -> Linear): where SmoothQuant folds its

@@ -166,6 +166,12 @@ class ActQuantizer {
   /// set_generator() or else torch's default generator (the engine seeds it per unit).
   /// Throws ConfigError when a static quantizer is used before calibrate()/set_grid().
   torch::Tensor forward(const torch::Tensor& x);
+  /// How one call sits in a data-parallel step that cuts the batch into shards (the engine's train step).
+  struct Call {
+    int64_t batch_numel = 0;  ///< numel of the whole batch's tensor at this site: LSQ's gradient scale (0: x's own)
+    at::Generator gen;        ///< QDrop's draw for this shard (undefined: set_generator's, else torch's default)
+  };
+  torch::Tensor forward(const torch::Tensor& x, const Call& call);
   /// Generator for the QDrop draw (CPU generator for CPU inputs); undefined = torch's default.
   void set_generator(at::Generator gen) { gen_ = std::move(gen); }
   /// True when this quantizer passes x through unchanged (bits >= 16).
@@ -179,9 +185,9 @@ class ActQuantizer {
 
  private:
   void calibrate_levels(const torch::Tensor& x);
-  torch::Tensor forward_levels(const torch::Tensor& x);
-  torch::Tensor lsq_step(const torch::Tensor& x, double qmax);
-  torch::Tensor drop(const torch::Tensor& x, const torch::Tensor& xq);
+  torch::Tensor forward_levels(const torch::Tensor& x, const Call& call);
+  torch::Tensor lsq_step(const torch::Tensor& x, double qmax, const Call& call);
+  torch::Tensor drop(const torch::Tensor& x, const torch::Tensor& xq, const Call& call);
   ActQuantSpec spec_;
   bool non_negative_;
   std::shared_ptr<WeightLevels> levels_;  // minifloat / power grids

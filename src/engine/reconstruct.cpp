@@ -6,6 +6,8 @@
 //   harden, then X_q <- Unit_k^Q(X_q), X_fp <- Y_fp.
 #include "flexquant/reconstruct.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <torch/autograd.h>
 
@@ -55,14 +57,40 @@ class TrainContext : public UnitContext {
     return i >= fp_from ? layer.weight : rounders.at(i)->forward(hard);
   }
   torch::Tensor act(const ActSite& site, int j, const torch::Tensor& x) override {
-    ActQuantizer* q = acts.at(j);
-    if (!q || (!dynamic_acts && q->spec().per_token)) return x;
+    ActQuantizer* q = active(j);
+    if (!q) return x;
     if (calibrating && !calibrated[j]) {
       q->calibrate(x.detach());
       calibrated[j] = true;
     }
     return q->forward(x);
   }
+  /// The quantizer at site j, or null where x passes through.
+  ActQuantizer* active(int j) const {
+    ActQuantizer* q = acts.at(j);
+    return q && (dynamic_acts || !q->spec().per_token) ? q : nullptr;
+  }
+};
+
+// One shard of a data-parallel train step: rows [begin, end) of a batch of `batch`, the weights the rounders
+// gave for this step (shared, read only) and the shard's own QDrop generator. LSQ's gradient scale is the whole
+// batch's, so that the shards' summed gradients are the full batch's.
+class ShardContext : public UnitContext {
+ public:
+  ShardContext(const TrainContext& base, const std::vector<torch::Tensor>& weights, int64_t rows, int64_t batch,
+               at::Generator gen)
+      : base_(base), weights_(weights), rows_(rows), batch_(batch), gen_(std::move(gen)) {}
+  torch::Tensor weight(const QuantLayer&, int i) override { return weights_.at(i); }
+  torch::Tensor act(const ActSite&, int j, const torch::Tensor& x) override {
+    ActQuantizer* q = base_.active(j);
+    return q ? q->forward(x, {x.numel() / rows_ * batch_, gen_}) : x;
+  }
+
+ private:
+  const TrainContext& base_;
+  const std::vector<torch::Tensor>& weights_;
+  int64_t rows_, batch_;
+  at::Generator gen_;
 };
 
 // Records the input of one layer while `inner` (FP when null) runs the unit.
@@ -94,10 +122,9 @@ torch::Tensor qdrop_mix(const torch::Tensor& x_q, const torch::Tensor& x_fp, dou
 }
 
 // Adam over the rounding parameters (group 0, recipe.lr with its schedule) and the LSQ steps (group 1,
-// act.lr, cosine). step_loss(it) returns {reconstruction loss, regulariser (may be undefined)}.
+// act.lr, cosine). step(it) fills every parameter's gradient and returns the reconstruction loss.
 void run_adam(const std::vector<torch::Tensor>& w_params, const std::vector<torch::Tensor>& a_params, int64_t iters,
-              const Recipe& recipe, const std::string& what,
-              const std::function<std::pair<torch::Tensor, torch::Tensor>(int64_t)>& step_loss,
+              const Recipe& recipe, const std::string& what, const std::function<double(int64_t)>& step,
               const std::function<void(int64_t, double)>& report) {
   if (iters <= 0 || (w_params.empty() && a_params.empty())) return;
   std::vector<FusedAdam::Group> groups;
@@ -114,10 +141,8 @@ void run_adam(const std::vector<torch::Tensor>& w_params, const std::vector<torc
     if (!a_params.empty()) opt.set_lr(g, recipe.act_lr * cosf);
     throw_if_stop_requested(fmt::format("in {} at iteration {}/{}", what, it, iters));
     opt.zero_grad();
-    auto [loss, reg] = step_loss(it);
-    (reg.defined() ? loss + reg : loss).backward();
+    const double lv = step(it);
     opt.step();
-    double lv = loss.item<double>();
     FQ_CHECK(std::isfinite(lv), NumericError, what, ": loss became ", lv, " at iteration ", it,
              "; hint: lower recon.lr (now ", recipe.lr, ")");
     running = it == 0 ? lv : 0.9 * running + 0.1 * lv;
@@ -221,6 +246,8 @@ class Reconstructor {
   void setup_act_quantizers(UnitRun& u);
   double probe_loss(UnitRun& u);
   void train_block(UnitRun& u);
+  double block_step(UnitRun& u, int64_t it, const std::vector<torch::Tensor>& a_params,
+                    std::vector<at::Generator>& gens);
   torch::Tensor prediction_loss(const UnitRun& u, const torch::Tensor& y_q, const torch::Tensor& idx);
   void train_layers(UnitRun& u);
   void harden(UnitRun& u);
@@ -384,26 +411,82 @@ void Reconstructor::train_block(UnitRun& u) {
   // Dynamic per-token quantizers learn nothing; with them off the rounders fit the weights alone
   // (FlexRound's released W4A8 code), which measured better than training through their noise.
   u.ctx.dynamic_acts = recipe_.dynamic_acts_in_loop;
+  // The unit's shards on CPU, each with its own QDrop stream seeded per unit; one shard draws from torch's
+  // default generator, seeded per unit in run_unit.
+  const int64_t shards = x_q_.is_cuda() ? 1 : std::max<int64_t>(1, std::min({u.unit.step_shards(), recipe_.batch,
+                                                                             x_q_.size(0)}));
+  std::vector<at::Generator> gens(shards);
+  for (int64_t s = 0; s < shards && shards > 1; ++s)
+    gens[s] = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(recipe_.seed) * 1000003u +
+                                                       u.index * 1024 + s);
   const int64_t n_it = iters();
   run_adam(w_params, a_params, n_it, recipe_, "unit \"" + u.unit.name() + "\"",
-           [&](int64_t it) {
-             auto idx = sample();
-             auto xin = qdrop_mix(x_q_.index_select(0, idx), x_fp_.index_select(0, idx), recipe_.qdrop);
-             const torch::Tensor y = u.unit.forward(xin, u.ctx);
-             auto loss = lp_loss(y, u.y_fp.index_select(0, idx));
-             if (recipe_.pd_weight > 0) {  // on purely quantized inputs: without QDrop those are xin, whose output is y
-               const torch::Tensor y_q = recipe_.qdrop > 0 ? u.unit.forward(x_q_.index_select(0, idx), u.ctx) : y;
-               loss = loss + prediction_loss(u, y_q, idx);
-             }
-             torch::Tensor reg;
-             for (auto& r : u.rounders) {
-               auto rr = r->regularizer(it, n_it);
-               reg = reg.defined() ? reg + rr : rr;
-             }
-             return std::make_pair(loss, reg);
-           },
+           [&](int64_t it) { return block_step(u, it, a_params, gens); },
            [&](int64_t it, double running) { progress_line(u, u.unit.name(), it, running); });
   u.ctx.dynamic_acts = true;
+}
+
+// One step of block reconstruction, data-parallel: the rounders give the step's weights once; the batch is cut
+// into gens.size() shards (fixed, not the thread count, so results do not depend on it), each running forward
+// and backward to those weights and the LSQ steps on one thread; the shards' gradients are summed in shard
+// order and sent back through the rounders with the regulariser. Returns the reconstruction loss.
+double Reconstructor::block_step(UnitRun& u, int64_t it, const std::vector<torch::Tensor>& a_params,
+                                 std::vector<at::Generator>& gens) {
+  const torch::Tensor idx = sample();
+  const torch::Tensor xin = qdrop_mix(x_q_.index_select(0, idx), x_fp_.index_select(0, idx), recipe_.qdrop);
+  const torch::Tensor y_fp = u.y_fp.index_select(0, idx);
+  const int64_t B = xin.size(0), S = static_cast<int64_t>(gens.size()), L = u.ctx.rounders.size();
+  // Layers are independent: a sharded (small-op) unit runs their rounders in parallel too.
+  auto each_layer = [&](const std::function<void(int64_t)>& fn) {
+    if (S > 1) at::parallel_for(0, L, 1, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) fn(i); });
+    else for (int64_t i = 0; i < L; ++i) fn(i);
+  };
+  std::vector<torch::Tensor> w(L), w_in(L), inputs;  // the rounders' weights, the shards' copies, what shards differentiate
+  each_layer([&](int64_t i) {
+    w[i] = u.ctx.rounders[i]->forward(false);
+    w_in[i] = w[i].detach().requires_grad_(w[i].requires_grad());
+  });
+  for (int64_t i = 0; i < L; ++i) if (w[i].requires_grad()) inputs.push_back(w_in[i]);
+  inputs.insert(inputs.end(), a_params.begin(), a_params.end());
+  std::vector<std::vector<torch::Tensor>> grads(S);
+  std::vector<double> losses(S);
+  auto run_shard = [&](int64_t s) {
+    const int64_t b = s * B / S, e = (s + 1) * B / S;
+    ShardContext ctx(u.ctx, w_in, e - b, B, gens[s]);
+    const torch::Tensor y = u.unit.forward(xin.slice(0, b, e), ctx);
+    torch::Tensor loss = lp_loss(y, y_fp.slice(0, b, e));
+    if (recipe_.pd_weight > 0) {  // on purely quantized inputs: without QDrop those are xin, whose output is y
+      const torch::Tensor ids = idx.slice(0, b, e);
+      loss = loss + prediction_loss(u, recipe_.qdrop > 0 ? u.unit.forward(x_q_.index_select(0, ids), ctx) : y, ids);
+    }
+    loss = loss * (static_cast<double>(e - b) / B);  // every term is a mean over samples
+    losses[s] = loss.item<double>();
+    if (!inputs.empty()) grads[s] = torch::autograd::grad({loss}, inputs, {}, false, false, /*allow_unused=*/true);
+  };
+  if (S == 1) run_shard(0);
+  else at::parallel_for(0, S, 1, [&](int64_t b, int64_t e) { for (int64_t s = b; s < e; ++s) run_shard(s); });
+
+  std::vector<torch::Tensor> g(inputs.size());
+  for (int64_t s = 0; s < S; ++s)
+    for (size_t k = 0; k < g.size(); ++k)
+      if (grads[s][k].defined()) g[k] = g[k].defined() ? g[k] + grads[s][k] : grads[s][k];
+  std::vector<torch::Tensor> gw(L);
+  size_t k = 0;
+  for (int64_t i = 0; i < L; ++i) if (w[i].requires_grad()) gw[i] = g[k++];
+  each_layer([&](int64_t i) { if (gw[i].defined()) torch::autograd::backward({w[i]}, {gw[i]}); });
+  std::vector<torch::Tensor> regs, ones;  // after the layers: a regulariser adds to the same parameters' gradients
+  for (auto& r : u.rounders) {
+    torch::Tensor reg = r->regularizer(it, iters());
+    if (reg.defined() && reg.requires_grad()) regs.push_back(reg), ones.push_back(torch::ones_like(reg));
+  }
+  if (!regs.empty()) torch::autograd::backward(regs, ones);
+  for (const torch::Tensor& p : a_params) {
+    if (g[k].defined()) p.mutable_grad() = g[k];
+    ++k;
+  }
+  double loss = 0;
+  for (double l : losses) loss += l;
+  return loss;
 }
 
 // PD-Quant (methods.md §4a): the unit's output on purely quantized inputs, through the not yet reconstructed
@@ -436,7 +519,9 @@ void Reconstructor::train_layers(UnitRun& u) {
                auto idx = sample();
                auto xin = qdrop_mix(xi_q.index_select(0, idx), xi_fp.index_select(0, idx), recipe_.qdrop);
                auto loss = lp_loss(layer.apply(xin, r.forward(false)), yi_fp.index_select(0, idx));
-               return std::make_pair(loss, r.regularizer(it, n_it));
+               auto reg = r.regularizer(it, n_it);
+               (reg.defined() ? loss + reg : loss).backward();
+               return loss.item<double>();
              },
              [&](int64_t it, double running) { progress_line(u, layer.name, it, running); });
   }

@@ -67,9 +67,15 @@ FQ_INLINE Lane load_lane(const float* x) {
   return v;
 }
 
+// Kernels take the head width as a template argument HD where it is 8 (stories260K), so the d loops unroll and
+// the per-d accumulators stay in registers (16 would need more than AVX2's 16); HD = 0 reads `hd` at run time.
+constexpr int64_t width(int64_t HD, int64_t hd) { return HD > 0 ? HD : hd; }
+
 // s[j] = q . xt[:, j] for j < round_up(n) (xt: [hd, Tp] zero-padded). Each block of 8 is summed over d in a
 // register; four blocks at a time, so four independent FMA chains hide the FMA latency.
-FQ_INLINE void row_times(const float* q, const float* xt, int64_t Tp, int64_t hd, int64_t n, float* s) {
+template <int64_t HD>
+FQ_INLINE void row_times(const float* q, const float* xt, int64_t Tp, int64_t hd_rt, int64_t n, float* s) {
+  const int64_t hd = width(HD, hd_rt);
   const int64_t nb = round_up(n);
   int64_t j0 = 0;
   for (; j0 + 4 * kLane <= nb; j0 += 4 * kLane) {
@@ -94,10 +100,23 @@ FQ_INLINE void row_times(const float* q, const float* xt, int64_t Tp, int64_t hd
 }
 
 // out[d] = w . xt[d, :nb] for every d (nb a multiple of 8): one pass over w with an accumulator per d, whose
-// chains are independent, then one horizontal sum each. acc: hd * 8 floats of scratch (plain floats: a std::vector
-// of the vector type would not get its 32-byte alignment).
-FQ_INLINE void weighted_rows(const float* w, const float* xt, int64_t Tp, int64_t hd, int64_t nb, float* acc,
+// chains are independent, then one horizontal sum each. A fixed width keeps the accumulators in registers;
+// otherwise they live in acc (hd * 8 floats of scratch; plain floats: a std::vector of the vector type would not
+// get its 32-byte alignment). Both sum in the same order.
+template <int64_t HD>
+FQ_INLINE void weighted_rows(const float* w, const float* xt, int64_t Tp, int64_t hd_rt, int64_t nb, float* acc,
                              float* out) {
+  auto hsum = [](const Lane& t) { return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7])); };
+  if constexpr (HD > 0) {
+    Lane a[HD] = {};
+    for (int64_t j0 = 0; j0 < nb; j0 += kLane) {
+      const Lane wv = load_lane(w + j0);
+      for (int64_t d = 0; d < HD; ++d) a[d] += wv * load_lane(xt + d * Tp + j0);
+    }
+    for (int64_t d = 0; d < HD; ++d) out[d] = hsum(a[d]);
+    return;
+  }
+  const int64_t hd = hd_rt;
   for (int64_t i = 0; i < hd * kLane; ++i) acc[i] = 0;
   for (int64_t j0 = 0; j0 < nb; j0 += kLane) {
     const Lane wv = load_lane(w + j0);
@@ -106,10 +125,7 @@ FQ_INLINE void weighted_rows(const float* w, const float* xt, int64_t Tp, int64_
       std::memcpy(acc + d * kLane, &a, sizeof a);
     }
   }
-  for (int64_t d = 0; d < hd; ++d) {
-    const float* t = acc + d * kLane;
-    out[d] = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
-  }
+  for (int64_t d = 0; d < hd; ++d) out[d] = hsum(load_lane(acc + d * kLane));
 }
 
 // x [T, hd] -> xt [hd, Tp], zero in the padding.
@@ -127,10 +143,11 @@ struct Shape {
 
 // The softmax row of query i: p[j] = exp(q_i . k_j * scale - c) for j <= i, 0 up to the block end; c = the row max
 // (forward, returned) or the saved log-sum-exp (backward, `c` given).
+template <int64_t HD>
 FQ_INLINE float prob_row(const float* qs, const float* kt, int64_t Tp, int64_t hd, int64_t i, const float* lse,
                          float* p) {
   const int64_t n = i + 1;
-  row_times(qs, kt, Tp, hd, n, p);
+  row_times<HD>(qs, kt, Tp, hd, n, p);
   const float c = lse ? *lse : max_of(p, n);
   for (int64_t j = 0; j < n; ++j) p[j] = fast_exp(p[j] - c);
   for (int64_t j = n; j < round_up(n); ++j) p[j] = 0;
@@ -146,9 +163,10 @@ FQ_INLINE void add_rows(float* __restrict acc, const float* __restrict x, int64_
 }
 
 // One (batch, kv head): out and lse of its query heads.
-FQ_VECTOR_CLONES void forward_task(const Shape& sh, int64_t b, int64_t kvh, const float* q, const float* k,
-                                   const float* v, float scale, float* out, float* lse) {
-  const int64_t T = sh.T, Tp = round_up(T), hd = sh.hd;
+template <int64_t HD>
+FQ_INLINE void forward_rows(const Shape& sh, int64_t b, int64_t kvh, const float* q, const float* k, const float* v,
+                            float scale, float* out, float* lse) {
+  const int64_t T = sh.T, Tp = round_up(T), hd = width(HD, sh.hd);
   std::vector<float> kt(hd * Tp), vt(hd * Tp), p(Tp), qs(hd);
   std::vector<float> acc(hd * kLane);
   transpose_into(k + (b * sh.Hkv + kvh) * T * hd, T, Tp, hd, kt.data());
@@ -157,23 +175,30 @@ FQ_VECTOR_CLONES void forward_task(const Shape& sh, int64_t b, int64_t kvh, cons
     const int64_t base = (b * sh.H + h) * T;
     for (int64_t i = 0; i < T; ++i) {
       for (int64_t d = 0; d < hd; ++d) qs[d] = q[(base + i) * hd + d] * scale;
-      const float m = prob_row(qs.data(), kt.data(), Tp, hd, i, nullptr, p.data());
+      const float m = prob_row<HD>(qs.data(), kt.data(), Tp, hd, i, nullptr, p.data());
       const float l = sum_of(p.data(), i + 1);
       float* o = out + (base + i) * hd;
       const float inv = 1.0f / l;
-      weighted_rows(p.data(), vt.data(), Tp, hd, round_up(i + 1), acc.data(), o);
+      weighted_rows<HD>(p.data(), vt.data(), Tp, hd, round_up(i + 1), acc.data(), o);
       for (int64_t d = 0; d < hd; ++d) o[d] *= inv;
       lse[base + i] = m + std::log(l);
     }
   }
 }
 
+FQ_VECTOR_CLONES void forward_task(const Shape& sh, int64_t b, int64_t kvh, const float* q, const float* k,
+                                   const float* v, float scale, float* out, float* lse) {
+  if (sh.hd == 8) forward_rows<8>(sh, b, kvh, q, k, v, scale, out, lse);
+  else forward_rows<0>(sh, b, kvh, q, k, v, scale, out, lse);
+}
+
 // One (batch, kv head): dq of its query heads, dk and dv of the kv head (summed over the group). Rows go in
 // blocks of kRows so the dK^T and dV^T accumulators are read and written once per block.
-FQ_VECTOR_CLONES void backward_task(const Shape& sh, int64_t b, int64_t kvh, const float* q, const float* k,
-                                    const float* v, const float* out, const float* lse, const float* dout,
-                                    float scale, float* dq, float* dk, float* dv) {
-  const int64_t T = sh.T, Tp = round_up(T), hd = sh.hd;
+template <int64_t HD>
+FQ_INLINE void backward_rows(const Shape& sh, int64_t b, int64_t kvh, const float* q, const float* k, const float* v,
+                             const float* out, const float* lse, const float* dout, float scale, float* dq, float* dk,
+                             float* dv) {
+  const int64_t T = sh.T, Tp = round_up(T), hd = width(HD, sh.hd);
   std::vector<float> kt(hd * Tp), vt(hd * Tp), dkt(hd * Tp, 0.f), dvt(hd * Tp, 0.f);
   std::vector<float> p(kRows * Tp, 0.f), ds(kRows * Tp, 0.f), qs(kRows * hd, 0.f), go(kRows * hd, 0.f);
   std::vector<float> acc(hd * kLane);
@@ -201,14 +226,14 @@ FQ_VECTOR_CLONES void backward_task(const Shape& sh, int64_t b, int64_t kvh, con
         const float* oi = out + (base + i) * hd;
         // qr holds q * scale for the scores, then q itself for dK (the scale is already folded into dS).
         for (int64_t d = 0; d < hd; ++d) qr[d] = qi[d] * scale, gr[d] = doi[d];
-        prob_row(qr, kt.data(), Tp, hd, i, lse + base + i, pr);
+        prob_row<HD>(qr, kt.data(), Tp, hd, i, lse + base + i, pr);
         for (int64_t j = round_up(i + 1); j < nb; ++j) pr[j] = 0;
         float di = 0;  // rowsum(dO * O): the softmax backward's subtracted term
         for (int64_t d = 0; d < hd; ++d) di += doi[d] * oi[d];
-        row_times(gr, vt.data(), Tp, hd, nb, dsr);  // dP = dO . V^T
+        row_times<HD>(gr, vt.data(), Tp, hd, nb, dsr);  // dP = dO . V^T
         for (int64_t j = 0; j < nb; ++j) dsr[j] = pr[j] * (dsr[j] - di) * scale;  // d(score), scale folded in
         float* dqi = dq + (base + i) * hd;
-        weighted_rows(dsr, kt.data(), Tp, hd, nb, acc.data(), dqi);
+        weighted_rows<HD>(dsr, kt.data(), Tp, hd, nb, acc.data(), dqi);
         for (int64_t d = 0; d < hd; ++d) qr[d] = qi[d];
       }
       const float* pr = p.data();
@@ -224,6 +249,13 @@ FQ_VECTOR_CLONES void backward_task(const Shape& sh, int64_t b, int64_t kvh, con
       dk[kv_base + j * hd + d] = dkt[d * Tp + j];
       dv[kv_base + j * hd + d] = dvt[d * Tp + j];
     }
+}
+
+FQ_VECTOR_CLONES void backward_task(const Shape& sh, int64_t b, int64_t kvh, const float* q, const float* k,
+                                    const float* v, const float* out, const float* lse, const float* dout,
+                                    float scale, float* dq, float* dk, float* dv) {
+  if (sh.hd == 8) backward_rows<8>(sh, b, kvh, q, k, v, out, lse, dout, scale, dq, dk, dv);
+  else backward_rows<0>(sh, b, kvh, q, k, v, out, lse, dout, scale, dq, dk, dv);
 }
 
 Shape shape_of(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {

@@ -11,6 +11,7 @@
 
 #include "flexquant/attention.h"
 #include "flexquant/error.h"
+#include "flexquant/llama_ops.h"
 
 namespace flexquant {
 
@@ -44,15 +45,6 @@ void LlamaConfig::validate(const std::string& source) const {
   FQ_CHECK(norm_eps > 0 && norm_eps < 1, ModelError, source, ": norm_eps ", norm_eps, " -> allowed (0, 1)");
   FQ_CHECK(rope_theta > 0, ModelError, source, ": rope_theta ", rope_theta, " -> must be > 0");
 }
-
-namespace {
-
-// x * rsqrt(mean(x^2) + eps) * w over the last dim.
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
-  return x * torch::rsqrt((x * x).mean(-1, /*keepdim=*/true) + eps) * w;  // x * x: pow(2) is a libm call per element
-}
-
-}  // namespace
 
 LlamaDecoderLayer::LlamaDecoderLayer(int index, const LlamaConfig& cfg)
     : name_("layers." + std::to_string(index)), cfg_(cfg) {
@@ -99,7 +91,7 @@ torch::Tensor LlamaDecoderLayer::forward(const torch::Tensor& x, UnitContext& ct
   torch::Tensor f = ctx.act(sites_[FfnIn], FfnIn, rms_norm(y, ffn_norm_, cfg_.norm_eps));
   torch::Tensor gate = ctx.run(layers_[W1], W1, f);
   torch::Tensor up = ctx.run(layers_[W3], W3, f);
-  torch::Tensor mid = ctx.act(sites_[FfnMid], FfnMid, torch::silu(gate) * up);
+  torch::Tensor mid = ctx.act(sites_[FfnMid], FfnMid, swiglu(gate, up));
   return y + ctx.run(layers_[W2], W2, mid);
 }
 

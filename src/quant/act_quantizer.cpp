@@ -113,41 +113,44 @@ void ActQuantizer::set_grid(float step, float zero_point) {
 }
 
 // LSQ: the positive learned step, its gradient scaled by g = 1/sqrt(numel * q_max) in the backward only.
-torch::Tensor ActQuantizer::lsq_step(const torch::Tensor& x, double qmax) {
+torch::Tensor ActQuantizer::lsq_step(const torch::Tensor& x, double qmax, const Call& call) {
   FQ_CHECK(calibrated_, ConfigError,
            "static activation quantizer used before calibrate() or set_grid() -> hint: calibrate it on samples");
   if (step_.device() != x.device()) step_ = step_.detach().to(x.device()).requires_grad_(true);
-  const double g = 1.0 / std::sqrt(static_cast<double>(x.numel()) * qmax);
+  const double g = 1.0 / std::sqrt(static_cast<double>(call.batch_numel > 0 ? call.batch_numel : x.numel()) * qmax);
   auto s = step_.abs().clamp_min(kMinStep);
   return s * g + (s - s * g).detach();
 }
 
-torch::Tensor ActQuantizer::forward_levels(const torch::Tensor& x) {
+torch::Tensor ActQuantizer::forward_levels(const torch::Tensor& x, const Call& call) {
   if (spec_.per_token) {
     torch::NoGradGuard ng;
     auto xd = x.detach();
     auto scale = (xd.abs().amax(-1, true) / max_level_).clamp_min(kMinStep);
     return x + (scale * levels_->nearest(xd / scale) - x).detach();
   }
-  auto s_eff = lsq_step(x, max_level_);
+  auto s_eff = lsq_step(x, max_level_, call);
   auto v = x / s_eff;
   auto q = levels_->nearest(v.detach());
   // LSQ on a level set: straight through where nearest did not saturate; saturated values pass q (no x gradient).
   auto v_ste = torch::where(levels_->passes(v.detach(), q).to(torch::kBool), v + (q - v).detach(), q);
-  return drop(x, v_ste * s_eff);
+  return drop(x, v_ste * s_eff, call);
 }
 
 // QDrop: each element keeps its FP value with probability p, fresh draw every call.
-torch::Tensor ActQuantizer::drop(const torch::Tensor& x, const torch::Tensor& xq) {
+torch::Tensor ActQuantizer::drop(const torch::Tensor& x, const torch::Tensor& xq, const Call& call) {
   if (!training_ || drop_prob_ <= 0) return xq;
-  auto u = gen_.defined() ? at::rand(x.sizes(), gen_, x.options().dtype(torch::kFloat))
-                          : torch::rand(x.sizes(), x.options().dtype(torch::kFloat));
+  const at::Generator& gen = call.gen.defined() ? call.gen : gen_;
+  auto u = gen.defined() ? at::rand(x.sizes(), gen, x.options().dtype(torch::kFloat))
+                         : torch::rand(x.sizes(), x.options().dtype(torch::kFloat));
   return torch::where(u < drop_prob_, x, xq);
 }
 
-torch::Tensor ActQuantizer::forward(const torch::Tensor& x) {
+torch::Tensor ActQuantizer::forward(const torch::Tensor& x) { return forward(x, Call{}); }
+
+torch::Tensor ActQuantizer::forward(const torch::Tensor& x, const Call& call) {
   if (is_identity()) return x;
-  if (levels_) return forward_levels(x);
+  if (levels_) return forward_levels(x, call);
   const double qmax = static_cast<double>((int64_t{1} << spec_.bits) - 1);
   torch::Tensor xq;
   if (spec_.per_token) {
@@ -159,8 +162,8 @@ torch::Tensor ActQuantizer::forward(const torch::Tensor& x) {
     xq = scale * torch::clamp(torch::round(xd / scale), -z, qmax - z);
     return x + (xq - x).detach();  // straight through: the range always covers the row
   }
-  xq = lsq_fake_quant(x, lsq_step(x, qmax), -static_cast<double>(zero_point_), qmax - zero_point_);
-  return drop(x, xq);
+  xq = lsq_fake_quant(x, lsq_step(x, qmax, call), -static_cast<double>(zero_point_), qmax - zero_point_);
+  return drop(x, xq, call);
 }
 
 std::vector<torch::Tensor> ActQuantizer::parameters() {

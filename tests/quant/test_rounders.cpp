@@ -762,6 +762,34 @@ TEST(ActQuantizer, LsqStepGradientMatchesFormula) {
   EXPECT_TRUE(torch::allclose(y.detach(), step * torch::clamp(torch::round(v), -z, 15 - z), 0, 1e-7));
 }
 
+// The engine's data-parallel step runs a batch as shards, each call given the whole batch's numel: the shards'
+// step gradients then sum to the whole batch's, for the integer (LSQ) and the level-set (minifloat) paths.
+TEST(ActQuantizer, ShardedCallsSumToTheWholeBatchGradient) {
+  for (const char* format : {"int", "fp4_e2m1"}) {
+    SCOPED_TRACE(format);
+    fq::ActQuantSpec spec;
+    spec.bits = 4;
+    if (std::string(format) != "int") spec.format = fq::Format::parse(format);
+    torch::manual_seed(3);
+    auto x = torch::randn({8, 50}) * 0.6, up = torch::randn({8, 50});
+    fq::ActQuantizer whole(spec, false), shards(spec, false);
+    whole.calibrate(x);
+    shards.calibrate(x);
+    (whole.forward(x) * up).sum().backward();
+    torch::Tensor y_shards;
+    for (int64_t s = 0; s < 4; ++s) {
+      auto xs = x.slice(0, 2 * s, 2 * s + 2);
+      auto ys = shards.forward(xs, {x.numel(), {}});
+      (ys * up.slice(0, 2 * s, 2 * s + 2)).sum().backward();  // accumulates into the step's grad
+      y_shards = y_shards.defined() ? torch::cat({y_shards, ys.detach()}) : ys.detach();
+    }
+    EXPECT_TRUE(torch::equal(y_shards, whole.forward(x).detach()));
+    const double a = whole.parameters().at(0).grad().item<double>(), b = shards.parameters().at(0).grad().item<double>();
+    EXPECT_NEAR(b, a, 1e-5 * std::abs(a) + 1e-8);
+    EXPECT_NE(a, 0.0);
+  }
+}
+
 TEST(ActQuantizer, QDropMasks) {
   fq::ActQuantSpec spec;
   spec.bits = 4;
