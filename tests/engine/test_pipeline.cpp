@@ -333,3 +333,33 @@ TEST(Engine, PerTokenActivationsReconstructWeightOnlyByDefault) {
   }
   EXPECT_GT(differ, 0) << "the per-token quantizers never reached the loss";
 }
+
+// A Llama layer's train step runs as shards (Unit::step_shards) with every feature that reaches inside one: static
+// LSQ activation steps (their gradient scaled by the whole batch), QDrop drawn per shard, PD-Quant's loss through
+// the later layers. The run must be reproducible, and training must lower each unit's loss below the start grid's.
+TEST(Engine, ShardedLanguageModelStepsAreReproducibleAndLearn) {
+  auto task = stories_task();
+  Recipe r = lm_w3_recipe("flexround");
+  r.act_bits = 8;
+  r.qdrop = 0.5;
+  r.pd_weight = 1;
+  r.iters = 30;
+  r.batch = 4;
+  r.calib_samples = 8;
+  r.calib_seq_len = 64;
+  const torch::Tensor calib = task->calibration(r);
+  auto run = [&] {
+    auto model = task->load_model();
+    EXPECT_GT(model->units().at(0)->step_shards(), 1) << "the Llama layer no longer asks for shards";
+    QuantState state;
+    QuantizeReport rep = quantize(*model, calib, r, state, {}, /*max_units=*/2);
+    return std::make_pair(rep, state);
+  };
+  auto [rep_a, a] = run();
+  auto [rep_b, b] = run();
+  ASSERT_EQ(rep_a.units.size(), 2u);
+  for (const auto& u : rep_a.units) EXPECT_LT(u.loss_end, u.loss_start) << u.name;
+  for (const auto& [name, qt] : a.weights) EXPECT_TRUE(torch::equal(qt.codes, b.weights.at(name).codes)) << name;
+  for (const auto& [key, q] : a.acts) EXPECT_EQ(q->step(), b.acts.at(key)->step()) << key;
+  EXPECT_FALSE(a.acts.empty());
+}
