@@ -433,7 +433,8 @@ void Reconstructor::train_block(UnitRun& u) {
 double Reconstructor::block_step(UnitRun& u, int64_t it, const std::vector<torch::Tensor>& a_params,
                                  std::vector<at::Generator>& gens) {
   const torch::Tensor idx = sample();
-  const torch::Tensor xin = qdrop_mix(x_q_.index_select(0, idx), x_fp_.index_select(0, idx), recipe_.qdrop);
+  const torch::Tensor x_q = x_q_.index_select(0, idx);
+  const torch::Tensor xin = recipe_.qdrop > 0 ? qdrop_mix(x_q, x_fp_.index_select(0, idx), recipe_.qdrop) : x_q;
   const torch::Tensor y_fp = u.y_fp.index_select(0, idx);
   const int64_t B = xin.size(0), S = static_cast<int64_t>(gens.size()), L = u.ctx.rounders.size();
   // Layers are independent: a sharded (small-op) unit runs their rounders in parallel too.
@@ -457,7 +458,7 @@ double Reconstructor::block_step(UnitRun& u, int64_t it, const std::vector<torch
     torch::Tensor loss = lp_loss(y, y_fp.slice(0, b, e));
     if (recipe_.pd_weight > 0) {  // on purely quantized inputs: without QDrop those are xin, whose output is y
       const torch::Tensor ids = idx.slice(0, b, e);
-      loss = loss + prediction_loss(u, recipe_.qdrop > 0 ? u.unit.forward(x_q_.index_select(0, ids), ctx) : y, ids);
+      loss = loss + prediction_loss(u, recipe_.qdrop > 0 ? u.unit.forward(x_q.slice(0, b, e), ctx) : y, ids);
     }
     loss = loss * (static_cast<double>(e - b) / B);  // every term is a mean over samples
     losses[s] = loss.item<double>();
@@ -466,23 +467,29 @@ double Reconstructor::block_step(UnitRun& u, int64_t it, const std::vector<torch
   if (S == 1) run_shard(0);
   else at::parallel_for(0, S, 1, [&](int64_t b, int64_t e) { for (int64_t s = b; s < e; ++s) run_shard(s); });
 
-  std::vector<torch::Tensor> g(inputs.size());
-  for (int64_t s = 0; s < S; ++s)
-    for (size_t k = 0; k < g.size(); ++k)
-      if (grads[s][k].defined()) g[k] = g[k].defined() ? g[k] + grads[s][k] : grads[s][k];
-  std::vector<torch::Tensor> gw(L);
-  size_t k = 0;
-  for (int64_t i = 0; i < L; ++i) if (w[i].requires_grad()) gw[i] = g[k++];
-  each_layer([&](int64_t i) { if (gw[i].defined()) torch::autograd::backward({w[i]}, {gw[i]}); });
+  auto shard_sum = [&](size_t k) {  // in shard order, whatever the thread count
+    torch::Tensor sum;
+    for (int64_t s = 0; s < S; ++s)
+      if (grads[s][k].defined()) sum = sum.defined() ? sum + grads[s][k] : grads[s][k];
+    return sum;
+  };
+  std::vector<int64_t> slot(L, -1);  // layer i's place in inputs
+  for (int64_t i = 0, k = 0; i < L; ++i) if (w[i].requires_grad()) slot[i] = k++;
+  each_layer([&](int64_t i) {
+    if (slot[i] < 0) return;
+    const torch::Tensor gw = shard_sum(slot[i]);
+    if (gw.defined()) torch::autograd::backward({w[i]}, {gw});
+  });
   std::vector<torch::Tensor> regs, ones;  // after the layers: a regulariser adds to the same parameters' gradients
   for (auto& r : u.rounders) {
     torch::Tensor reg = r->regularizer(it, iters());
     if (reg.defined() && reg.requires_grad()) regs.push_back(reg), ones.push_back(torch::ones_like(reg));
   }
   if (!regs.empty()) torch::autograd::backward(regs, ones);
+  size_t k = inputs.size() - a_params.size();
   for (const torch::Tensor& p : a_params) {
-    if (g[k].defined()) p.mutable_grad() = g[k];
-    ++k;
+    const torch::Tensor ga = shard_sum(k++);
+    if (ga.defined()) p.mutable_grad() = ga;
   }
   double loss = 0;
   for (double l : losses) loss += l;
