@@ -4,6 +4,7 @@
 //   inputs   X_q  from units < k already hardened (activation quantizers on)
 //   minimise lp_loss(Unit_k^Q(mix(X_q, X_fp)), Y_fp) + regulariser, Adam, cosine schedule
 //   harden, then X_q <- Unit_k^Q(X_q), X_fp <- Y_fp.
+// On CPU a unit that asks for it (Unit::step_shards) runs each train step as single-threaded shards of the batch.
 #include "flexquant/reconstruct.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -72,7 +73,7 @@ class TrainContext : public UnitContext {
   }
 };
 
-// One shard of a data-parallel train step: rows [begin, end) of a batch of `batch`, the weights the rounders
+// One shard of a data-parallel train step: `rows` samples of a batch of `batch`, the weights the rounders
 // gave for this step (shared, read only) and the shard's own QDrop generator. LSQ's gradient scale is the whole
 // batch's, so that the shards' summed gradients are the full batch's.
 class ShardContext : public UnitContext {
