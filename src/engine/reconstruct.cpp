@@ -417,9 +417,10 @@ void Reconstructor::train_block(UnitRun& u) {
   const int64_t shards = x_q_.is_cuda() ? 1 : std::max<int64_t>(1, std::min({u.unit.step_shards(), recipe_.batch,
                                                                              x_q_.size(0)}));
   std::vector<at::Generator> gens(shards);
-  for (int64_t s = 0; s < shards && shards > 1; ++s)
-    gens[s] = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(recipe_.seed) * 1000003u +
-                                                       u.index * 1024 + s);
+  if (shards > 1)
+    for (int64_t s = 0; s < shards; ++s)
+      gens[s] = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(recipe_.seed) * 1000003u +
+                                                         u.index * 1024 + s);
   const int64_t n_it = iters();
   run_adam(w_params, a_params, n_it, recipe_, "unit \"" + u.unit.name() + "\"",
            [&](int64_t it) { return block_step(u, it, a_params, gens); },

@@ -19,6 +19,10 @@ using torch::autograd::variable_list;
 
 bool fusable(const torch::Tensor& t) { return t.device().is_cpu() && t.scalar_type() == torch::kFloat; }
 
+constexpr int64_t kGrain = 16384;  // floats per parallel chunk
+
+int64_t row_grain(int64_t D) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(D, 1)); }
+
 // y = (x * r) * w per row, r = 1 / sqrt(mean(x^2) + eps), kept for the backward.
 FQ_VECTOR_CLONES void rms_rows(const float* x, const float* w, int64_t lo, int64_t hi, int64_t D, float eps, float* y,
                                float* r) {
@@ -60,7 +64,7 @@ struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
     const torch::Tensor x = x_in.contiguous(), w = w_in.contiguous();
     const int64_t D = x.size(-1), R = D > 0 ? x.numel() / D : 0;
     torch::Tensor y = torch::empty_like(x), r = torch::empty({R}, x.options());
-    at::parallel_for(0, R, std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1)), [&](int64_t lo, int64_t hi) {
+    at::parallel_for(0, R, row_grain(D), [&](int64_t lo, int64_t hi) {
       rms_rows(x.data_ptr<float>(), w.data_ptr<float>(), lo, hi, D, static_cast<float>(eps), y.data_ptr<float>(),
                r.data_ptr<float>());
     });
@@ -75,7 +79,7 @@ struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
     torch::Tensor dx, dw;
     if (ctx->needs_input_grad(0)) {
       dx = torch::empty_like(x);
-      at::parallel_for(0, R, std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1)), [&](int64_t lo, int64_t hi) {
+      at::parallel_for(0, R, row_grain(D), [&](int64_t lo, int64_t hi) {
         rms_grad_rows(x.data_ptr<float>(), w.data_ptr<float>(), r.data_ptr<float>(), g.data_ptr<float>(), lo, hi, D,
                       dx.data_ptr<float>());
       });
@@ -106,8 +110,6 @@ FQ_VECTOR_CLONES void swiglu_bwd(const float* g, const float* u, const float* dy
     dg[i] = dy[i] * u[i] * (s * (1.0f + g[i] * (1.0f - s)));
   }
 }
-
-constexpr int64_t kGrain = 16384;
 
 struct SwiGluFn : public torch::autograd::Function<SwiGluFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& g_in, const torch::Tensor& u_in) {

@@ -56,6 +56,16 @@ Recipe lm_w3_recipe(const std::string& method) {
   r.weight_symmetric = false;
   return r;
 }
+
+// lm_w3_recipe on a short run: batch 4 of 8 calibration sequences of 64 tokens.
+Recipe short_lm_recipe(const std::string& method, int64_t iters) {
+  Recipe r = lm_w3_recipe(method);
+  r.iters = iters;
+  r.batch = 4;
+  r.calib_samples = 8;
+  r.calib_seq_len = 64;
+  return r;
+}
 }  // namespace
 
 TEST(Engine, FlexRoundBeatsNearestOnRealResNet20Blocks) {
@@ -305,11 +315,7 @@ TEST(Engine, PerTokenActivationsReconstructWeightOnlyByDefault) {
   // paths) must then learn exactly the codes of the weight-only run, and different ones when the dynamic
   // quantizers stay in the loop.
   auto task = stories_task();
-  Recipe r = lm_w3_recipe("flexround");
-  r.iters = 40;
-  r.batch = 4;
-  r.calib_samples = 8;
-  r.calib_seq_len = 64;
+  Recipe r = short_lm_recipe("flexround", 40);
   auto layer0_codes = [&](const Recipe& rr) {
     auto model = task->load_model();
     QuantState state;
@@ -339,14 +345,10 @@ TEST(Engine, PerTokenActivationsReconstructWeightOnlyByDefault) {
 // the later layers. The run must be reproducible, and training must lower each unit's loss below the start grid's.
 TEST(Engine, ShardedLanguageModelStepsAreReproducibleAndLearn) {
   auto task = stories_task();
-  Recipe r = lm_w3_recipe("flexround");
+  Recipe r = short_lm_recipe("flexround", 30);
   r.act_bits = 8;
   r.qdrop = 0.5;
   r.pd_weight = 1;
-  r.iters = 30;
-  r.batch = 4;
-  r.calib_samples = 8;
-  r.calib_seq_len = 64;
   const torch::Tensor calib = task->calibration(r);
   auto run = [&] {
     auto model = task->load_model();
