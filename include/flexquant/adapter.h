@@ -25,6 +25,18 @@ enum class LayerRole { Hidden, Input, Output };
 /// ClassifierInput sites (the input of an Output layer) stay at weight.first_last_bits like their layer.
 enum class SiteRole { Activation, KvCache, ClassifierInput };
 
+/// The BatchNorm an adapter folded into a layer's weight and bias (eval mode, y = gamma (z - mean) /
+/// sqrt(var + eps) + beta on the conv's output z), kept for methods that need the unfolded statistics
+/// (PD-Quant's distribution correction). Tensors are [out] float32, undefined where no BatchNorm was folded.
+struct FoldedBatchNorm {
+  torch::Tensor gamma, beta, mean, var;
+  double eps = 1e-5;
+  bool defined() const { return gamma.defined(); }
+  /// The BatchNorm's input z recovered from the folded layer's output y ([N, out, ...]); a channel whose gamma is 0
+  /// (its output carries nothing of z) gets its running mean.
+  torch::Tensor input_from_output(const torch::Tensor& y) const;
+};
+
 /// One quantizable layer: y = op(x, W) + b. Weights are [out, in] (Linear) or [out, in/groups, kh, kw]
 /// (Conv2d), fp32, with BatchNorm already folded in.
 struct QuantLayer {
@@ -34,9 +46,12 @@ struct QuantLayer {
   torch::Tensor bias;  ///< undefined when the layer has none
   int64_t stride = 1, padding = 0, groups = 1, dilation = 1;  ///< Conv2d only (square; asymmetric pads come pre-applied)
   LayerRole role = LayerRole::Hidden;
+  FoldedBatchNorm bn;  ///< what was folded in, if anything
 
   /// Apply this layer with the given weight (same shape as `weight`).
   torch::Tensor apply(const torch::Tensor& x, const torch::Tensor& w) const;
+  /// Move weight, bias and folded statistics to a device.
+  void to(torch::Device device);
 };
 
 /// A point inside a unit where activations may be quantized (e.g. "after conv1+ReLU", "block output").
@@ -56,12 +71,16 @@ class UnitContext {
   virtual torch::Tensor weight(const QuantLayer& layer, int i) { return layer.weight; }
   /// Called with the input of layer `i` just before it runs (GPTQ Hessians, SmoothQuant stats).
   virtual void observe_input(const QuantLayer& layer, int i, const torch::Tensor& x) {}
+  /// Called with the output of layer `i` just after it runs (PD-Quant's BatchNorm statistics).
+  virtual void observe_output(const QuantLayer& layer, int i, const torch::Tensor& y) {}
   /// Applied at activation site `j`; identity in FP.
   virtual torch::Tensor act(const ActSite& site, int j, const torch::Tensor& x) { return x; }
-  /// Runs layer i: observe its input, then apply it with weight(i).
+  /// Runs layer i: observe its input, apply it with weight(i), observe its output.
   torch::Tensor run(const QuantLayer& layer, int i, const torch::Tensor& x) {
     observe_input(layer, i, x);
-    return layer.apply(x, weight(layer, i));
+    torch::Tensor y = layer.apply(x, weight(layer, i));
+    observe_output(layer, i, y);
+    return y;
   }
 };
 
@@ -80,6 +99,9 @@ class ObservingContext : public UnitContext {
   void observe_input(const QuantLayer& layer, int i, const torch::Tensor& x) final {
     if (inner_) inner_->observe_input(layer, i, x);
     observe(layer, i, x);
+  }
+  void observe_output(const QuantLayer& layer, int i, const torch::Tensor& y) override {
+    if (inner_) inner_->observe_output(layer, i, y);
   }
 
  protected:

@@ -46,6 +46,7 @@ std::unique_ptr<ModelAdapter> build_image_classifier(const SafeTensorsFile& weig
 struct FoldedConv {
   torch::Tensor weight;
   torch::Tensor bias;
+  FoldedBatchNorm bn;  ///< the statistics folded in (float32)
 };
 /// `conv_bias` may be undefined (no bias). Computed in float32 in the order PyTorch's ONNX exporter folds them, so
 /// the safetensors and ONNX exports of one model fold to the same floats.

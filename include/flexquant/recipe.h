@@ -44,6 +44,9 @@ struct Recipe {
   bool dynamic_acts_in_loop = false;          // per-token quantizers on while training (released LLM code: off)
   double pd_weight = 0.0;                     // PD-Quant prediction-difference loss weight (1/lambda_r); 0 = off
   double pd_temperature = 4.0;                // its softmax temperature T
+  int64_t dc_iters = 0;                       // PD-Quant distribution correction: Adam steps per batch; 0 = off
+  double dc_lr = 1e-3;                        // its learning rate
+  double dc_lambda = 0.02;                    // its constraint divisor lambda_c
   RounderOptions rounder;
 
   // calibration
@@ -110,6 +113,9 @@ void visit(Recipe& r, V&& v) {
   v("recon.qdrop", r.qdrop, "QDrop probability of keeping FP values at unit inputs and activation sites; 0 = off.");
   v("pd.weight", r.pd_weight, "PD-Quant's prediction-difference loss (methods.md §4a): each training step also runs the unit's output on purely quantized inputs through the rest of the FP model and adds this weight times KL(softmax(z_fp/T) || softmax(z_q/T)) (batch mean; per token for language models) to the block loss. 10 = the paper's 1/lambda_r; 0 = off. Block reconstruction only.");
   v("pd.temperature", r.pd_temperature, "PD-Quant's softmax temperature T (the paper: 4 for ResNets, 1 for MobileNetV2).");
+  v("pd.dc_iters", r.dc_iters, "PD-Quant's distribution correction (methods.md §4b): before each unit with folded BatchNorms, its FP input is corrected per batch of recon.batch samples by this many Adam steps so that every BatchNorm input's per-sample channel means and stds approach the BatchNorm's running statistics (plus an l2 constraint to the original, divided by pd.dc_lambda); the corrected input gives the unit's target and is QDrop's FP partner. 500 = the paper; 0 = off. Needs a model whose BatchNorms the loader folded (safetensors CNNs; ONNX files that still hold BatchNormalization nodes). Block reconstruction only; works with or without pd.weight.");
+  v("pd.dc_lr", r.dc_lr, "Adam learning rate of the distribution correction (lowered tenfold on 100-step plateaus, to 1e-5 at least).");
+  v("pd.dc_lambda", r.dc_lambda, "Distribution correction's lambda_c: the l2 constraint to the original input is divided by it (the paper: 0.02 ResNet, 0.005 MobileNetV2).");
   v("recon.dynamic_acts_in_loop", r.dynamic_acts_in_loop, "Keep dynamic per-token (and KV) activation quantizers on while training; off = weight-only reconstruction, as FlexRound's released W4A8 code.");
   v("adaround.lambda", r.rounder.adaround_lambda, "AdaRound rounding-regulariser weight.");
   v("adaround.warmup", r.rounder.adaround_warmup, "Fraction of iterations before the regulariser starts.");

@@ -10,6 +10,24 @@ torch::Tensor QuantLayer::apply(const torch::Tensor& x, const torch::Tensor& w) 
   return torch::conv2d(x, w, bias, {stride, stride}, {padding, padding}, {dilation, dilation}, groups);
 }
 
+void QuantLayer::to(torch::Device device) {
+  weight = weight.to(device);
+  if (bias.defined()) bias = bias.to(device);
+  if (bn.defined())
+    for (torch::Tensor* t : {&bn.gamma, &bn.beta, &bn.mean, &bn.var}) *t = t->to(device);
+}
+
+torch::Tensor FoldedBatchNorm::input_from_output(const torch::Tensor& y) const {
+  FQ_CHECK(defined(), ModelError, "FoldedBatchNorm::input_from_output: no BatchNorm was folded into this layer");
+  FQ_CHECK(y.dim() >= 2 && y.size(1) == gamma.numel(), ModelError, "FoldedBatchNorm::input_from_output: output ",
+           y.sizes(), " -> expected [N, ", gamma.numel(), ", ...]");
+  // z = (y - beta) * sqrt(var + eps) / gamma + mean
+  const torch::Tensor ratio = torch::where(gamma != 0, (var + eps).sqrt() / gamma, torch::zeros_like(gamma));
+  std::vector<int64_t> shape(y.dim(), 1);
+  shape[1] = gamma.numel();
+  return (y - beta.view(shape)) * ratio.view(shape) + mean.view(shape);
+}
+
 torch::Tensor ModelAdapter::forward(const torch::Tensor& input, UnitContext& ctx) {
   torch::Tensor x = prologue(input);
   for (Unit* u : units()) {

@@ -180,6 +180,11 @@ void Recipe::validate() const {
            " -> allowed > 0");
   FQ_CHECK(pd_weight == 0 || recon_unit == "block", ConfigError, "pd.weight needs block reconstruction (the loss ",
            "follows a unit's output to the logits) -> set recon.unit=block");
+  FQ_CHECK(dc_iters >= 0 && dc_iters <= 100000, ConfigError, "pd.dc_iters ", dc_iters, " -> allowed 0 (off) .. 100000");
+  FQ_CHECK(dc_lr > 0 && std::isfinite(dc_lr), ConfigError, "pd.dc_lr ", dc_lr, " -> allowed > 0");
+  FQ_CHECK(dc_lambda > 0 && std::isfinite(dc_lambda), ConfigError, "pd.dc_lambda ", dc_lambda, " -> allowed > 0");
+  FQ_CHECK(dc_iters == 0 || recon_unit == "block", ConfigError, "pd.dc_iters needs block reconstruction (the ",
+           "corrected input gives a unit's target) -> set recon.unit=block");
   FQ_CHECK(cle_iters >= 0 && cle_iters <= 100, ConfigError, "cle.iters ", cle_iters,
            " -> allowed 0 (off) .. 100 sweeps (a few converge)");
   FQ_CHECK(smooth_alpha >= 0 && smooth_alpha <= 1, ConfigError, "smoothquant.alpha ", smooth_alpha,

@@ -16,6 +16,7 @@
 #include <filesystem>
 
 #include "flexquant/adam.h"
+#include "flexquant/distribution_correction.h"
 #include "flexquant/error.h"
 #include "flexquant/ggml_types.h"
 #include "flexquant/gguf_mix.h"  // weight.mix: a GGUF type per layer
@@ -215,7 +216,9 @@ struct UnitRun {
   UnitRun(Unit& u, size_t k) : unit(u), index(k) {}
   Unit& unit;
   size_t index;
-  torch::Tensor y_fp;  // the FP unit's output on the FP chain: the target
+  torch::Tensor x_fp;     // the FP chain's input, or PD-Quant's corrected copy of it: QDrop's partner
+  torch::Tensor y_fp;     // the FP unit's output on x_fp: the target
+  torch::Tensor y_chain;  // the FP unit's output on the FP chain: the next unit's FP input
   std::vector<std::unique_ptr<Rounder>> rounders;
   std::vector<std::shared_ptr<ActQuantizer>> acts;  // null where a site stays FP
   TrainContext ctx;
@@ -242,6 +245,7 @@ class Reconstructor {
   int64_t iters() const { return method_.needs.training ? recipe_.iters : 0; }
   int64_t probe_n() const { return std::min<int64_t>(x_q_.size(0), std::max<int64_t>(recipe_.batch, 64)); }
   UnitReport run_unit(Unit& unit, size_t k);
+  torch::Tensor corrected_input(const UnitRun& u);
   void setup_rounders(UnitRun& u);
   std::vector<LayerStats> collect_stats(UnitRun& u);
   void setup_act_quantizers(UnitRun& u);
@@ -286,6 +290,10 @@ QuantizeReport Reconstructor::run(const torch::Tensor& calib_inputs, int64_t max
   num_units_ = units.size();
   specs_ = layer_specs(model_, recipe_, state_.layer_bits);
   units_ = model_.units();
+  FQ_CHECK(recipe_.dc_iters == 0 || std::any_of(units_.begin(), units_.end(), [](Unit* x) { return has_batchnorm_statistics(*x); }),
+           ConfigError, "pd.dc_iters ", recipe_.dc_iters, ": model \"", model_.arch(), "\" has no layer with folded ",
+           "BatchNorm statistics to correct towards (e.g. an ONNX file whose exporter folded them) -> set pd.dc_iters=0, ",
+           "or load the model from a file that still holds its BatchNorms");
   if (recipe_.pd_weight > 0) fp_logits_ = chunked(calib_inputs, [&](const torch::Tensor& x) { return model_.forward(x); });
   x_fp_ = chunked(calib_inputs, [&](const torch::Tensor& x) { return model_.prologue(x); });
   x_q_ = x_fp_;
@@ -316,7 +324,13 @@ UnitReport Reconstructor::run_unit(Unit& unit, size_t k) {
   torch::manual_seed(recipe_.seed + k);  // QDrop masks and LRQ init: reproducible per unit
   UnitRun u(unit, k);
   UnitContext fp_ctx;
-  u.y_fp = chunked(x_fp_, [&](const torch::Tensor& x) { return unit.forward(x, fp_ctx); });
+  auto fp_forward = [&](const torch::Tensor& x) { return unit.forward(x, fp_ctx); };
+  u.x_fp = x_fp_;
+  u.y_fp = u.y_chain = chunked(x_fp_, fp_forward);
+  if (recipe_.dc_iters > 0 && has_batchnorm_statistics(unit)) {
+    u.x_fp = corrected_input(u);
+    u.y_fp = chunked(u.x_fp, fp_forward);
+  }
   setup_rounders(u);
   setup_act_quantizers(u);
   u.report.name = unit.name();
@@ -339,6 +353,17 @@ UnitReport Reconstructor::run_unit(Unit& unit, size_t k) {
   say(fmt::format("[{:>2}/{}] {:<10} done: loss {:.3e} -> {:.3e}, {}", k + 1, num_units_, unit.name(),
                   ur.loss_start, ur.loss_end, format_duration(ur.seconds)));
   return ur;
+}
+
+// PD-Quant's distribution correction of the unit's FP input (methods.md §4b).
+torch::Tensor Reconstructor::corrected_input(const UnitRun& u) {
+  Stopwatch sw;
+  const CorrectedInput c =
+      correct_distribution(u.unit, x_fp_, {recipe_.dc_iters, recipe_.dc_lr, recipe_.dc_lambda, recipe_.batch});
+  say(fmt::format("[{:>2}/{}] {:<10} distribution correction: {} steps per batch of {}, objective {:.3e} -> {:.3e}, {}",
+                  u.index + 1, num_units_, u.unit.name(), recipe_.dc_iters, recipe_.batch, c.loss_start, c.loss_end,
+                  format_duration(sw.seconds())));
+  return c.x;
 }
 
 // Statistics the method asked for, per layer of the unit (GPTQ: Hessians of the quantized-path inputs with the
@@ -436,7 +461,7 @@ double Reconstructor::block_step(UnitRun& u, int64_t it, const std::vector<torch
                                  std::vector<at::Generator>& gens) {
   const torch::Tensor idx = sample();
   const torch::Tensor x_q = x_q_.index_select(0, idx);
-  const torch::Tensor xin = recipe_.qdrop > 0 ? qdrop_mix(x_q, x_fp_.index_select(0, idx), recipe_.qdrop) : x_q;
+  const torch::Tensor xin = recipe_.qdrop > 0 ? qdrop_mix(x_q, u.x_fp.index_select(0, idx), recipe_.qdrop) : x_q;
   const torch::Tensor y_fp = u.y_fp.index_select(0, idx);
   const int64_t B = xin.size(0), S = static_cast<int64_t>(gens.size()), L = u.ctx.rounders.size();
   // Layers are independent: a sharded (small-op) unit runs their rounders in parallel too.
@@ -621,7 +646,7 @@ void Reconstructor::propagate(UnitRun& u) {
     u.report.loss_end = lp_loss(u.unit.forward(x_q_.slice(0, 0, n), qctx), u.y_fp.slice(0, 0, n)).item<double>();
   }
   x_q_ = chunked(x_q_, [&](const torch::Tensor& x) { return u.unit.forward(x, qctx); });
-  x_fp_ = u.y_fp;
+  x_fp_ = u.y_chain;
 }
 
 }  // namespace

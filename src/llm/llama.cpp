@@ -96,10 +96,7 @@ torch::Tensor LlamaDecoderLayer::forward(const torch::Tensor& x, UnitContext& ct
 }
 
 void LlamaDecoderLayer::to(torch::Device device) {
-  for (QuantLayer& l : layers_) {
-    l.weight = l.weight.to(device);
-    if (l.bias.defined()) l.bias = l.bias.to(device);
-  }
+  for (QuantLayer& l : layers_) l.to(device);
   attention_norm_ = attention_norm_.to(device);
   ffn_norm_ = ffn_norm_.to(device);
 }

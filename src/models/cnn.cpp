@@ -47,6 +47,7 @@ QuantLayer conv_bn_layer(const SafeTensorsFile& f, const std::string& conv, cons
   l.kind = LayerKind::Conv2d;
   l.weight = fc.weight;
   l.bias = fc.bias;
+  l.bn = fc.bn;
   l.stride = stride;
   l.padding = padding;
   l.groups = groups;
@@ -80,10 +81,7 @@ class CnnUnit : public Unit {
   /// Layer pairs inside the unit joined by a ReLU(6) only (cross-layer equalization); none by default.
   virtual std::vector<EqualizationPair> equalization_pairs() { return {}; }
   virtual void to(torch::Device device) {
-    for (QuantLayer& l : layers_) {
-      l.weight = l.weight.to(device);
-      if (l.bias.defined()) l.bias = l.bias.to(device);
-    }
+    for (QuantLayer& l : layers_) l.to(device);
   }
 
  protected:
@@ -495,6 +493,7 @@ FoldedConv fold_batchnorm(const torch::Tensor& conv_weight, const torch::Tensor&
   r.weight = f(conv_weight).mul(scale.view(bshape)).contiguous();
   r.bias = (conv_bias.defined() ? f(conv_bias).sub(f(running_mean)).mul(scale).add(f(beta))
                                 : f(beta).sub(f(running_mean).mul(scale))).contiguous();
+  r.bn = {f(gamma).contiguous(), f(beta).contiguous(), f(running_mean).contiguous(), f(running_var).contiguous(), eps};
   return r;
 }
 

@@ -231,6 +231,7 @@ void OnnxModelBuilder::fold_batchnorms() {
     FoldedConv fc = fold_batchnorm(l.weight, l.bias, f(1), f(2), f(3), f(4), bn.attr_f("epsilon", 1e-5f));
     l.weight = fc.weight;
     l.bias = fc.bias;
+    l.bn = fc.bn;
     nodes_[conv->first].outputs[0] = bn.outputs[0];
     m_.layer_sources_[l.name].folded_bn = bn.name;
     drop[k] = true;
@@ -385,10 +386,7 @@ std::vector<Unit*> OnnxModel::units() {
 
 void OnnxModel::to(torch::Device device) {
   for (auto& u : units_)
-    for (auto& l : u->layers_) {
-      l.weight = l.weight.to(device);
-      if (l.bias.defined()) l.bias = l.bias.to(device);
-    }
+    for (auto& l : u->layers_) l.to(device);
 }
 
 const OnnxModel::LayerSource& OnnxModel::layer_source(const std::string& name) const {

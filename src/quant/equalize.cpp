@@ -40,6 +40,10 @@ void rescale_pair(const EqualizationPair& p, const torch::Tensor& s_in) {
   out_shape[0] = c;
   p.producer->weight = p.producer->weight / s.view(out_shape);
   if (p.producer->bias.defined()) p.producer->bias = p.producer->bias / s;
+  if (FoldedBatchNorm& bn = p.producer->bn; bn.defined()) {  // the output y/s is BatchNorm(gamma/s, beta/s) of the same input
+    bn.gamma = bn.gamma / s;
+    bn.beta = bn.beta / s;
+  }
   if (p.clip) *p.clip = *p.clip / s.to(p.clip->device());
   QuantLayer& q = *p.consumer;
   const int64_t g = q.kind == LayerKind::Conv2d ? q.groups : 1;
