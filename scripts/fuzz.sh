@@ -21,14 +21,14 @@ MAX_TIME=${MAX_TIME:-300}
 JOBS=${FUZZ_JOBS:-2}
 SHARED=$(realpath "${FLEXQUANT_SHARED:-../shared}")
 FMNIST=${FMNIST:-/usr/share/datasets/fashion-mnist}
-ALL=(safetensors llama2c tokenizer llama_hf gguf onnx cifar10 idx image npy recipe recipe_set fqz)
+ALL=(safetensors llama2c tokenizer tokenizer_json sentencepiece llama_hf gguf onnx cifar10 idx image npy recipe recipe_set fqz)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${ALL[@]}")
 
 # Largest input per target: above its valid seeds, small enough for ~10^4 executions per second.
 # Largest input per target: above its small valid seeds (the real files beyond it are cut), small enough for
 # thousands of executions per second (cost grows with the input: every input is written and parsed whole).
-declare -A MAX_LEN=([safetensors]=16384 [llama2c]=8192 [tokenizer]=8192 [llama_hf]=16384 [gguf]=24576
+declare -A MAX_LEN=([safetensors]=16384 [llama2c]=8192 [tokenizer]=8192 [tokenizer_json]=32768 [sentencepiece]=8192 [llama_hf]=16384 [gguf]=24576
   [onnx]=16384 [cifar10]=12800 [idx]=4096 [image]=8192 [npy]=16384 [recipe]=4096 [recipe_set]=4096 [fqz]=262144)
 
 if [ ! -f "$B/CMakeCache.txt" ]; then
@@ -48,10 +48,14 @@ S=$B/fuzz-seeds
 if [ ! -f "$S/.done" ]; then
   rm -rf "$S"
   "$B/make_fuzz_seeds" "$S" "$SHARED/data" "$FMNIST"
-  mkdir -p "$S"/{safetensors,tokenizer,onnx,recipe,recipe_set,fqz}
+  mkdir -p "$S"/{safetensors,tokenizer,tokenizer_json,sentencepiece,onnx,recipe,recipe_set,fqz}
   cp "$SHARED/data/cifar10/resnet20.safetensors" "$S/safetensors/"
   cp "$SHARED/data/lm/stories260K.bin" "$S/llama2c/"
   cp "$SHARED/data/lm/tok512.bin" "$S/tokenizer/"
+  cp "$SHARED/data/lm/tok512.model" "$S/sentencepiece/"
+  # tok512 as tokenizer.json, as `convert` writes it beside an HF folder
+  "$B/flexquant" convert --model "$SHARED/data/lm/stories260K.bin" --out "$S/hf-stories" >/dev/null
+  cp "$S/hf-stories/tokenizer.json" "$S/tokenizer_json/tok512.json" && rm -rf "$S/hf-stories"
   cp "$SHARED/data/cifar10/resnet20.onnx" "$S/onnx/"
   # the ONNX project's backend node tests: one small real model per op and variant
   for m in /usr/share/libonnx-testdata/data/node/*/model.onnx; do

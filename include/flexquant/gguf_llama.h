@@ -71,8 +71,9 @@ Tokenizer load_gguf_tokenizer(const std::string& path);
 /// Any language-model file flexquant reads: a .gguf (load_llama_gguf), a llama2.c .bin or a Hugging Face folder
 /// (load_language_model).
 std::unique_ptr<LlamaModel> load_llama_any(const std::string& path);
-/// The tokenizer for a model file: `tokenizer` when given, else a GGUF's own, else tok512.bin beside the model.
-/// IoError naming the missing file and the --tokenizer flag.
+/// The tokenizer for a model file: `tokenizer` when given, else a GGUF's own, else the first of tokenizer.json,
+/// tokenizer.model and tok512.bin in the model's folder (an HF folder) or beside the model file. IoError naming
+/// where it looked and the --tokenizer flag.
 Tokenizer load_model_tokenizer(const std::string& model_path, const std::string& tokenizer = "");
 
 }  // namespace flexquant

@@ -30,4 +30,8 @@ std::string llamacpp_script();
 LlamaCppResult llamacpp_evaluate(const std::string& gguf, const torch::Tensor& stream, const PplProtocol& protocol,
                                  int64_t greedy_steps = 0, int threads = 1);
 
+/// llama.cpp's tokenization of each text with the GGUF file's vocabulary (no BOS, no special tokens parsed), to check
+/// that an exported tokenizer encodes as flexquant's does.
+std::vector<std::vector<int32_t>> llamacpp_tokenize(const std::string& gguf, const std::vector<std::string>& texts);
+
 }  // namespace flexquant

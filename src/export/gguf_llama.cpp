@@ -46,15 +46,6 @@ uint32_t file_type(GgmlType t) {
 
 // llama2.c stores SentencePiece pieces with U+2581 turned into ' ' and BOS/EOS as "\n<s>\n" / "\n</s>\n";
 // llama.cpp's "llama" vocabulary wants SentencePiece's own spelling back.
-std::string spm_piece(const Tokenizer& tok, int32_t id) {
-  if (id == Tokenizer::kUnk) return "<unk>";
-  if (id == Tokenizer::kBos) return "<s>";
-  if (id == Tokenizer::kEos) return "</s>";
-  std::string out;
-  for (char c : tok.piece(id)) out += c == ' ' ? std::string("\xE2\x96\x81") : std::string(1, c);
-  return out;
-}
-
 // SentencePiece token types: 1 normal, 2 unknown, 3 control, 6 byte.
 int32_t token_type(const Tokenizer& tok, int32_t id) {
   if (id == Tokenizer::kUnk) return 2;
@@ -83,7 +74,7 @@ void set_metadata(GgufWriter& w, const LlamaConfig& c, const Tokenizer& tok, con
            " tokens but the model's vocabulary is ", c.vocab_size, " -> pass the model's own tokenizer");
   std::vector<GgufValue> tokens, scores, types;
   for (int32_t id = 0; id < tok.vocab_size(); ++id) {
-    tokens.push_back(GgufValue::str(spm_piece(tok, id)));
+    tokens.push_back(GgufValue::str(tok.spm_piece(id)));
     scores.push_back(GgufValue::f32(tok.score(id)));
     types.push_back(GgufValue::i32(token_type(tok, id)));
   }
@@ -272,11 +263,18 @@ std::unique_ptr<LlamaModel> load_llama_any(const std::string& path) {
 }
 
 Tokenizer load_model_tokenizer(const std::string& model_path, const std::string& tokenizer) {
-  if (tokenizer.empty() && is_gguf(model_path)) return load_gguf_tokenizer(model_path);
-  const std::string tok =
-      tokenizer.empty() ? (std::filesystem::path(model_path).parent_path() / "tok512.bin").string() : tokenizer;
-  FQ_CHECK(std::filesystem::exists(tok), IoError, "tokenizer \"", tok, "\" does not exist; pass --tokenizer <tok512.bin>");
-  return Tokenizer::load(tok);
+  namespace fs = std::filesystem;
+  if (!tokenizer.empty()) {
+    FQ_CHECK(fs::exists(tokenizer), IoError, "tokenizer \"", tokenizer, "\" does not exist -> pass --tokenizer ",
+             "<tokenizer.json | *.model | tok512.bin>");
+    return Tokenizer::load(tokenizer);
+  }
+  if (is_gguf(model_path)) return load_gguf_tokenizer(model_path);
+  const fs::path dir = fs::is_directory(model_path) ? fs::path(model_path) : fs::path(model_path).parent_path();
+  for (const char* name : {"tokenizer.json", "tokenizer.model", "tok512.bin"})
+    if (fs::exists(dir / name)) return Tokenizer::load((dir / name).string());
+  throw IoError(detail::concat("no tokenizer beside model \"", model_path, "\": looked for tokenizer.json, ",
+                               "tokenizer.model and tok512.bin in ", dir.string(), " -> pass --tokenizer <file>"));
 }
 
 Tokenizer load_gguf_tokenizer(const std::string& path) {
@@ -290,15 +288,10 @@ Tokenizer load_gguf_tokenizer(const std::string& path) {
   std::vector<std::string> pieces;
   std::vector<float> sc;
   for (size_t i = 0; i < toks.items.size(); ++i) {
-    std::string p = toks.items[i].s;
-    if (i == Tokenizer::kBos) p = "\n<s>\n";
-    else if (i == Tokenizer::kEos) p = "\n</s>\n";
-    else
-      for (size_t pos; (pos = p.find("\xE2\x96\x81")) != std::string::npos;) p.replace(pos, 3, " ");
-    pieces.push_back(std::move(p));
+    pieces.push_back(toks.items[i].s);
     sc.push_back(static_cast<float>(scores.items[i].f));
   }
-  return Tokenizer::from_pieces(std::move(pieces), std::move(sc), path);
+  return Tokenizer::from_spm_pieces(pieces, std::move(sc), path);
 }
 
 }  // namespace flexquant

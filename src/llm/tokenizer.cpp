@@ -5,6 +5,7 @@
 #include "flexquant/tokenizer.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <queue>
@@ -23,7 +24,7 @@ uint64_t fnv1a64(const void* data, size_t n, uint64_t seed) {
   return h;
 }
 
-Tokenizer Tokenizer::load(const std::string& path) {
+Tokenizer Tokenizer::load_llama2c(const std::string& path) {
   std::ifstream f(path, std::ios::binary | std::ios::ate);
   FQ_CHECK(f.good(), IoError, "cannot open tokenizer -> ", path, " -> expected llama2.c tokenizer.bin (e.g. tok512.bin)");
   std::vector<char> buf(static_cast<size_t>(f.tellg()));
@@ -59,6 +60,43 @@ Tokenizer Tokenizer::load(const std::string& path) {
   FQ_CHECK(t.vocab_.size() >= 259, IoError, "tokenizer ", path, " has ", t.vocab_.size(),
            " tokens -> expected >= 259 (<unk>, <s>, </s>, 256 byte tokens)");
   return t;
+}
+
+std::string Tokenizer::spm_piece(int32_t id) const {
+  if (id == kUnk) return "<unk>";
+  if (id == kBos) return "<s>";
+  if (id == kEos) return "</s>";
+  std::string out;
+  for (char c : piece(id)) out += c == ' ' ? std::string("\xE2\x96\x81") : std::string(1, c);
+  return out;
+}
+
+Tokenizer Tokenizer::from_spm_pieces(const std::vector<std::string>& pieces, std::vector<float> scores,
+                                     const std::string& origin) {
+  FQ_CHECK(pieces.size() >= 259, IoError, "tokenizer ", origin, " has ", pieces.size(),
+           " pieces -> expected >= 259 (<unk>, <s>, </s>, 256 byte pieces)");
+  // encode()'s byte fallback is id = byte + 3: Llama's layout, checked rather than assumed.
+  const char* special[] = {"<unk>", "<s>", "</s>"};
+  for (int i = 0; i < 3; ++i)
+    FQ_CHECK(pieces[i] == special[i], ModelError, "tokenizer ", origin, ": piece ", i, " is \"", pieces[i],
+             "\" -> expected \"", special[i], "\" (Llama's layout: <unk>, <s>, </s>, then <0x00>..<0xFF>)");
+  for (int b = 0; b < 256; ++b) {
+    char want[8];
+    std::snprintf(want, sizeof want, "<0x%02X>", b);
+    FQ_CHECK(pieces[3 + b] == want, ModelError, "tokenizer ", origin, ": piece ", 3 + b, " is \"", pieces[3 + b],
+             "\" -> expected \"", want, "\" (Llama's layout: <unk>, <s>, </s>, then <0x00>..<0xFF>)");
+  }
+  std::vector<std::string> own;
+  own.reserve(pieces.size());
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    std::string p = pieces[i];
+    if (i == kBos) p = "\n<s>\n";
+    else if (i == kEos) p = "\n</s>\n";
+    else
+      for (size_t pos; (pos = p.find("\xE2\x96\x81")) != std::string::npos;) p.replace(pos, 3, " ");
+    own.push_back(std::move(p));
+  }
+  return from_pieces(std::move(own), std::move(scores), origin);
 }
 
 Tokenizer Tokenizer::from_pieces(std::vector<std::string> pieces, std::vector<float> scores, const std::string& origin) {

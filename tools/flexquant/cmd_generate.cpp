@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "flexquant/gguf_llama.h"  // load_model_tokenizer
 #include "flexquant/llama.h"
 #include "flexquant/lm_eval.h"
 #include "flexquant/runtime.h"
@@ -16,7 +17,7 @@ struct GenerateCmd {
   int64_t steps = 256;
   void run() {
     auto m = load_language_model(model);
-    Tokenizer tok = Tokenizer::load(tokenizer);
+    Tokenizer tok = load_model_tokenizer(model, tokenizer);
     std::vector<int32_t> start = prompt.empty() ? std::vector<int32_t>{Tokenizer::kBos} : tok.encode(prompt);
     UnitContext fp;
     Stopwatch sw;
@@ -30,7 +31,9 @@ const bool registered = register_command(
     "generate", "Greedy text generation with a Llama-family model (llama2.c .bin or HF folder)", [](CLI::App& app) {
       auto cmd = std::make_shared<GenerateCmd>();
       app.add_option("--model", cmd->model, "llama2.c .bin file or Hugging Face folder")->required();
-      app.add_option("--tokenizer", cmd->tokenizer, "llama2.c tokenizer .bin (e.g. tok512.bin)")->required();
+      app.add_option("--tokenizer", cmd->tokenizer,
+                     "tokenizer.json, a SentencePiece .model or llama2.c tokenizer .bin (default: the one in or beside the "
+                     "model)");
       app.add_option("--steps", cmd->steps, "Tokens to generate (default 256; stops early at BOS or the context length)")
           ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
       app.add_option("--prompt", cmd->prompt, "Text to continue (default: start from BOS)");

@@ -35,7 +35,7 @@ void add_workload(CLI::App& app, Workload& w, bool model_required) {
   app.add_option("--split", w.eval_start, "CNN: records [0,N) are the calibration pool, [N,end) the evaluation set "
                  "(default 1024)");
   add_preprocess(app, w);
-  app.add_option("--tokenizer", w.tokenizer, "LM tokenizer (default: tok512.bin beside the model)");
+  app.add_option("--tokenizer", w.tokenizer, "LM tokenizer: tokenizer.json, a SentencePiece .model or llama2.c tok512.bin (default: tokenizer.json, tokenizer.model or tok512.bin in or beside the model)");
   app.add_option("--eval-limit", w.eval_limit, "Evaluate on at most N images (CNN) or tokens (LM; default 60000)");
   app.add_option("--eval-skip", w.eval_skip,
                  "Skip the first N evaluation images/tokens: a validation slice for tuning (default 0)");

@@ -2,8 +2,8 @@
 // tools/llamacpp/package.json). Used by tests and benchmarks to check flexquant's exports in the runtime users run.
 //
 //   node tools/llamacpp/eval.mjs MODEL.gguf REQUEST.json > RESULT.json
-// REQUEST: {"windows": [{"ids": [...], "first": k}, ...], "greedy_steps": N, "threads": T}
-// RESULT:  {"nll_sum", "scored", "greedy": [ids from BOS], "n_vocab"}
+// REQUEST: {"windows": [{"ids": [...], "first": k}, ...], "greedy_steps": N, "threads": T, "texts": [...]}
+// RESULT:  {"nll_sum", "scored", "greedy": [ids from BOS], "tokens": [ids of each text, no BOS]}
 // Each window is evaluated in a fresh sequence (F32 KV cache, flash attention off) and scores the next-token
 // probability of positions first..len-2 (the windows and `first` come from flexquant's ppl_windows).
 import fs from "node:fs";
@@ -55,7 +55,9 @@ if (req.greedy_steps) {
     last = best;
   }
 }
-console.log(JSON.stringify({nll_sum: nllSum, scored, greedy}));
+// The file's own tokenizer on each text (special-token text stays text).
+const tokens = (req.texts ?? []).map((t) => Array.from(model.tokenize(t, false)));
+console.log(JSON.stringify({nll_sum: nllSum, scored, greedy, tokens}));
 await context.dispose();
 await model.dispose();
 await llama.dispose();
