@@ -7,6 +7,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 
 #include "flexquant/adapter.h"
 
@@ -17,6 +18,8 @@ struct DistributionCorrection {
   double lr = 1e-3;        ///< Adam's starting learning rate (ReduceLROnPlateau lowers it)
   double lambda_c = 0.02;  ///< the constraint is lp(x', x) / lambda_c
   int64_t batch = 32;      ///< samples corrected together, in order
+  /// Called after each group of batches with the samples done and the total (progress on long corrections).
+  std::function<void(int64_t done, int64_t total)> progress;
 };
 
 struct CorrectedInput {
@@ -37,7 +40,7 @@ torch::Tensor batchnorm_statistics_loss(Unit& unit, const torch::Tensor& x);
 /// batchnorm_statistics_loss(x') + lp(x', x) / lambda_c (lp: squares summed over dim 1, mean over the rest), the
 /// learning rate cut tenfold when the objective has not improved (relative 1e-4) for 100 steps, down to 1e-5
 /// (PyTorch's ReduceLROnPlateau as PD-Quant uses it). x itself when opt.iters is 0. ModelError when the unit has no
-/// BatchNorm statistics.
+/// BatchNorm statistics; InterruptedError when a stop is requested (SIGINT/SIGTERM) between steps.
 CorrectedInput correct_distribution(Unit& unit, const torch::Tensor& x, const DistributionCorrection& opt);
 
 }  // namespace flexquant

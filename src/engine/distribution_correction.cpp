@@ -7,6 +7,7 @@
 
 #include "flexquant/adam.h"
 #include "flexquant/error.h"
+#include "flexquant/runtime.h"
 
 namespace flexquant {
 namespace {
@@ -77,6 +78,8 @@ torch::Tensor correct_batches(Unit& unit, const torch::Tensor& x0, const Distrib
   FusedAdam adam(groups);
   std::vector<Plateau> plateau(nb, Plateau{opt.lr});
   for (int64_t it = 0; it < opt.iters; ++it) {
+    throw_if_stop_requested(detail::concat("in the distribution correction of unit \"", unit.name(), "\" at step ", it,
+                                           "/", opt.iters));
     const torch::Tensor obj = objectives();
     const auto grads = torch::autograd::grad({obj.sum()}, xs);  // to the x' only, whatever else needs a gradient
     for (int64_t b = 0; b < nb; ++b) xs[b].mutable_grad() = grads[b];
@@ -120,8 +123,11 @@ CorrectedInput correct_distribution(Unit& unit, const torch::Tensor& x, const Di
   const int64_t group = std::max<int64_t>(1, kGroupSamples / opt.batch) * opt.batch;
   const torch::Tensor x0 = x.detach();
   std::vector<torch::Tensor> parts;
-  for (int64_t b = 0; b < x0.size(0); b += group)
-    parts.push_back(correct_batches(unit, x0.slice(0, b, std::min(b + group, x0.size(0))), opt, out));
+  for (int64_t b = 0; b < x0.size(0); b += group) {
+    const int64_t e = std::min(b + group, x0.size(0));
+    parts.push_back(correct_batches(unit, x0.slice(0, b, e), opt, out));
+    if (opt.progress) opt.progress(e, x0.size(0));
+  }
   out.x = torch::cat(parts, 0);
   return out;
 }

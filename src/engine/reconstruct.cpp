@@ -358,11 +358,18 @@ UnitReport Reconstructor::run_unit(Unit& unit, size_t k) {
 // PD-Quant's distribution correction of the unit's FP input (methods.md §4b).
 torch::Tensor Reconstructor::corrected_input(const UnitRun& u) {
   Stopwatch sw;
-  const CorrectedInput c =
-      correct_distribution(u.unit, x_fp_, {recipe_.dc_iters, recipe_.dc_lr, recipe_.dc_lambda, recipe_.batch});
-  say(fmt::format("[{:>2}/{}] {:<10} distribution correction: {} steps per batch of {}, objective {:.3e} -> {:.3e}, {}",
-                  u.index + 1, num_units_, u.unit.name(), recipe_.dc_iters, recipe_.batch, c.loss_start, c.loss_end,
-                  format_duration(sw.seconds())));
+  auto line = [&](const std::string& what) {
+    return fmt::format("[{:>2}/{}] {:<10} distribution correction: {}", u.index + 1, num_units_, u.unit.name(), what);
+  };
+  DistributionCorrection opt{recipe_.dc_iters, recipe_.dc_lr, recipe_.dc_lambda, recipe_.batch};
+  opt.progress = [&](int64_t done, int64_t total) {
+    if (done < total)
+      say(line(fmt::format("{}/{} samples, {} eta {}", done, total, format_duration(sw.seconds()),
+                           format_duration(sw.seconds() / done * (total - done)))));
+  };
+  const CorrectedInput c = correct_distribution(u.unit, x_fp_, opt);
+  say(line(fmt::format("{} steps per batch of {}, objective {:.3e} -> {:.3e}, {}", recipe_.dc_iters, recipe_.batch,
+                       c.loss_start, c.loss_end, format_duration(sw.seconds()))));
   return c.x;
 }
 

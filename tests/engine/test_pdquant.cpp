@@ -14,6 +14,7 @@
 #include "flexquant/safetensors.h"
 #include "flexquant/pipeline.h"
 #include "flexquant/reconstruct.h"
+#include "flexquant/runtime.h"
 #include "engine/workloads.h"
 #include "test_data.h"
 
@@ -175,6 +176,21 @@ TEST(DistributionCorrection, StepsMoveStatisticsTowardsTheRunningOnesUnderTheCon
   const torch::Tensor alone =
       torch::cat({correct_distribution(*b.unit, x.slice(0, 0, 32), opt).x, correct_distribution(*b.unit, x.slice(0, 32, 64), opt).x});
   EXPECT_LT((both - alone).abs().max().item<double>(), 1e-4);
+
+  // Long corrections report progress per group of batches and stop between steps when asked (SIGINT/SIGTERM).
+  const torch::Tensor wide = torch::cat({x, x, x, x});  // 256 samples: two groups of 128
+  opt.iters = 2;
+  std::vector<int64_t> done;
+  opt.progress = [&](int64_t d, int64_t total) {
+    EXPECT_EQ(total, 256);
+    done.push_back(d);
+  };
+  correct_distribution(*b.unit, wide, opt);
+  EXPECT_EQ(done, (std::vector<int64_t>{128, 256}));
+  opt.progress = [](int64_t, int64_t) { request_stop(); };
+  expect_error<InterruptedError>([&] { correct_distribution(*b.unit, wide, opt); },
+                                 {"distribution correction of unit \"layer1.0\"", "step 0/2"});
+  clear_stop_request();
 }
 
 TEST(DistributionCorrection, ChangesWhatTheEngineLearnsAndIsRefusedWithoutBatchNorms) {
