@@ -45,6 +45,32 @@ torch::Tensor chunked(const torch::Tensor& x, const std::function<torch::Tensor(
   return torch::cat(outs, 0);
 }
 
+// Runs fn over `x` one sample per task without gradients, each task on one thread, and concatenates the outputs in
+// order. For sharded units: every GEMM then has one shape whatever the thread count (OpenBLAS's bits depend on both
+// the shape and the thread count), so the chains, targets and probes are the same at any --threads.
+torch::Tensor per_sample(const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& fn) {
+  std::vector<torch::Tensor> outs(x.size(0));
+  at::parallel_for(0, x.size(0), 1, [&](int64_t b, int64_t e) {
+    torch::NoGradGuard ng;
+    for (int64_t i = b; i < e; ++i) outs[i] = fn(x.slice(0, i, i + 1));
+  });
+  return outs.empty() ? x : torch::cat(outs, 0);
+}
+
+// Runs fn with LibTorch (and so OpenBLAS) on one thread, then restores the thread count: a one-off pass over a sharded
+// unit whose statistics (activation grids, Hessians) must not depend on how work was split.
+void on_one_thread(const std::function<void()>& fn) {
+  const int n = at::get_num_threads();
+  at::set_num_threads(1);
+  try {
+    fn();
+  } catch (...) {
+    at::set_num_threads(n);
+    throw;
+  }
+  at::set_num_threads(n);
+}
+
 // Context used while training a unit: weights from the rounders, activations through LSQ quantizers.
 class TrainContext : public UnitContext {
  public:
@@ -246,6 +272,9 @@ class Reconstructor {
   int64_t probe_n() const { return std::min<int64_t>(x_q_.size(0), std::max<int64_t>(recipe_.batch, 64)); }
   UnitReport run_unit(Unit& unit, size_t k);
   torch::Tensor corrected_input(const UnitRun& u);
+  bool sharded(const Unit& unit) const { return !x_q_.is_cuda() && unit.step_shards() > 1; }
+  torch::Tensor forward_all(Unit& unit, const torch::Tensor& x, UnitContext& ctx) const;
+  double probe(const UnitRun& u, UnitContext& ctx) const;
   void setup_rounders(UnitRun& u);
   std::vector<LayerStats> collect_stats(UnitRun& u);
   void setup_act_quantizers(UnitRun& u);
@@ -294,9 +323,12 @@ QuantizeReport Reconstructor::run(const torch::Tensor& calib_inputs, int64_t max
            ConfigError, "pd.dc_iters ", recipe_.dc_iters, ": model \"", model_.arch(), "\" has no layer with folded ",
            "BatchNorm statistics to correct towards (e.g. an ONNX file whose exporter folded them) -> set pd.dc_iters=0, ",
            "or load the model from a file that still holds its BatchNorms");
-  if (recipe_.pd_weight > 0) fp_logits_ = chunked(calib_inputs, [&](const torch::Tensor& x) { return model_.forward(x); });
   x_fp_ = chunked(calib_inputs, [&](const torch::Tensor& x) { return model_.prologue(x); });
   x_q_ = x_fp_;
+  if (recipe_.pd_weight > 0) {
+    auto logits = [&](const torch::Tensor& x) { return model_.forward(x); };
+    fp_logits_ = sharded(*units_.front()) ? per_sample(calib_inputs, logits) : chunked(calib_inputs, logits);
+  }
   if (!checkpoint_.path.empty()) fingerprint_ = run_fingerprint(model_, recipe_, calib_inputs);
   size_t k = resume(report);
   try {
@@ -324,12 +356,11 @@ UnitReport Reconstructor::run_unit(Unit& unit, size_t k) {
   torch::manual_seed(recipe_.seed + k);  // QDrop masks and LRQ init: reproducible per unit
   UnitRun u(unit, k);
   UnitContext fp_ctx;
-  auto fp_forward = [&](const torch::Tensor& x) { return unit.forward(x, fp_ctx); };
   u.x_fp = x_fp_;
-  u.y_fp = u.y_chain = chunked(x_fp_, fp_forward);
+  u.y_fp = u.y_chain = forward_all(unit, x_fp_, fp_ctx);
   if (recipe_.dc_iters > 0 && has_batchnorm_statistics(unit)) {
     u.x_fp = corrected_input(u);
-    u.y_fp = chunked(u.x_fp, fp_forward);
+    u.y_fp = forward_all(unit, u.x_fp, fp_ctx);
   }
   setup_rounders(u);
   setup_act_quantizers(u);
@@ -380,7 +411,9 @@ std::vector<LayerStats> Reconstructor::collect_stats(UnitRun& u) {
   std::vector<LayerStats> stats(layers.size());
   if (!method_.needs.hessian) return stats;
   HessianCollector hc;
-  chunked(x_q_, [&](const torch::Tensor& x) { return u.unit.forward(x, hc); });
+  auto collect = [&] { chunked(x_q_, [&](const torch::Tensor& x) { return u.unit.forward(x, hc); }); };
+  if (sharded(u.unit)) on_one_thread(collect);
+  else collect();
   for (size_t i = 0; i < layers.size(); ++i) stats[i].hessian = hc.at(layers[i].name).hessian();
   return stats;
 }
@@ -414,8 +447,33 @@ void Reconstructor::setup_act_quantizers(UnitRun& u) {
   u.ctx.calibrating = true;
   u.ctx.hard = true;
   u.ctx.calibrated.assign(u.acts.size(), false);
-  u.unit.forward(x_q_.slice(0, 0, std::min<int64_t>(x_q_.size(0), 256)), u.ctx);
+  auto calibrate = [&] { u.unit.forward(x_q_.slice(0, 0, std::min<int64_t>(x_q_.size(0), 256)), u.ctx); };
+  if (sharded(u.unit)) on_one_thread(calibrate);
+  else calibrate();
   u.ctx.calibrating = false;
+}
+
+// The unit over all of x without gradients: per sample where the unit is sharded, in chunks otherwise.
+torch::Tensor Reconstructor::forward_all(Unit& unit, const torch::Tensor& x, UnitContext& ctx) const {
+  auto fn = [&](const torch::Tensor& xb) { return unit.forward(xb, ctx); };
+  return sharded(unit) ? per_sample(x, fn) : chunked(x, fn);
+}
+
+// lp_loss of the unit under ctx against its target on the first probe_n() inputs of the quantized chain; a sharded
+// unit's as the ordered mean of per-sample losses, each on one thread (the same at any thread count).
+double Reconstructor::probe(const UnitRun& u, UnitContext& ctx) const {
+  torch::NoGradGuard ng;
+  const int64_t n = probe_n();
+  if (!sharded(u.unit)) return lp_loss(u.unit.forward(x_q_.slice(0, 0, n), ctx), u.y_fp.slice(0, 0, n)).item<double>();
+  std::vector<double> losses(n);
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    torch::NoGradGuard ng_task;
+    for (int64_t k = b; k < e; ++k)
+      losses[k] = lp_loss(u.unit.forward(x_q_.slice(0, k, k + 1), ctx), u.y_fp.slice(0, k, k + 1)).item<double>();
+  });
+  double sum = 0;
+  for (double l : losses) sum += l;
+  return sum / static_cast<double>(n);
 }
 
 // Loss of the current hard rounding on a fixed probe batch (for the report).
@@ -423,8 +481,11 @@ double Reconstructor::probe_loss(UnitRun& u) {
   torch::NoGradGuard ng;
   u.ctx.hard = true;
   for (auto& q : u.acts) if (q) q->set_training(false);
-  const int64_t n = probe_n();
-  return lp_loss(u.unit.forward(x_q_.slice(0, 0, n), u.ctx), u.y_fp.slice(0, 0, n)).item<double>();
+  if (!sharded(u.unit)) return probe(u, u.ctx);
+  std::vector<torch::Tensor> w;  // the hard weights once, read by every task
+  for (Rounder* r : u.ctx.rounders) w.push_back(r->forward(true).detach());
+  ShardContext ctx(u.ctx, w, 1, 1, at::Generator());
+  return probe(u, ctx);
 }
 
 void Reconstructor::progress_line(const UnitRun& u, const std::string& what, int64_t it, double running) const {
@@ -643,16 +704,12 @@ void Reconstructor::save_checkpoint(size_t units_done, const QuantizeReport& rep
   write_checkpoint(checkpoint_.path, model_, state_, fingerprint_, c);
 }
 
-// The next unit's inputs: the quantized unit on the quantized chain, the FP target on the FP chain.
+// The next unit's inputs: the quantized unit on the quantized chain, the FP unit on the FP chain.
 void Reconstructor::propagate(UnitRun& u) {
   QuantizedContext qctx(state_);
   qctx.begin_unit(u.unit);
-  {
-    torch::NoGradGuard ng;
-    const int64_t n = probe_n();
-    u.report.loss_end = lp_loss(u.unit.forward(x_q_.slice(0, 0, n), qctx), u.y_fp.slice(0, 0, n)).item<double>();
-  }
-  x_q_ = chunked(x_q_, [&](const torch::Tensor& x) { return u.unit.forward(x, qctx); });
+  u.report.loss_end = probe(u, qctx);
+  x_q_ = forward_all(u.unit, x_q_, qctx);
   x_fp_ = u.y_chain;
 }
 
