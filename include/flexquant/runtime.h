@@ -31,7 +31,9 @@ void throw_if_stop_requested(const std::string& where);
 /// split their work by thread count, so the same seed gives different last bits, and after reconstruction
 /// different codes, at 1 and 2 threads. This runs every op on one thread (and asks LibTorch for deterministic
 /// algorithms, which matters on CUDA), so the output is the same bytes whatever --threads says; the cost is the
-/// parallel speed-up (docs/RESULTS.md "Reproducibility"). Call after init_runtime.
+/// parallel speed-up (docs/RESULTS.md "Reproducibility"). Sharded units (language-model layers) already run the
+/// engine in single-threaded pieces of fixed shape and store the same model at any thread count without it; CNN
+/// blocks, whose convolutions stay multi-threaded, need it. Call after init_runtime.
 void enable_deterministic();
 bool deterministic();
 

@@ -37,7 +37,8 @@ int main(int argc, char** argv) {
   app.add_flag("-q,--quiet", quiet, "Only warnings and errors");
   app.add_flag("-v,--verbose", verbose, "Debug output");
   app.add_flag("--deterministic", deterministic_run,
-               "Same output bytes at any --threads: every op on one thread (slower; docs/RESULTS.md Reproducibility)");
+               "Same output bytes at any --threads: every op on one thread (slower; docs/RESULTS.md Reproducibility). "
+               "Language models store the same model at any --threads without it; CNNs need it");
   for (auto& e : cli::registry()) e.setup(*app.add_subcommand(e.name, e.help));
   app.parse_complete_callback([&] {
     if (quiet) set_log_level(LogLevel::Warn);
