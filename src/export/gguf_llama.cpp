@@ -44,8 +44,6 @@ uint32_t file_type(GgmlType t) {
   return 0;
 }
 
-// llama2.c stores SentencePiece pieces with U+2581 turned into ' ' and BOS/EOS as "\n<s>\n" / "\n</s>\n";
-// llama.cpp's "llama" vocabulary wants SentencePiece's own spelling back.
 // SentencePiece token types: 1 normal, 2 unknown, 3 control, 6 byte.
 int32_t token_type(const Tokenizer& tok, int32_t id) {
   if (id == Tokenizer::kUnk) return 2;

@@ -6,8 +6,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstring>
-#include <fstream>
 #include <queue>
 
 #include "flexquant/error.h"
@@ -22,44 +20,6 @@ uint64_t fnv1a64(const void* data, size_t n, uint64_t seed) {
     h *= 1099511628211ull;
   }
   return h;
-}
-
-Tokenizer Tokenizer::load_llama2c(const std::string& path) {
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
-  FQ_CHECK(f.good(), IoError, "cannot open tokenizer -> ", path, " -> expected llama2.c tokenizer.bin (e.g. tok512.bin)");
-  std::vector<char> buf(static_cast<size_t>(f.tellg()));
-  f.seekg(0);
-  f.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-  FQ_CHECK(f.good(), IoError, "cannot read tokenizer -> ", path);
-
-  Tokenizer t;
-  t.path_ = path;
-  t.hash_ = fnv1a64(buf.data(), buf.size());
-  size_t pos = 0;
-  auto take = [&](void* dst, size_t n, const char* what) {
-    FQ_CHECK(pos + n <= buf.size(), IoError, "tokenizer truncated -> ", path, " ends at byte ", buf.size(),
-             " while reading ", what, " of token ", t.vocab_.size(), " -> expected llama2.c format "
-             "(int32 max_len, then float score, int32 len, bytes per token)");
-    std::memcpy(dst, buf.data() + pos, n);
-    pos += n;
-  };
-  take(&t.max_token_length_, 4, "max_token_length");
-  while (pos < buf.size()) {
-    float score;
-    int32_t len;
-    take(&score, 4, "score");
-    take(&len, 4, "length");
-    FQ_CHECK(len >= 0 && len <= 4096, IoError, "tokenizer ", path, ": token ", t.vocab_.size(), " has length ", len,
-             " -> allowed 0..4096; hint: not a llama2.c tokenizer.bin");
-    std::string s(static_cast<size_t>(len), '\0');
-    take(s.data(), static_cast<size_t>(len), "bytes");
-    t.index_.emplace(s, static_cast<int32_t>(t.vocab_.size()));  // first id wins on duplicates
-    t.vocab_.push_back(std::move(s));
-    t.scores_.push_back(score);
-  }
-  FQ_CHECK(t.vocab_.size() >= 259, IoError, "tokenizer ", path, " has ", t.vocab_.size(),
-           " tokens -> expected >= 259 (<unk>, <s>, </s>, 256 byte tokens)");
-  return t;
 }
 
 std::string Tokenizer::spm_piece(int32_t id) const {

@@ -1,5 +1,5 @@
-// Tokenizer files other than llama2.c's: SentencePiece's ModelProto (protobuf wire format, only the pieces are read)
-// and Hugging Face's tokenizer.json (BPE, Llama's layout), read and written.
+// Tokenizer files: llama2.c's tokenizer.bin, SentencePiece's ModelProto (protobuf wire format, only the pieces are
+// read) and Hugging Face's tokenizer.json (BPE, Llama's layout), read and written.
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -161,6 +161,38 @@ Tokenizer Tokenizer::load(const std::string& path) {
   if (ext == ".json") return load_hf_json(path);
   if (ext == ".model") return load_sentencepiece(path);
   return load_llama2c(path);
+}
+
+Tokenizer Tokenizer::load_llama2c(const std::string& path) {
+  const std::string buf = read_file(path, "llama2.c tokenizer.bin (e.g. tok512.bin)");
+  Tokenizer t;
+  t.path_ = path;
+  t.hash_ = fnv1a64(buf.data(), buf.size());
+  size_t pos = 0;
+  auto take = [&](void* dst, size_t n, const char* what) {
+    FQ_CHECK(pos + n <= buf.size(), IoError, "tokenizer truncated -> ", path, " ends at byte ", buf.size(),
+             " while reading ", what, " of token ", t.vocab_.size(), " -> expected llama2.c format "
+             "(int32 max_len, then float score, int32 len, bytes per token)");
+    std::memcpy(dst, buf.data() + pos, n);
+    pos += n;
+  };
+  take(&t.max_token_length_, 4, "max_token_length");
+  while (pos < buf.size()) {
+    float score;
+    int32_t len;
+    take(&score, 4, "score");
+    take(&len, 4, "length");
+    FQ_CHECK(len >= 0 && len <= 4096, IoError, "tokenizer ", path, ": token ", t.vocab_.size(), " has length ", len,
+             " -> allowed 0..4096; hint: not a llama2.c tokenizer.bin");
+    std::string s(static_cast<size_t>(len), '\0');
+    take(s.data(), static_cast<size_t>(len), "bytes");
+    t.index_.emplace(s, static_cast<int32_t>(t.vocab_.size()));  // first id wins on duplicates
+    t.vocab_.push_back(std::move(s));
+    t.scores_.push_back(score);
+  }
+  FQ_CHECK(t.vocab_.size() >= 259, IoError, "tokenizer ", path, " has ", t.vocab_.size(),
+           " tokens -> expected >= 259 (<unk>, <s>, </s>, 256 byte tokens)");
+  return t;
 }
 
 Tokenizer Tokenizer::load_sentencepiece(const std::string& path) {
