@@ -36,12 +36,11 @@ from mdtable import mean_sd as ms, metrics
 out = sys.argv[1]
 print("## NUPES power grids (issue #13)\n")
 print("Script: `bench/run_nupes.sh <build> <iters> [rows]`. Weight-only, per-channel symmetric, MSE-initialised")
-print("grids for every method (NUPES's grid is symmetric, so FlexRound and RTN run symmetric too: RTN/FlexRound on the")
-print("integers -2^(b-1)..2^(b-1)-1, NUPES on sign(q)|q|^(1/a), q = -(2^(b-1)-1)..2^(b-1)-1, a learned per layer from")
-print("PowerQuant's search start). ResNet-20: top-1 %, calibration records 0-1023, evaluation 1024-9999, first/last")
-print("layer 8-bit; stories260K: perplexity, the LM table's protocol. Mean ± sample std over the seeds listed;")
-print("RTN is deterministic. Note: the power grid has 2^b - 1 levels (a symmetric index), one fewer than the integer grid")
-print("RTN and FlexRound use (2^b): 7 against 8 at W3, 3 against 4 at W2.\n")
+print("grids for every method (NUPES's transform is odd, so FlexRound and RTN run symmetric too): RTN and FlexRound on")
+print("the integers q = -2^(b-1)..2^(b-1)-1, NUPES on sign(q)|q|^(1/a) over the same q (pow<b>_a<1/a>_full, 2^b levels")
+print("like the integer grid), a learned per layer from PowerQuant's search start. ResNet-20: top-1 %, calibration")
+print("records 0-1023, evaluation 1024-9999, first/last layer 8-bit; stories260K: perplexity, the LM table's protocol.")
+print("Mean ± sample std over the seeds listed; RTN is deterministic.\n")
 print("| row | FP | RTN | FlexRound | NUPES | NUPES - FlexRound | seeds |\n|---|---|---|---|---|---|---|")
 rows = {}
 for md in sorted(glob.glob(f"{out}/*-s*.md")):

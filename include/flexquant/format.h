@@ -18,6 +18,7 @@
 //   sbits<k>          fp32 with only k = 0..23 fraction bits kept (= fp<9+k>_e8m<k>_ieee)
 //   pow<b>_a<x>       power grid: levels sign(q)*|q|^x, q = -(2^(b-1)-1) .. 2^(b-1)-1, b = 2..16, x > 0
 //                     written in shortest round-trip decimal (pow4_a0.5, pow8_a2)
+//   pow<b>_a<x>_full  power grid on int<b>'s whole index range q = -2^(b-1) .. 2^(b-1)-1 (2^b levels)
 // Presets (name() prints these where the format equals one): int2..int16, uint2..uint16, fp8_e4m3 (OCP,
 // max 448), fp8_e5m2 (IEEE-like), fp6_e3m2, fp6_e2m3, fp4_e2m1 (max 6), fp16, bf16, sbits0..sbits23.
 //
@@ -25,7 +26,7 @@
 //   integers: the integer q itself (zero point included), in [qmin, qmax];
 //   minifloats: the bit pattern sign|exponent|mantissa as an unsigned n-bit number (sbits23: the fp32 bits,
 //               stored in int32 so it may read negative);
-//   power grids: the signed index q in [-qmax, qmax].
+//   power grids: the signed index q in [code_min, code_max].
 //
 // NaN / inf policy:
 //   - quantize(NaN) = NaN in every format (quiet NaN with the input's sign), so fake quantization never
@@ -93,7 +94,12 @@ struct FloatFormat {
 struct PowFormat {
   int bits = 4;           ///< 2..16
   double exponent = 1.0;  ///< > 0 and finite
-  bool operator==(const PowFormat& o) const { return bits == o.bits && exponent == o.exponent; }
+  /// Index range of int<b>, -2^(bits-1) .. qmax: one more (negative) level, so a b-bit code has 2^b levels as
+  /// the integer grid it replaces (at 2 bits the symmetric range is only {-1, 0, 1}, where the exponent is moot).
+  bool full = false;
+  bool operator==(const PowFormat& o) const {
+    return bits == o.bits && exponent == o.exponent && full == o.full;
+  }
 };
 
 /// A number format: one of the three kinds above, validated on construction (ConfigError when invalid).
@@ -123,11 +129,14 @@ class Format {
 
   /// Code width in bits.
   int bits() const;
-  /// Smallest and largest code (integers: qmin/qmax; power grids: -qmax/qmax; minifloats: 0 and 2^bits-1).
+  /// Smallest and largest code (integers: qmin/qmax; power grids: the signed index range; minifloats: 0 and
+  /// 2^bits-1).
   int64_t code_min() const;
   int64_t code_max() const;
   /// Largest finite level on unit scale (what saturation clamps to).
   double max_value() const;
+  /// Most negative finite level: -max_value(), except integers (code_min) and _full power grids.
+  double min_value() const;
   /// Minifloats: 2^(1-bias); integers and power grids: the smallest positive level.
   double min_normal() const;
   /// Smallest positive level (a subnormal if the format has them).

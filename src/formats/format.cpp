@@ -151,7 +151,7 @@ FloatParams float_params(const FloatFormat& f) {
 }
 
 std::vector<float> pow_levels(const PowFormat& f) {
-  const int qmax = (1 << (f.bits - 1)) - 1;
+  const int qmax = (1 << (f.bits - 1)) - (f.full ? 0 : 1);
   std::vector<float> lv(qmax + 1);
   for (int q = 0; q <= qmax; ++q) lv[q] = static_cast<float>(std::pow(static_cast<double>(q), f.exponent));
   return lv;
@@ -204,13 +204,14 @@ Format Format::parse(const std::string& name) {
     if (name.rfind("pow", 0) == 0) {
       auto parts = split(name.substr(3), '_');
       int b;
-      if (parts.size() != 2 || !parse_int(parts[0], b) || parts[1].size() < 2 || parts[1][0] != 'a')
-        bad_name(name, "power grids are written pow<b>_a<x>");
+      const bool full = parts.size() == 3 && parts[2] == "full";
+      if ((parts.size() != 2 && !full) || !parse_int(parts[0], b) || parts[1].size() < 2 || parts[1][0] != 'a')
+        bad_name(name, "power grids are written pow<b>_a<x> or pow<b>_a<x>_full");
       const std::string xs = parts[1].substr(1);
       char* end = nullptr;
       double x = std::strtod(xs.c_str(), &end);
       if (*end != '\0') bad_name(name, "the exponent \"" + xs + "\" is not a number");
-      return Format(PowFormat{b, x});
+      return Format(PowFormat{b, x, full});
     }
     if (name.rfind("fp", 0) == 0) {
       auto parts = split(name.substr(2), '_');
@@ -256,7 +257,9 @@ std::string Format::name() const {
     const auto& f = as_int();
     return std::string(f.is_signed ? "int" : "uint") + std::to_string(f.bits) + (f.restricted ? "_r" : "");
   }
-  if (is_pow()) return "pow" + std::to_string(as_pow().bits) + "_a" + shortest_double(as_pow().exponent);
+  if (is_pow())
+    return "pow" + std::to_string(as_pow().bits) + "_a" + shortest_double(as_pow().exponent) +
+           (as_pow().full ? "_full" : "");
   const auto& f = as_float();
   if (f.exp_bits == 8 && f.bias == 127 && f.subnormals && f.specials == FloatSpecials::Ieee)
     return "sbits" + std::to_string(f.man_bits);
@@ -297,7 +300,7 @@ int64_t Format::code_min() const {
     const auto& f = as_int();
     return f.is_signed ? -(int64_t(1) << (f.bits - 1)) + (f.restricted ? 1 : 0) : 0;
   }
-  if (is_pow()) return -code_max();
+  if (is_pow()) return as_pow().full ? -code_max() - 1 : -code_max();
   return 0;
 }
 
@@ -312,8 +315,14 @@ int64_t Format::code_max() const {
 
 double Format::max_value() const {
   if (is_int()) return static_cast<double>(code_max());
-  if (is_pow()) return detail::pow_levels(as_pow()).back();
+  if (is_pow()) return detail::pow_levels(as_pow())[code_max()];
   return detail::u2f(detail::float_params(as_float()).max_bits);
+}
+
+double Format::min_value() const {
+  if (is_int()) return static_cast<double>(code_min());
+  if (is_pow()) return -double(detail::pow_levels(as_pow()).back());
+  return -max_value();
 }
 
 double Format::min_normal() const {
@@ -330,7 +339,7 @@ double Format::min_subnormal() const {
 
 int64_t Format::num_levels() const {
   if (is_int()) return code_max() - code_min() + 1;
-  if (is_pow()) return 2 * code_max() + 1;
+  if (is_pow()) return code_max() - code_min() + 1;
   const auto& f = as_float();
   const int64_t per = int64_t(1) << f.man_bits, fields = (int64_t(1) << f.exp_bits) - 1;
   int64_t normals = fields * per;
@@ -358,7 +367,7 @@ std::vector<double> levels(const Format& f) {
   if (f.is_pow()) {
     const auto lv = detail::pow_levels(f.as_pow());
     for (size_t i = lv.size() - 1; i > 0; --i) out.push_back(-double(lv[i]));
-    for (float v : lv) out.push_back(v);
+    for (int64_t q = 0; q <= f.code_max(); ++q) out.push_back(lv[q]);
     return out;
   }
   // Positive codes in order of their bit pattern are ascending; the negatives mirror them.

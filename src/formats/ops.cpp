@@ -252,21 +252,23 @@ inline int32_t float_code(float v, const FloatFormat& f, bool* nan_seen) {
 // ---- power grids
 
 struct PowTables {
-  std::vector<float> L;     // |q|^a, q = 0..qmax
+  std::vector<float> L;     // |q|^a, q = 0 .. the largest negative index
   std::vector<double> mid;  // (L[q] + L[q+1]) / 2, exact in double
-  int qmax = 0;
+  int qpos = 0, qneg = 0;   // largest index on each side (they differ for _full grids)
   double inv_a = 1.0;
-  explicit PowTables(const PowFormat& f) : L(detail::pow_levels(f)), qmax(int(L.size()) - 1), inv_a(1.0 / f.exponent) {
-    mid.resize(qmax);
-    for (int q = 0; q < qmax; ++q) mid[q] = (double(L[q]) + double(L[q + 1])) * 0.5;
+  explicit PowTables(const Format& f)
+      : L(detail::pow_levels(f.as_pow())), qpos(int(f.code_max())), qneg(int(-f.code_min())),
+        inv_a(1.0 / f.as_pow().exponent) {
+    mid.resize(L.size() - 1);
+    for (size_t q = 0; q + 1 < L.size(); ++q) mid[q] = (double(L[q]) + double(L[q + 1])) * 0.5;
   }
 };
 
-// Index j >= 0 of the level |t| rounds to. a: |t|, not NaN.
-inline int pow_index(float a, const PowTables& T, detail::MagMode mm, uint64_t r) {
-  if (a >= T.L[T.qmax]) return T.qmax;
+// Index j in [0, top] of the level |t| rounds to. a: |t|, not NaN.
+inline int pow_index(float a, const PowTables& T, int top, detail::MagMode mm, uint64_t r) {
+  if (a >= T.L[top]) return top;
   int g = static_cast<int>(std::pow(double(a), T.inv_a));
-  g = std::max(0, std::min(g, T.qmax - 1));
+  g = std::max(0, std::min(g, top - 1));
   while (g > 0 && T.L[g] > a) --g;
   while (T.L[g + 1] <= a) ++g;
   if (a == T.L[g]) return g;
@@ -294,7 +296,7 @@ inline int pow_round(float t, const PowTables& T, uint64_t key, int64_t i, bool*
   const bool neg = std::signbit(t);
   uint64_t r = 0;
   if constexpr (M == RoundingMode::Stochastic) r = detail::splitmix_at(key, static_cast<uint64_t>(i));
-  const int j = pow_index(std::fabs(t), T, detail::mag_mode(M, neg), r);
+  const int j = pow_index(std::fabs(t), T, neg ? T.qneg : T.qpos, detail::mag_mode(M, neg), r);
   return neg ? -j : j;
 }
 
@@ -356,7 +358,7 @@ torch::Tensor run(const torch::Tensor& x_in, const Format& f, const Scales& sc, 
       });
     });
   } else {
-    const PowTables T(f.as_pow());
+    const PowTables T(f);
     dispatch_mode(mode, [&](auto mc) {
       constexpr RoundingMode M = decltype(mc)::value;
       for_segments(sc, [&](int64_t i0, int64_t i1, float s, int32_t) {

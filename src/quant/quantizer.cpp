@@ -132,11 +132,10 @@ WeightLevels::WeightLevels(Format format, torch::Tensor zero_point) : format_(st
 }
 
 // Minifloat / power-grid rounding runs on fp32 (the format kernels); the result returns in r's dtype. Weight
-// grids saturate: r is clamped to +-max first, so an IEEE-like format's overflow to inf (fp8_e5m2) never
-// becomes a weight.
+// grids saturate: r is clamped to the grid's range first, so an IEEE-like format's overflow to inf (fp8_e5m2)
+// never becomes a weight.
 torch::Tensor WeightLevels::saturated(const torch::Tensor& r) const {
-  const double m = format_.max_value();
-  return to_float(r).clamp(-m, m);
+  return to_float(r).clamp(format_.min_value(), format_.max_value());
 }
 
 torch::Tensor WeightLevels::nearest(const torch::Tensor& r) const {
@@ -158,8 +157,7 @@ torch::Tensor WeightLevels::above(const torch::Tensor& level) const {
 
 torch::Tensor WeightLevels::clamp(const torch::Tensor& level) const {
   if (format_.is_int()) return torch::clamp(level, -z_, qmax() - z_);
-  const double m = format_.max_value();
-  return torch::clamp(level, -m, m);
+  return torch::clamp(level, format_.min_value(), format_.max_value());
 }
 
 torch::Tensor WeightLevels::rounds_up(const torch::Tensor& r, const torch::Tensor& lower) const {
@@ -168,21 +166,21 @@ torch::Tensor WeightLevels::rounds_up(const torch::Tensor& r, const torch::Tenso
 
 torch::Tensor WeightLevels::passes(const torch::Tensor& r, const torch::Tensor& q) const {
   if (format_.is_int()) return torch::round(r) == q;
-  return r.abs() <= format_.max_value();
+  return (r >= format_.min_value()).logical_and(r <= format_.max_value());
 }
 
 torch::Tensor WeightLevels::to_codes(const torch::Tensor& level) const {
   if (format_.is_int()) return (level + z_).to(torch::kUInt8);
   // + 0.0 turns -0 into +0: one code for zero, whichever way a method reached it (AdaRound's below + step).
   auto codes = encode(to_float(level) + 0.0, format_);
-  if (format_.is_pow()) codes = codes + format_.code_max();
+  if (format_.is_pow()) codes = codes - format_.code_min();
   return codes.to(torch::kUInt8);
 }
 
 torch::Tensor WeightLevels::from_codes(const torch::Tensor& codes) const {
   if (format_.is_int()) return codes.to(z_.scalar_type()) - z_;
   auto c = codes.to(torch::kInt);
-  if (format_.is_pow()) c = c - format_.code_max();
+  if (format_.is_pow()) c = c + format_.code_min();
   return decode(c, format_);
 }
 

@@ -73,9 +73,11 @@ inline std::vector<Format> small_formats() {
   for (int e = 1; e <= 8; ++e)  // e = 8 without special codes reaches 2^128 with the default bias: use 128
     add(FloatFormat{e, 15 - e, e == 8 ? 128 : FloatFormat::default_bias(e), true, FloatSpecials::None});
   for (int b = 2; b <= 8; ++b)
-    for (double a : {0.5, 1.0, 1.5, 2.0, 3.0}) add(PowFormat{b, a});
+    for (double a : {0.5, 1.0, 1.5, 2.0, 3.0})
+      for (bool full : {false, true}) add(PowFormat{b, a, full});
   add(PowFormat{12, 2.0});
   add(PowFormat{16, 0.5});
+  add(PowFormat{16, 0.5, true});
   return out;
 }
 

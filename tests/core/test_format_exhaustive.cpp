@@ -24,7 +24,7 @@ int64_t expected_levels(const Format& f) {
     if (!i.is_signed) return int64_t(1) << i.bits;
     return (int64_t(1) << i.bits) - (i.restricted ? 1 : 0);
   }
-  if (f.is_pow()) return (int64_t(1) << f.as_pow().bits) - 1;
+  if (f.is_pow()) return (int64_t(1) << f.as_pow().bits) - (f.as_pow().full ? 0 : 1);
   const auto& m = f.as_float();
   const int64_t mant = int64_t(1) << m.man_bits, fields = int64_t(1) << m.exp_bits;
   int64_t positive_normals = (fields - 1) * mant;  // exponent fields 1 .. 2^E-1
@@ -94,7 +94,13 @@ void check_format(const Format& f, Counts& n) {
   ASSERT_EQ(lib_levels, grid);  // std::map is ordered; equality with the strictly increasing library list
   for (size_t k = 1; k < lib_levels.size(); ++k) ASSERT_LT(lib_levels[k - 1], lib_levels[k]);
   ASSERT_EQ(grid.back(), f.max_value());
-  ASSERT_EQ(grid.front(), f.is_int() ? double(f.code_min()) : -f.max_value());
+  ASSERT_EQ(grid.front(), f.min_value());
+  // Written out: integers start at their lowest code, _full power grids at -(2^(b-1))^x, the rest mirror max.
+  const double lowest = f.is_int() ? double(f.code_min())
+                        : f.is_pow() && f.as_pow().full
+                            ? -double(float(std::pow(double(int64_t(1) << (f.bits() - 1)), f.as_pow().exponent)))
+                            : -f.max_value();
+  ASSERT_EQ(grid.front(), lowest);
   ASSERT_EQ(*std::upper_bound(grid.begin(), grid.end(), 0.0), f.min_subnormal());
 
   // ---- midpoints and their float neighbours

@@ -26,7 +26,7 @@ TEST(FormatNames, ParseNameRoundTrip) {
   }
   for (const char* name : {"int4", "int4_r", "uint8", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "fp16", "bf16", "sbits10",
                            "fp8_e4m3_b10_nosub", "fp6_e3m2_ieee", "fp8_e5m2_fn", "pow4_a0.5", "pow6_a1.25",
-                           "fp7_e3m3_b-2", "fp8_e4m3_sat", "fp8_e5m2_b14", "fp12_e8m3_b130"}) {
+                           "pow3_a0.5_full", "fp7_e3m3_b-2", "fp8_e4m3_sat", "fp8_e5m2_b14", "fp12_e8m3_b130"}) {
     EXPECT_EQ(Format::parse(name).name(), name);
     ++n;
   }
@@ -45,7 +45,7 @@ TEST(FormatNames, ParseNameRoundTrip) {
 TEST(FormatNames, UnknownNamesListValidOnes) {
   int n = 0;
   for (const char* bad : {"int17", "int1", "uint4_r", "fp8_e4m4", "fp8_e4m3_xyz", "fp8_e4m3_ieee_fn", "sbits24",
-                          "pow4_a-1", "pow4_ax", "fp9_e9m0", "float8", "", "int", "fp17_e8m8", "fp8_e0m7"}) {
+                          "pow4_a-1", "pow4_ax", "pow4_a2_ful", "fp9_e9m0", "float8", "", "int", "fp17_e8m8", "fp8_e0m7"}) {
     try {
       Format::parse(bad);
       ADD_FAILURE() << "\"" << bad << "\" parsed";
@@ -57,7 +57,7 @@ TEST(FormatNames, UnknownNamesListValidOnes) {
       ++n;
     }
   }
-  EXPECT_EQ(n, 15);
+  EXPECT_EQ(n, 16);
   EXPECT_THROW(parse_rounding_mode("nearest"), ConfigError);
   try {
     parse_rounding_mode("round");
@@ -88,6 +88,7 @@ TEST(FormatNames, PresetProperties) {
       {"int4_r", 7, 1, 1, 15},
       {"uint8", 255, 1, 1, 256},
       {"pow4_a2", 49, 1, 1, 15},
+      {"pow4_a2_full", 49, 1, 1, 16},
   };
   for (const auto& r : rows) {
     const Format f = Format::parse(r.name);
@@ -97,6 +98,12 @@ TEST(FormatNames, PresetProperties) {
     EXPECT_EQ(f.num_levels(), r.levels) << r.name;
   }
   EXPECT_EQ(Format::parse("fp8_e4m3_b10_nosub").min_subnormal(), 0x1p-9);
+  // min_value: -max except integers' and _full power grids' one extra negative level.
+  EXPECT_EQ(Format::parse("pow4_a2_full").min_value(), -64);
+  EXPECT_EQ(Format::parse("pow4_a2").min_value(), -49);
+  EXPECT_EQ(Format::parse("int4").min_value(), -8);
+  EXPECT_EQ(Format::parse("fp4_e2m1").min_value(), -6);
+  EXPECT_EQ(Format::parse("pow3_a1_full").code_min(), -4);
   EXPECT_FALSE(Format::parse("fp4_e2m1").has_nan());
   EXPECT_TRUE(Format::parse("fp8_e4m3").has_nan());
   EXPECT_FALSE(Format::parse("fp8_e4m3").has_inf());

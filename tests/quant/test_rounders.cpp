@@ -975,19 +975,18 @@ fq::RounderOptions nupes_options(double a_init, bool learn_a) {
 }
 }  // namespace
 
-// At a = 1 with a fixed, NUPES is FlexRound on pow3_a1 (the uniform symmetric grid -3..3): the same start (RTN on
-// that grid), the same forward and the same Adam trajectory, bit for bit, on the real layer.
+// At a = 1 with a fixed, NUPES is FlexRound on the same integer grid (W3 symmetric, -4..3): the same start (RTN
+// there), the same forward and the same Adam trajectory, bit for bit, on the real layer; the export holds the same
+// codes on pow3_a1_full.
 TEST(Nupes, AtExponentOneIsFlexRoundOnTheUniformGridStepForStep) {
   const auto& L = real_layer();
   auto spec = make_spec(3, true, fq::Granularity::PerChannel, 0, fq::ScaleInit::Mse);
-  auto pow_spec = spec;
-  pow_spec.format = fq::Format::parse("pow3_a1");
   auto nupes = fq::make_rounder("nupes", nupes_options(1.0, false));
   auto flex = fq::make_rounder("flexround");
-  nupes->init(L.w, spec, fq::init_qparams(L.w, spec));
-  const auto qp = fq::init_qparams(L.w, pow_spec);
-  flex->init(L.w, pow_spec, qp);
-  ASSERT_TRUE(torch::equal(nupes->forward(false).detach(), fq::fake_quant_rtn(L.w, pow_spec, qp)));
+  const auto qp = fq::init_qparams(L.w, spec);
+  nupes->init(L.w, spec, qp);
+  flex->init(L.w, spec, qp);
+  ASSERT_TRUE(torch::equal(nupes->forward(false).detach(), fq::fake_quant_rtn(L.w, spec, qp)));
   ASSERT_EQ(nupes->parameters().size(), flex->parameters().size());
   torch::optim::Adam on(nupes->parameters(), torch::optim::AdamOptions(5e-3));
   torch::optim::Adam of(flex->parameters(), torch::optim::AdamOptions(5e-3));
@@ -1009,7 +1008,8 @@ TEST(Nupes, AtExponentOneIsFlexRoundOnTheUniformGridStepForStep) {
   const auto hn = nupes->harden(), hf = flex->harden();
   EXPECT_TRUE(torch::equal(hn.dequantize(), hf.dequantize()));
   EXPECT_TRUE(torch::equal(hn.codes, hf.codes));
-  EXPECT_EQ(hn.spec.format.name(), "pow3_a1");
+  EXPECT_EQ(hn.spec.format.name(), "pow3_a1_full");
+  EXPECT_EQ(hn.codes.min().item<int>(), 0);  // the extra negative level is reachable and used
 }
 
 // The exponent's gradient (and the divisors') equals the naive ATen composition of the same STE rule:
@@ -1025,8 +1025,6 @@ TEST(Nupes, GradientsMatchTheNaiveComposition) {
   const auto up = torch::randn_like(L.w);
   const auto g_fused = grads_of(r->forward(false), up, params);
 
-  auto uspec = spec;
-  uspec.format = fq::Format::parse("pow3_a1");
   const auto a = torch::exp(params[4]);
   auto pmap = [](const torch::Tensor& x, const torch::Tensor& e) { return x * x.abs().clamp_min(1e-30).pow(e - 1); };
   const auto u = pmap(L.w, a);
@@ -1034,7 +1032,8 @@ TEST(Nupes, GradientsMatchTheNaiveComposition) {
   const auto s1 = fq::expand_to_weight(s1p, L.w.sizes(), spec);
   const auto S = s1 * torch::exp(params[1] + params[2] + params[3]);
   const auto rr = u / S;
-  const auto levels = fq::weight_levels(uspec, fq::QParams{s1p.detach(), torch::zeros_like(s1p), {}}, L.w.sizes());
+  const auto levels =
+      fq::weight_levels(spec, fq::QParams{s1p.detach(), torch::full_like(s1p, 4.0), {}}, L.w.sizes());
   const auto q = levels.nearest(rr.detach());
   const auto pass = levels.passes(rr.detach(), q).to(torch::kFloat);
   const auto w_hat = pmap(s1 * (q + pass * (rr - rr.detach())), 1 / a);
@@ -1046,7 +1045,7 @@ TEST(Nupes, GradientsMatchTheNaiveComposition) {
   }
 }
 
-// Searched start, exponent learned: it moves, the export equals the last hard forward, lies on pow3_a<1/a>, and
+// Searched start, exponent learned: it moves, the export equals the last hard forward, lies on pow3_a<1/a>_full, and
 // the layer reconstructs better than round-to-nearest on the uniform symmetric grid.
 TEST(Nupes, LearnsTheExponentAndBeatsNearestOnRealConvLayer) {
   auto spec = make_spec(3, true, fq::Granularity::PerChannel, 0, fq::ScaleInit::Mse);
@@ -1067,7 +1066,8 @@ TEST(Nupes, LearnsTheExponentAndBeatsNearestOnRealConvLayer) {
   }
   const auto h = r->harden();
   EXPECT_TRUE(torch::equal(h.dequantize(), r->forward(true)));
-  EXPECT_TRUE(h.spec.format.is_pow());
+  ASSERT_TRUE(h.spec.format.is_pow());
+  EXPECT_TRUE(h.spec.format.as_pow().full);
   EXPECT_NE(h.spec.format.as_pow().exponent, 1 / a0);
   fq::WeightQuantSpec fp_spec = spec;
   fp_spec.format = fq::Format::parse("fp4_e2m1");

@@ -130,16 +130,18 @@ inline int64_t int_code(const IntFormat& f, double t, int64_t z, RoundingMode mo
 }
 
 // ---- power grids
+/// |q|^x for q = 0 .. 2^(b-1)-1, and 2^(b-1) too for _full grids (their one extra negative level).
 inline std::vector<float> pow_magnitudes(const PowFormat& f) {
   std::vector<float> L;
-  for (int q = 0; q < (1 << (f.bits - 1)); ++q) L.push_back(float(std::pow(double(q), f.exponent)));
+  const int last = (1 << (f.bits - 1)) - (f.full ? 0 : 1);
+  for (int q = 0; q <= last; ++q) L.push_back(float(std::pow(double(q), f.exponent)));
   return L;
 }
-/// Signed index of the level t rounds to.
-inline int pow_code(const std::vector<float>& L, double t, RoundingMode mode, double U) {
+/// Signed index of the level t rounds to. full: the negative side has one more level than the positive.
+inline int pow_code(const std::vector<float>& L, bool full, double t, RoundingMode mode, double U) {
   const bool neg = std::signbit(t);
   const double a = std::fabs(t);
-  const int qmax = int(L.size()) - 1;
+  const int qmax = int(L.size()) - 1 - (full && !neg ? 1 : 0);
   int j;
   if (a >= L[qmax]) {
     j = qmax;
@@ -174,7 +176,7 @@ struct Quantizer {
     if (std::isnan(t)) return t;
     if (f.is_int()) return float(int_code(f.as_int(), t, z, mode, U) - z) * s;
     if (f.is_float()) return float(float_round(f.as_float(), t, mode, U)) * s;
-    const int q = pow_code(L, t, mode, U);
+    const int q = pow_code(L, f.as_pow().full, t, mode, U);
     return q == 0 ? 0.0f : (q < 0 ? -L[-q] : L[q]) * s;
   }
   /// Value of a code on unit scale.

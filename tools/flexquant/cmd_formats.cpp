@@ -34,7 +34,7 @@ struct FormatsCmd {
                                num(f.max_value()), num(f.min_normal()), num(f.min_subnormal()), f.num_levels());
     }
     std::cout << "\nAny other format by grammar: int<b>, int<b>_r, uint<b> (b = 2..16); "
-                 "fp<n>_e<E>m<M>[_ieee|_fn|_sat][_b<bias>][_nosub]; sbits<k> (k = 0..23); pow<b>_a<x>.\n"
+                 "fp<n>_e<E>m<M>[_ieee|_fn|_sat][_b<bias>][_nosub]; sbits<k> (k = 0..23); pow<b>_a<x>[_full].\n"
                  "Rounding modes (flexquant round --mode): ";
     for (size_t i = 0; i < rounding_mode_names().size(); ++i)
       std::cout << (i ? ", " : "") << rounding_mode_names()[i];

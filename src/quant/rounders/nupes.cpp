@@ -1,10 +1,12 @@
 // NUPES (Yvinec et al. 2023; methods.md §5): FlexRound on a power-exponent grid whose exponent is learned.
-//   u = sign(w)|w|^a  ->  û = FlexRound(u) on the uniform symmetric grid (levels -qmax..qmax)  ->  ŵ = sign(û)|û|^(1/a)
-// so ŵ lies on the power grid pow<b>_a<1/a> with scale s1^(1/a): levels sign(q)|q|^(1/a) crowd toward zero for
-// a < 1, where bell-shaped weights are dense. a (per layer, log-parametrised) trains with FlexRound's divisors;
+//   u = sign(w)|w|^a  ->  û = FlexRound(u) on the symmetric integer grid  ->  ŵ = sign(û)|û|^(1/a)
+// so ŵ lies on the power grid pow<b>_a<1/a>_full with scale s1^(1/a): levels sign(q)|q|^(1/a) crowd toward zero
+// for a < 1, where bell-shaped weights are dense. a (per layer, log-parametrised) trains with FlexRound's divisors;
 // since the transform comes before the divisors, every weight may still move to any level of the range.
+// The index range is int<b>'s, -2^(b-1)..2^(b-1)-1, not PowerQuant's -(2^(b-1)-1)..: a b-bit code then holds as
+// many levels as the integer grid it replaces (at W2 the symmetric range is {-1, 0, 1}, where a has no effect).
 // Written as u = w * |w|^(a-1) and ŵ = û * |û|^(1/a - 1), so that at a = 1 both maps are the identity bit for bit
-// (x^0 = 1) with unit gradients: NUPES at a = 1 is FlexRound on pow<b>_a1, step for step.
+// (x^0 = 1) with unit gradients: NUPES at a = 1 is FlexRound on the same integer grid, step for step.
 #include <cmath>
 
 #include "flexquant/error.h"
@@ -20,10 +22,9 @@ torch::Tensor power_map(const torch::Tensor& x, const torch::Tensor& e) {
   return x * x.abs().clamp_min(kTiny).pow(e - 1);
 }
 
-WeightQuantSpec unit_power_spec(const WeightQuantSpec& spec, double exponent) {
+WeightQuantSpec power_spec(const WeightQuantSpec& spec, double exponent) {
   WeightQuantSpec s = spec;
-  s.format = Format(PowFormat{spec.bits(), exponent});
-  s.symmetric = true;
+  s.format = Format(PowFormat{spec.bits(), exponent, /*full=*/true});
   return s;
 }
 
@@ -43,11 +44,10 @@ class NupesRounder : public Rounder {
     torch::NoGradGuard ng;
     w_ = w.detach().to(torch::kFloat).contiguous();
     spec_ = spec;
-    uspec_ = unit_power_spec(spec, 1.0);
     const double a0 = initial_exponent();
     log_a_ = torch::full({}, std::log(a0), w_.options()).requires_grad_(opts_.option("nupes.learn_a") != 0);
     const torch::Tensor u = power_map(w_, torch::full({}, a0, w_.options()));
-    p_.init(u, uspec_, init_qparams(u, uspec_), opts_);
+    p_.init(u, spec_, init_qparams(u, spec_), opts_);
   }
 
   torch::Tensor forward(bool hard) override {
@@ -58,7 +58,7 @@ class NupesRounder : public Rounder {
     }
     const torch::Tensor a = torch::exp(log_a_);
     const torch::Tensor u = power_map(w_, a);
-    return power_map(p_.quantize(u, uspec_), 1 / a);
+    return power_map(p_.quantize(u, spec_), 1 / a);
   }
 
   std::vector<torch::Tensor> parameters() override {
@@ -67,7 +67,8 @@ class NupesRounder : public Rounder {
     return p;
   }
 
-  // The codes on pow<b>_a<1/a> with scale s1^(1/a): the nearest level of ŵ there is the level q FlexRound chose.
+  // The codes on pow<b>_a<1/a>_full with scale s1^(1/a): the nearest level of ŵ there is the level q FlexRound
+  // chose.
   QuantizedTensor harden() override {
     FQ_INTERNAL_ASSERT(w_.defined(), "nupes rounder used before init()");
     torch::NoGradGuard ng;
@@ -75,9 +76,9 @@ class NupesRounder : public Rounder {
     FQ_CHECK(std::isfinite(a) && a > 0, NumericError, "nupes: the learned exponent became ", a,
              " -> allowed: finite and > 0; hint: lower recon.lr");
     const torch::Tensor at = torch::full({}, a, w_.options());
-    FlexMap m = p_.map(power_map(w_, at), uspec_);
-    (void)flex_harden(m, p_.grid, w_.sizes(), uspec_, "nupes");  // the validity checks of the learned grid
-    const WeightQuantSpec out_spec = unit_power_spec(spec_, 1 / a);
+    FlexMap m = p_.map(power_map(w_, at), spec_);
+    (void)flex_harden(m, p_.grid, w_.sizes(), spec_, "nupes");  // the validity checks of the learned grid
+    const WeightQuantSpec out_spec = power_spec(spec_, 1 / a);
     QParams qp;
     qp.scale = m.s1p.pow(1 / a);
     qp.zero_point = torch::zeros_like(qp.scale);
@@ -97,14 +98,14 @@ class NupesRounder : public Rounder {
       const double a = i / 10.0;
       const torch::Tensor at = torch::full({}, a, w_.options());
       const torch::Tensor u = power_map(w_, at);
-      const double err = lp_error(power_map(fake_quant_rtn(u, uspec_, init_qparams(u, uspec_)), 1 / at), w_);
+      const double err = lp_error(power_map(fake_quant_rtn(u, spec_, init_qparams(u, spec_)), 1 / at), w_);
       if (err < best_err) best_err = err, best_a = a;
     }
     return best_a;
   }
 
   RounderOptions opts_;
-  WeightQuantSpec spec_, uspec_;
+  WeightQuantSpec spec_;
   FlexParams p_;
   torch::Tensor w_, log_a_;
 };

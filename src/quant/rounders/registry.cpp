@@ -26,7 +26,7 @@ struct Registry {
          {/*training=*/true, false}, rounders::make_nupes,
          {{"nupes.a_init", 0, "Initial exponent a of the transform |w|^a; 0 = search {1, 0.9, ..., 0.5} for the least "
                               "round-to-nearest error per layer (PowerQuant). a = 1 with learn_a = 0 is FlexRound on "
-                              "pow<b>_a1."},
+                              "the same integer grid (stored as pow<b>_a1_full)."},
           {"nupes.learn_a", 1, "Learn a jointly with FlexRound's divisors (1) or keep it fixed (0)."}}});
     add({"gptq", "GPTQ: column-wise error feedback through the input Hessian (methods.md §7.2)",
          {false, /*hessian=*/true}, rounders::make_gptq, {}});
