@@ -56,8 +56,8 @@ print("A sharded unit (a Llama decoder layer: `Unit::step_shards() > 1`) runs ev
 print("chains, probes, the PD loss's FP logits) one sample per single-threaded task, and its one-off statistics passes")
 print("(activation calibration, GPTQ Hessians) on one thread, so its GEMMs have one shape at any thread count; its")
 print("train step was already cut into fixed single-threaded shards. ResNet blocks keep multi-threaded convolutions.")
-print("The evaluation after quantization still batches perplexity windows through multi-threaded GEMMs, so the metric")
-print("a file records can differ in its last digits between thread counts even where the model stored is identical.\n")
+print("The perplexity a file records is scored one window per single-threaded task (each with its own fork of the")
+print("context, `UnitContext::fork`), so it too is the same at any thread count.\n")
 runs = [("t1", "ResNet-20 `--threads 1`"), ("t2", "ResNet-20 `--threads 2`"), ("t1d", "ResNet-20 `--threads 1 --deterministic`"),
         ("t2d", "ResNet-20 `--threads 2 --deterministic`"), ("lm-t1", "stories260K W4A8 `--threads 1`"), ("lm-t2", "stories260K W4A8 `--threads 2`")]
 print("| run | top-1 % or perplexity | wall s |\n|---|---|---|")

@@ -75,6 +75,10 @@ class UnitContext {
   virtual void observe_output(const QuantLayer& layer, int i, const torch::Tensor& y) {}
   /// Applied at activation site `j`; identity in FP.
   virtual torch::Tensor act(const ActSite& site, int j, const torch::Tensor& x) { return x; }
+  /// A fresh context that acts as this one, for a forward on another thread; null where the context keeps state
+  /// that must not be split (statistics, random streams). Evaluation scores one window per thread with it, so its
+  /// numbers do not depend on the thread count. The FP context forks; a subclass forks only if it says how.
+  virtual std::unique_ptr<UnitContext> fork() const;
   /// Runs layer i: observe its input, apply it with weight(i), observe its output.
   torch::Tensor run(const QuantLayer& layer, int i, const torch::Tensor& x) {
     observe_input(layer, i, x);

@@ -66,6 +66,7 @@ class QuantizedContext : public UnitContext {
   explicit QuantizedContext(const QuantState& state) : state_(state) {}
   void begin_unit(const Unit& u) override { unit_ = &u; }
   torch::Tensor act(const ActSite& site, int j, const torch::Tensor& x) override;
+  std::unique_ptr<UnitContext> fork() const override { return std::make_unique<QuantizedContext>(state_); }
 
  private:
   const QuantState& state_;

@@ -3,6 +3,8 @@
 #include <torch/nn/functional/conv.h>
 #include <torch/nn/functional/linear.h>
 
+#include <typeinfo>
+
 namespace flexquant {
 
 torch::Tensor QuantLayer::apply(const torch::Tensor& x, const torch::Tensor& w) const {
@@ -26,6 +28,11 @@ torch::Tensor FoldedBatchNorm::input_from_output(const torch::Tensor& y) const {
   std::vector<int64_t> shape(y.dim(), 1);
   shape[1] = gamma.numel();
   return (y - beta.view(shape)) * ratio.view(shape) + mean.view(shape);
+}
+
+// Only the FP context itself: a subclass that inherited this could hold state the fork would silently drop.
+std::unique_ptr<UnitContext> UnitContext::fork() const {
+  return typeid(*this) == typeid(UnitContext) ? std::make_unique<UnitContext>() : nullptr;
 }
 
 torch::Tensor ModelAdapter::forward(const torch::Tensor& input, UnitContext& ctx) {

@@ -3,6 +3,7 @@
 // greedy decoding. All forwards go through a UnitContext so quantized models share this code path.
 #include "flexquant/lm_eval.h"
 
+#include <ATen/Parallel.h>
 #include <torch/types.h>
 
 #include <algorithm>
@@ -205,6 +206,53 @@ std::vector<PplWindow> ppl_windows(int64_t N, const PplProtocol& protocol) {
   return wins;
 }
 
+namespace {
+
+// NLL [T-1] of every next-token prediction of windows [i, j), all of length T, from one batched forward.
+std::vector<torch::Tensor> window_nll(ModelAdapter& model, const torch::Tensor& stream, const std::vector<PplWindow>& wins,
+                                      size_t i, size_t j, UnitContext& ctx, torch::Device dev) {
+  const int64_t T = wins[i].e - wins[i].s;
+  std::vector<torch::Tensor> rows;
+  for (size_t k = i; k < j; ++k) rows.push_back(stream.slice(0, wins[k].s, wins[k].e));
+  torch::Tensor x = torch::stack(rows).to(dev);                                                 // [b, T]
+  torch::Tensor logp = torch::log_softmax(model.forward(x, ctx).to(torch::kFloat32), -1);        // [b, T, V]
+  torch::Tensor nll = -logp.slice(1, 0, T - 1).gather(2, x.slice(1, 1, T).unsqueeze(-1)).squeeze(-1);  // [b, T-1]
+  nll = nll.to(torch::kCPU, torch::kFloat64);
+  std::vector<torch::Tensor> out;
+  for (size_t k = i; k < j; ++k) out.push_back(nll[static_cast<int64_t>(k - i)]);
+  return out;
+}
+
+// Consecutive windows of the same length batched `batch` at a time, on the threads LibTorch has.
+std::vector<torch::Tensor> nll_batched(ModelAdapter& model, const torch::Tensor& stream,
+                                       const std::vector<PplWindow>& wins, int64_t batch, UnitContext& ctx,
+                                       torch::Device dev) {
+  std::vector<torch::Tensor> out;
+  for (size_t i = 0; i < wins.size();) {
+    size_t j = i;
+    const int64_t T = wins[i].e - wins[i].s;
+    while (j < wins.size() && static_cast<int64_t>(j - i) < batch && wins[j].e - wins[j].s == T) ++j;
+    for (auto& t : window_nll(model, stream, wins, i, j, ctx, dev)) out.push_back(std::move(t));
+    i = j;
+  }
+  return out;
+}
+
+// One window per task, each task on one thread with its own fork of ctx: every GEMM has the same shape and runs
+// single-threaded whatever --threads is (OpenBLAS's bits depend on both), so the perplexity is thread-independent.
+std::vector<torch::Tensor> nll_one_per_thread(ModelAdapter& model, const torch::Tensor& stream,
+                                              const std::vector<PplWindow>& wins, const UnitContext& ctx) {
+  std::vector<torch::Tensor> out(wins.size());
+  at::parallel_for(0, static_cast<int64_t>(wins.size()), 1, [&](int64_t b, int64_t e) {
+    torch::NoGradGuard ng;
+    auto own = ctx.fork();
+    for (int64_t k = b; k < e; ++k) out[k] = window_nll(model, stream, wins, k, k + 1, *own, torch::kCPU)[0];
+  });
+  return out;
+}
+
+}  // namespace
+
 PplResult perplexity(ModelAdapter& model, const torch::Tensor& stream_in, const PplProtocol& protocol, UnitContext& ctx) {
   torch::NoGradGuard no_grad;
   torch::Tensor stream = ppl_stream(stream_in, protocol);
@@ -215,27 +263,17 @@ PplResult perplexity(ModelAdapter& model, const torch::Tensor& stream_in, const 
   torch::Device dev = torch::kCPU;
   for (Unit* u : model.units())
     if (!u->layers().empty()) dev = u->layers()[0].weight.device();
+  const bool forkable = dev.is_cpu() && ctx.fork() != nullptr;
+  const std::vector<torch::Tensor> nll = forkable ? nll_one_per_thread(model, stream, wins, ctx)
+                                                  : nll_batched(model, stream, wins, protocol.batch, ctx, dev);
   double sum = 0;
   int64_t count = 0;
   std::vector<torch::Tensor> scored;
-  for (size_t i = 0; i < wins.size();) {
-    // batch consecutive windows of the same length
-    size_t j = i;
-    const int64_t T = wins[i].e - wins[i].s;
-    while (j < wins.size() && static_cast<int64_t>(j - i) < protocol.batch && wins[j].e - wins[j].s == T) ++j;
-    std::vector<torch::Tensor> rows;
-    for (size_t k = i; k < j; ++k) rows.push_back(stream.slice(0, wins[k].s, wins[k].e));
-    torch::Tensor x = torch::stack(rows).to(dev);                                   // [b, T]
-    torch::Tensor logp = torch::log_softmax(model.forward(x, ctx).to(torch::kFloat32), -1);  // [b, T, V]
-    torch::Tensor nll = -logp.slice(1, 0, T - 1).gather(2, x.slice(1, 1, T).unsqueeze(-1)).squeeze(-1);  // [b, T-1]
-    nll = nll.to(torch::kCPU, torch::kFloat64);
-    for (size_t k = i; k < j; ++k) {
-      const int64_t first = wins[k].lo - wins[k].s - 1;  // local index of the first scored prediction
-      scored.push_back(nll[static_cast<int64_t>(k - i)].slice(0, first));
-      sum += scored.back().sum().item<double>();
-      count += T - 1 - first;
-    }
-    i = j;
+  for (size_t k = 0; k < wins.size(); ++k) {
+    const int64_t first = wins[k].lo - wins[k].s - 1;  // local index of the first scored prediction
+    scored.push_back(nll[k].slice(0, first));
+    sum += scored.back().sum().item<double>();
+    count += scored.back().numel();
   }
   FQ_CHECK(std::isfinite(sum), NumericError, "perplexity: NLL is not finite -> ", sum,
            " -> the model produced NaN/inf logits; hint: check the quantized weights/scales");

@@ -346,7 +346,8 @@ TEST(Engine, PerTokenActivationsReconstructWeightOnlyByDefault) {
 // LSQ activation steps (their gradient scaled by the whole batch), QDrop drawn per shard, PD-Quant's loss through
 // the later layers. The run must be reproducible, and training must lower each unit's loss below the start grid's.
 // Issue #14 item 4: the sharded steps, targets, chains and probes run single-threaded pieces of fixed shape, so a
-// language model's run gives the same bits at 1 and 2 threads (before, 58 of 105 stored tensors differed).
+// language model's run gives the same bits at 1 and 2 threads (before, 58 of 105 stored tensors differed), and so
+// does the evaluation of the quantized model.
 TEST(Engine, ShardedLanguageModelRunsAreTheSameAtOneAndTwoThreadsAndLearn) {
   auto task = stories_task();
   Recipe r = short_lm_recipe("flexround", 30);
@@ -361,11 +362,14 @@ TEST(Engine, ShardedLanguageModelRunsAreTheSameAtOneAndTwoThreadsAndLearn) {
     EXPECT_GT(model->units().at(0)->step_shards(), 1) << "the Llama layer no longer asks for shards";
     QuantState state;
     QuantizeReport rep = quantize(*model, calib, r, state, {}, /*max_units=*/2);
+    QuantizedContext qctx(state);
+    const double ppl = task->evaluate(*model, qctx);  // windows one per thread: the same bits at any thread count
     at::set_num_threads(saved);
-    return std::make_pair(rep, state);
+    return std::make_tuple(rep, state, ppl);
   };
-  auto [rep_a, a] = run(1);
-  auto [rep_b, b] = run(2);
+  auto [rep_a, a, ppl_a] = run(1);
+  auto [rep_b, b, ppl_b] = run(2);
+  EXPECT_EQ(ppl_a, ppl_b);
   ASSERT_EQ(rep_a.units.size(), 2u);
   for (size_t k = 0; k < rep_a.units.size(); ++k) {
     const UnitReport &x = rep_a.units[k], &y = rep_b.units[k];

@@ -146,6 +146,33 @@ TEST(LmEval, ReadmePerplexityOnTinyStories) {
   EXPECT_NE(r.protocol.find("window 512"), std::string::npos);
 }
 
+// Issue #14 item 4: the FP context forks, so windows are scored one per single-threaded task and the perplexity is
+// the same bits at 1 and 2 threads; a context that cannot fork takes the batched path, equal within float noise.
+TEST(LmEval, PerplexityIsTheSameBitsAtOneAndTwoThreads) {
+  struct Unforkable : UnitContext {};  // a subclass that does not say how to fork
+  const int saved = torch::get_num_threads();
+  auto model = load_llama2c(model_path());
+  const torch::Tensor stream = corpus_tokens(text_path(), tok(), {0, 60});
+  PplProtocol p;
+  p.window = 128;
+  p.stride = 128;
+  UnitContext fp;
+  Unforkable batched;
+  ASSERT_NE(fp.fork(), nullptr);
+  ASSERT_EQ(batched.fork(), nullptr);
+  torch::set_num_threads(1);
+  const PplResult one = perplexity(*model, stream, p, fp);
+  torch::set_num_threads(2);
+  const PplResult two = perplexity(*model, stream, p, fp);
+  const PplResult two_batched = perplexity(*model, stream, p, batched);
+  torch::set_num_threads(saved);
+  ASSERT_GT(one.windows, 4);
+  EXPECT_EQ(one.nll, two.nll);
+  EXPECT_TRUE(torch::equal(one.token_nll, two.token_nll));
+  EXPECT_NEAR(two_batched.nll, one.nll, 1e-6);
+  EXPECT_EQ(two_batched.tokens_scored, one.tokens_scored);
+}
+
 TEST(LmEval, ProtocolInvariancesAndRanges) {
   SingleThread one;
   auto model = load_llama2c(model_path());
