@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# GGUF, AdaRound against FlexRound over seeds (issue #10: "FlexRound best at every type"): the GGUF table's
+# single-seed gaps between the two are under 0.1 perplexity, the size of seed noise, so each type here runs both
+# methods at SEEDS (default 1005 1 2) on the type's exact grid (the GGUF table's settings: groups of 32, fp16
+# scales, symmetric for *_0, asymmetric with a half-precision minimum for *_1; 5000 iterations per layer) and
+# scores every exported file in llama.cpp itself (flexquant eval --runtime llama.cpp). Writes out/bench_gguf_seeds/
+# and the "GGUF: AdaRound and FlexRound over seeds (issue #10)" section of docs/RESULTS.md.
+# Usage: bench/run_gguf_seeds.sh [build-dir] [iters] [type ...]   types: q4_0 q4_1 q5_0 q5_1 q8_0 (default q4_1 q5_0 q5_1)
+#   Types may run as parallel processes (FLEXQUANT_ARGS="--threads 1"); a finished (type, seed) is not rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+BUILD=${1:-build-bench}; ITERS=${2:-5000}; shift 2 || true
+TYPES=${*:-q4_1 q5_0 q5_1}
+SHARED=${FLEXQUANT_SHARED:-../shared}
+OUT=out/bench_gguf_seeds; mkdir -p "$OUT"
+MODEL=$SHARED/data/lm/stories260K.bin
+DATA="--data $SHARED/data/lm/tinystories_valid_first.txt --calib-paragraphs 2000"
+declare -A BITS=([q4_0]=4 [q4_1]=4 [q5_0]=5 [q5_1]=5 [q8_0]=8)
+R="recipes/llm-adaround-w4.json,recipes/llm-flexround-g32.json"
+GRID="--set weight.granularity=group --set weight.group_size=32 --set weight.scale_dtype=fp16"
+[[ "$TYPES" == table ]] || bench_binary "$BUILD"
+T="${FLEXQUANT_ARGS:-}"
+
+for t in $TYPES; do
+  [[ $t == table ]] && continue
+  [[ -n "${BITS[$t]:-}" ]] || bench_die "unknown type '$t' -> allowed: ${!BITS[*]}"
+  for seed in ${SEEDS:-1005 1 2}; do
+    d="$OUT/$t-s$seed"
+    [[ -f "$d.done" ]] && continue
+    mkdir -p "$d"
+    bench_run "$d/compare.cmd" "$d/compare.log" $BENCH_BIN $T compare --model "$MODEL" $DATA --recipe $R \
+      --set weight.bits=${BITS[$t]} --set weight.symmetric=$([[ $t == *_0 ]] && echo true || echo false) $GRID \
+      --set calib.samples=512 --set recon.iters=$ITERS --set seed=$seed --out-dir "$d" --out-format gguf
+    for f in "$d"/[0-9]-*.gguf; do
+      m=$(basename "$f" .gguf); m=${m#*-}
+      bench_run "$d/$m.lc.cmd" "$d/$m.lc.log" $BENCH_BIN $T eval --model "$f" $DATA --runtime llama.cpp
+    done
+    touch "$d.done"
+  done
+done
+
+python3 - "$OUT" > "$OUT/section.md" <<'PY'
+import glob, os, re, statistics, sys
+sys.path.insert(0, "bench")
+out = sys.argv[1]
+ms = lambda v: f"{v[0]:.3f}" if len(v) == 1 else f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}"
+print("## GGUF: AdaRound and FlexRound over seeds (issue #10)\n")
+print("Script: `bench/run_gguf_seeds.sh <build> 5000 [types]`. The GGUF table's settings (stories260K, calibration 512 x")
+print("256 tokens from paragraphs 0-1999, 5000 iterations per decoder layer, each method on the type's exact grid and")
+print("written from its codes), at three seeds; **perplexity as llama.cpp computes it** on each exported file")
+print("(evaluation paragraphs 2000-, first 60,000 tokens, windows of 512; FP 7.27). Mean ± sample std over the seeds.\n")
+print("| type | AdaRound | FlexRound | FlexRound - AdaRound | per seed (AdaRound / FlexRound) | seeds |\n|---|---|---|---|---|---|")
+rows, cmds = {}, []
+for d in sorted(glob.glob(f"{out}/*-s*.done")):
+    m = re.match(r"(.*)-s(\d+)\.done$", os.path.basename(d)); t, seed = m.group(1), m.group(2)
+    run = d[:-5]
+    ppl = {}
+    for meth in ("adaround", "flexround"):
+        txt = open(f"{run}/{meth}.lc.log").read()
+        ppl[meth] = float(re.search(r"^llama.cpp perplexity = ([0-9.]+)", txt, re.M).group(1))
+        cmds.append(open(f"{run}/{meth}.lc.cmd").read().strip())
+    cmds.insert(len(cmds) - 2, open(f"{run}/compare.cmd").read().strip())
+    rows.setdefault(t, []).append((seed, ppl))
+for t in sorted(rows):
+    a = [p["adaround"] for _, p in rows[t]]; f = [p["flexround"] for _, p in rows[t]]
+    d = statistics.mean(f) - statistics.mean(a)
+    per = ", ".join(f"{p['adaround']:.3f} / {p['flexround']:.3f}" for _, p in rows[t])
+    print(f"| {t} | {ms(a)} | {ms(f)} | {d:+.3f} {'FlexRound better' if d < 0 else 'FlexRound WORSE'} | {per} | {', '.join(s for s, _ in rows[t])} |")
+print("\nRuns:\n")
+for c in cmds: print("- " + c)
+PY
+python3 bench/update_results.py "GGUF: AdaRound and FlexRound over seeds (issue #10)" "$OUT/section.md"
