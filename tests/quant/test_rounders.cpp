@@ -967,10 +967,11 @@ TEST(ActQuantizer, MinifloatGridOnRealActivations) {
 // ---- NUPES (methods.md §5): FlexRound on a power grid with a learned exponent ----
 
 namespace {
-fq::RounderOptions nupes_options(double a_init, bool learn_a) {
+fq::RounderOptions nupes_options(double a_init, bool learn_a, double a_rate = 0.1) {
   fq::RounderOptions o;
   o.extra["nupes.a_init"] = a_init;
   o.extra["nupes.learn_a"] = learn_a ? 1 : 0;
+  o.extra["nupes.a_rate"] = a_rate;
   return o;
 }
 }  // namespace
@@ -1013,19 +1014,21 @@ TEST(Nupes, AtExponentOneIsFlexRoundOnTheUniformGridStepForStep) {
 }
 
 // The exponent's gradient (and the divisors') equals the naive ATen composition of the same STE rule:
-// u = w|w|^(a-1), r = u/S, q = nearest(r) fixed, û = s1(q + passes (r - r.detach())), ŵ = û|û|^(1/a-1).
+// a = exp(rate * theta), u = w|w|^(a-1), r = u/S, q = nearest(r) fixed, û = s1(q + passes (r - r.detach())), ŵ = û|û|^(1/a-1).
 TEST(Nupes, GradientsMatchTheNaiveComposition) {
   const auto& L = real_layer();
   auto spec = make_spec(3, true, fq::Granularity::PerChannel, 0, fq::ScaleInit::Mse);
-  auto r = fq::make_rounder("nupes", nupes_options(0.7, true));
+  const double rate = 0.3;
+  auto r = fq::make_rounder("nupes", nupes_options(0.7, true, rate));
   r->init(L.w, spec, fq::init_qparams(L.w, spec));
-  auto params = r->parameters();  // delta1, delta2, delta3, delta4, log a
+  auto params = r->parameters();  // delta1, delta2, delta3, delta4, theta
   ASSERT_EQ(params.size(), 5u);
   torch::manual_seed(5);
   const auto up = torch::randn_like(L.w);
   const auto g_fused = grads_of(r->forward(false), up, params);
 
-  const auto a = torch::exp(params[4]);
+  const auto a = torch::exp(params[4] * rate);
+  EXPECT_NEAR(a.item<double>(), 0.7, 1e-6);
   auto pmap = [](const torch::Tensor& x, const torch::Tensor& e) { return x * x.abs().clamp_min(1e-30).pow(e - 1); };
   const auto u = pmap(L.w, a);
   const auto s1p = torch::exp(params[0]);
@@ -1056,9 +1059,10 @@ TEST(Nupes, LearnsTheExponentAndBeatsNearestOnRealConvLayer) {
   EXPECT_LE(ratio, 0.8);
 
   const auto& L = real_layer();
-  auto r = fq::make_rounder("nupes");
+  auto r = fq::make_rounder("nupes", nupes_options(0, true, 0.1));  // searched start
   r->init(L.w, spec, fq::init_qparams(L.w, spec));
-  const double a0 = std::exp(r->parameters().back().item<double>());
+  const double a0 = std::exp(0.1 * r->parameters().back().item<double>());
+  EXPECT_NE(a0, 1.0);  // the search picked a power grid
   {
     torch::NoGradGuard ng;
     r->parameters().back().add_(0.05);

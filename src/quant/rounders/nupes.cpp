@@ -45,7 +45,9 @@ class NupesRounder : public Rounder {
     w_ = w.detach().to(torch::kFloat).contiguous();
     spec_ = spec;
     const double a0 = initial_exponent();
-    log_a_ = torch::full({}, std::log(a0), w_.options()).requires_grad_(opts_.option("nupes.learn_a") != 0);
+    rate_ = opts_.option("nupes.a_rate");
+    FQ_CHECK(rate_ > 0 && std::isfinite(rate_), ConfigError, "nupes.a_rate ", rate_, " -> allowed: > 0");
+    theta_ = torch::full({}, std::log(a0) / rate_, w_.options()).requires_grad_(opts_.option("nupes.learn_a") != 0);
     const torch::Tensor u = power_map(w_, torch::full({}, a0, w_.options()));
     p_.init(u, spec_, init_qparams(u, spec_), opts_);
   }
@@ -56,14 +58,14 @@ class NupesRounder : public Rounder {
       torch::NoGradGuard ng;
       return harden().dequantize();  // exactly what harden() exports
     }
-    const torch::Tensor a = torch::exp(log_a_);
+    const torch::Tensor a = exponent();
     const torch::Tensor u = power_map(w_, a);
     return power_map(p_.quantize(u, spec_), 1 / a);
   }
 
   std::vector<torch::Tensor> parameters() override {
     std::vector<torch::Tensor> p = p_.parameters(opts_);
-    if (log_a_.requires_grad()) p.push_back(log_a_);
+    if (theta_.requires_grad()) p.push_back(theta_);
     return p;
   }
 
@@ -72,7 +74,7 @@ class NupesRounder : public Rounder {
   QuantizedTensor harden() override {
     FQ_INTERNAL_ASSERT(w_.defined(), "nupes rounder used before init()");
     torch::NoGradGuard ng;
-    const double a = std::exp(log_a_.item<double>());
+    const double a = exponent().item<double>();
     FQ_CHECK(std::isfinite(a) && a > 0, NumericError, "nupes: the learned exponent became ", a,
              " -> allowed: finite and > 0; hint: lower recon.lr");
     const torch::Tensor at = torch::full({}, a, w_.options());
@@ -104,10 +106,15 @@ class NupesRounder : public Rounder {
     return best_a;
   }
 
+  // a = exp(rate * theta): Adam moves theta by about lr per step whatever its gradient, so the rate sets how fast the
+  // one exponent of the whole layer moves against the per-weight divisors.
+  torch::Tensor exponent() const { return torch::exp(theta_ * rate_); }
+
   RounderOptions opts_;
   WeightQuantSpec spec_;
   FlexParams p_;
-  torch::Tensor w_, log_a_;
+  torch::Tensor w_, theta_;
+  double rate_ = 1;
 };
 
 }  // namespace

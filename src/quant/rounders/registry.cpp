@@ -27,7 +27,9 @@ struct Registry {
          {{"nupes.a_init", 0, "Initial exponent a of the transform |w|^a; 0 = search {1, 0.9, ..., 0.5} for the least "
                               "round-to-nearest error per layer (PowerQuant). a = 1 with learn_a = 0 is FlexRound on "
                               "the same integer grid (stored as pow<b>_a1_full)."},
-          {"nupes.learn_a", 1, "Learn a jointly with FlexRound's divisors (1) or keep it fixed (0)."}}});
+          {"nupes.learn_a", 1, "Learn a jointly with FlexRound's divisors (1) or keep it fixed (0)."},
+          {"nupes.a_rate", 0.1, "a = exp(a_rate * theta) with theta trained by Adam: the exponent's log moves about "
+                              "a_rate * recon.lr per step."}}});
     add({"gptq", "GPTQ: column-wise error feedback through the input Hessian (methods.md §7.2)",
          {false, /*hessian=*/true}, rounders::make_gptq, {}});
     MethodInfo mp{"multipoint", "Multipoint: each output channel a sum of low-bit points fitted greedily to the residual, the "
