@@ -40,7 +40,9 @@ print("grids for every method (NUPES's transform is odd, so FlexRound and RTN ru
 print("the integers q = -2^(b-1)..2^(b-1)-1, NUPES on sign(q)|q|^(1/a) over the same q (pow<b>_a<1/a>_full, 2^b levels")
 print("like the integer grid), a learned per layer from PowerQuant's search start. ResNet-20: top-1 %, calibration")
 print("records 0-1023, evaluation 1024-9999, first/last layer 8-bit; stories260K: perplexity, the LM table's protocol.")
-print("Mean ± sample std over the seeds listed; RTN is deterministic.\n")
+print("Mean ± sample std over the seeds listed; RTN is deterministic. The exponent trains at a tenth of the divisors'")
+print("rate (nupes.a_rate = 0.1). At W2 the positive side of the grid has the one level 1, so the exponent only places")
+print("the lone level -2^(1/a): NUPES there is FlexRound with one level moved.\n")
 print("| row | FP | RTN | FlexRound | NUPES | NUPES - FlexRound | seeds |\n|---|---|---|---|---|---|---|")
 rows = {}
 for md in sorted(glob.glob(f"{out}/*-s*.md")):
