@@ -1,7 +1,7 @@
 // NUPES (Yvinec et al. 2023; methods.md §5): FlexRound on a power-exponent grid whose exponent is learned.
 //   u = sign(w)|w|^a  ->  û = FlexRound(u) on the symmetric integer grid  ->  ŵ = sign(û)|û|^(1/a)
 // so ŵ lies on the power grid pow<b>_a<1/a>_full with scale s1^(1/a): levels sign(q)|q|^(1/a) crowd toward zero
-// for a < 1, where bell-shaped weights are dense. a (per layer, log-parametrised) trains with FlexRound's divisors;
+// for a < 1, where bell-shaped weights are dense. a (one per layer, a = exp(rate * theta)) trains with the divisors;
 // since the transform comes before the divisors, every weight may still move to any level of the range.
 // The index range is int<b>'s, -2^(b-1)..2^(b-1)-1, not PowerQuant's -(2^(b-1)-1)..: a b-bit code then holds as
 // many levels as the integer grid it replaces (at W2 the symmetric range is {-1, 0, 1}, where a has no effect).
