@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Assembles the "ONNX path CNN table (issue #11)" section from out/bench_onnx_cnn (bench/run_onnx_cnn.sh)."""
+"""Assembles the "ONNX path CNN table (issue #11)" section from out/bench_onnx_cnn (bench/run_onnx_cnn.sh), keeping
+the published lines of the (model, setting) rows not rerun there."""
 import glob
 import os
 import re
@@ -65,10 +66,28 @@ print("AdaRound at W2A4 and 500 iterations has not converged (below RTN on both 
 print("evaluates the exported QDQ file: its differences from flexquant's own number come from activations lying within")
 print("float rounding of a 4-bit rounding boundary, where ONNX Runtime's conv accumulation order (FP logits differ by")
 print("<= 2e-5) flips a code (`flexquant onnx --model 0-rtn.onnx` on the W4A4 RTN file: 5 of 8,976 predictions differ).\n")
-print("| model | setting | iters/block | method | ONNX path | safetensors path | ONNX - safetensors | BN fold | QDQ in ONNX Runtime | ORT - ONNX path |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-cmds = []
-for md in sorted(glob.glob(os.path.join(out, "*-onnx.md"))):
+
+
+def kept_rows():
+    """(model, setting) -> (table lines, run lines) of the section now in docs/RESULTS.md: rows that were not rerun
+    into `out` (a fresh checkout has none of the earlier runs' files) keep their published lines."""
+    path = "docs/RESULTS.md"
+    if not os.path.exists(path):
+        return {}
+    m = re.search(r"^## ONNX path CNN table \(issue #11\)\n(.*?)(?=^## |\Z)", open(path).read(), re.S | re.M)
+    kept = {}
+    for line in (m.group(1).splitlines() if m else []):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| resnet") and len(cells) > 2:
+            kept.setdefault((cells[0], cells[1].lower()), ([], []))[0].append(line)
+        r = re.search(r"/(resnet\d+)\.(?:onnx|safetensors) .*weight\.bits=(\d+) --set act\.bits=(\d+)", line)
+        if line.startswith("- ") and r:
+            kept.setdefault((r.group(1), f"w{r.group(2)}a{r.group(3)}"), ([], []))[1].append(line[2:])
+    return kept
+
+
+def new_rows(md):
+    """(table lines, run lines) of one (model, setting) run in `out`."""
     stem = os.path.basename(md)[: -len("-onnx.md")]
     model, setting = stem.rsplit("-", 1)
     onnx_rows = table_rows(md)
@@ -78,16 +97,27 @@ for md in sorted(glob.glob(os.path.join(out, "*-onnx.md"))):
     it = re.search(r"recon\.iters=(\d+)", open(cmd).read()) if os.path.exists(cmd) else None
     iters = it.group(1) if it else "?"
     fold = fold_of(os.path.join(out, stem + "-safetensors.cmd"))
+    lines = []
+    f = lambda x: "-" if x is None else f"{x:.2f}"
+    d = lambda a, b: "-" if a is None or b is None else f"{a - b:+.2f}"
     for i, (label, v) in enumerate(onnx_rows.items()):
         st = st_rows.get(label)
         o = ort.get(i)
-        f = lambda x: "-" if x is None else f"{x:.2f}"
-        d = lambda a, b: "-" if a is None or b is None else f"{a - b:+.2f}"
-        print(f"| {model} | {setting.upper()} | {iters} | {label.split(' W')[0] + (' +QDrop' if 'QDrop' in label else '')} | {v:.2f} | {f(st)} | {d(v, st)} | {fold} | {f(o)} | {d(o, v)} |")
-    for p in ("onnx", "safetensors"):
-        c = os.path.join(out, f"{stem}-{p}.cmd")
-        if os.path.exists(c):
-            cmds.append(open(c).read().strip())
+        method = label.split(" W")[0] + (" +QDrop" if "QDrop" in label else "")
+        lines.append(f"| {model} | {setting.upper()} | {iters} | {method} | {v:.2f} | {f(st)} | {d(v, st)} | {fold} | {f(o)} | {d(o, v)} |")
+    cmds = [open(c).read().strip() for c in (os.path.join(out, f"{stem}-{p}.cmd") for p in ("onnx", "safetensors"))
+            if os.path.exists(c)]
+    return (model, setting), (lines, cmds)
+
+
+rows = kept_rows()
+rows.update(dict(new_rows(md) for md in glob.glob(os.path.join(out, "*-onnx.md"))))
+print("| model | setting | iters/block | method | ONNX path | safetensors path | ONNX - safetensors | BN fold | QDQ in ONNX Runtime | ORT - ONNX path |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for key in sorted(rows, key=lambda k: f"{k[0]}-{k[1]}"):
+    for line in rows[key][0]:
+        print(line)
 print("\nRuns:\n")
-for c in cmds:
-    print(f"- {c}")
+for key in sorted(rows, key=lambda k: f"{k[0]}-{k[1]}"):
+    for c in rows[key][1]:
+        print(f"- {c}")

@@ -2,8 +2,8 @@
 # The CNN table through the ONNX path (issue #11): each model's .onnx quantized by the generic graph adapter with the
 # CNN recipes (RTN, AdaRound, FlexRound, FlexRound+QDrop), written as QDQ ONNX and run by ONNX Runtime; beside it the
 # same recipes and seed through the safetensors path (the hand-written resnet_cifar adapter) in the same run.
-# Each row writes out/bench_onnx_cnn/<model>-<setting>.{md,log,cmd} and replaces its subsection of docs/RESULTS.md
-# "ONNX path CNN table (issue #11)".
+# Each row writes out/bench_onnx_cnn/<model>-<setting>.{md,log,cmd}; the section of docs/RESULTS.md
+# "ONNX path CNN table (issue #11)" is rebuilt from them, rows not rerun keeping their published lines.
 # Usage: bench/run_onnx_cnn.sh [build-dir] [iters] [models] [settings] [paths]
 #   models "resnet20 resnet32 resnet44", settings "w4a32 w4a4 w2a4", paths "onnx safetensors" (the defaults)
 set -euo pipefail
