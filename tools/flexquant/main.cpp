@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   app.add_flag("-v,--verbose", verbose, "Debug output");
   app.add_flag("--deterministic", deterministic_run,
                "Same output bytes at any --threads: every op on one thread (slower; docs/RESULTS.md Reproducibility). "
-               "Language models store the same model at any --threads without it; CNNs need it");
+               "Language models store the same model and metric at any --threads without it; CNNs need it");
   for (auto& e : cli::registry()) e.setup(*app.add_subcommand(e.name, e.help));
   app.parse_complete_callback([&] {
     if (quiet) set_log_level(LogLevel::Warn);
