@@ -7,6 +7,8 @@
 # and the "GGUF: AdaRound and FlexRound over seeds (issue #10)" section of docs/RESULTS.md.
 # Usage: bench/run_gguf_seeds.sh [build-dir] [iters] [type ...]   types: q4_0 q4_1 q5_0 q5_1 q8_0 (default q4_1 q5_0 q5_1)
 #   Types may run as parallel processes (FLEXQUANT_ARGS="--threads 1"); a finished (type, seed) is not rerun.
+#   VARIANT=-mse-start EXTRA="--set weight.init=mse": rows <type>-mse-start with those settings added (AdaRound's
+#   recipe already starts from the MSE grid, so this moves FlexRound's start only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -26,12 +28,12 @@ for t in $TYPES; do
   [[ $t == table ]] && continue
   [[ -n "${BITS[$t]:-}" ]] || bench_die "unknown type '$t' -> allowed: ${!BITS[*]}"
   for seed in ${SEEDS:-1005 1 2}; do
-    d="$OUT/$t-s$seed"
+    d="$OUT/$t${VARIANT:-}-s$seed"
     [[ -f "$d.done" ]] && continue
     mkdir -p "$d"
     bench_run "$d/compare.cmd" "$d/compare.log" $BENCH_BIN $T compare --model "$MODEL" $DATA --recipe $R \
       --set weight.bits=${BITS[$t]} --set weight.symmetric=$([[ $t == *_0 ]] && echo true || echo false) $GRID \
-      --set calib.samples=512 --set recon.iters=$ITERS --set seed=$seed --out-dir "$d" --out-format gguf
+      --set calib.samples=512 --set recon.iters=$ITERS --set seed=$seed ${EXTRA:-} --out-dir "$d" --out-format gguf
     for f in "$d"/[0-9]-*.gguf; do
       m=$(basename "$f" .gguf); m=${m#*-}
       bench_run "$d/$m.lc.cmd" "$d/$m.lc.log" $BENCH_BIN $T eval --model "$f" $DATA --runtime llama.cpp
@@ -49,7 +51,10 @@ print("## GGUF: AdaRound and FlexRound over seeds (issue #10)\n")
 print("Script: `bench/run_gguf_seeds.sh <build> 5000 [types]`. The GGUF table's settings (stories260K, calibration 512 x")
 print("256 tokens from paragraphs 0-1999, 5000 iterations per decoder layer, each method on the type's exact grid and")
 print("written from its codes), at three seeds; **perplexity as llama.cpp computes it** on each exported file")
-print("(evaluation paragraphs 2000-, first 60,000 tokens, windows of 512; FP 7.27). Mean ± sample std over the seeds.\n")
+print("(evaluation paragraphs 2000-, first 60,000 tokens, windows of 512; FP 7.27). Mean ± sample std over the seeds.")
+print("Rows `<type>-mse-start`: FlexRound from the MSE-clipped grid instead of its recipe's min-max start (AdaRound's")
+print("recipe already starts there), the start chosen on the validation slice (`--eval-skip 60000`, seed 1005, flexquant")
+print("perplexity: Q5_0 6.524 against 6.540 with min-max; Q4_1 6.737 against 6.728, so Q4_1 keeps min-max).\n")
 print("| type | AdaRound | FlexRound | FlexRound - AdaRound | per seed (AdaRound / FlexRound) | seeds |\n|---|---|---|---|---|---|")
 rows, cmds = {}, []
 for d in sorted(glob.glob(f"{out}/*-s*.done")):
