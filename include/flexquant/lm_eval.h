@@ -53,7 +53,8 @@ struct PplProtocol {
   int64_t stride = 512;       ///< step between window starts, 1..window
   CorpusRange range;          ///< which paragraphs, BOS layout
   int64_t max_tokens = 0;     ///< use only the first max_tokens tokens (after skip_tokens); 0 = all
-  int64_t batch = 1;          ///< windows per forward for contexts that cannot fork (UnitContext::fork) and on GPUs; >= 1
+  int64_t batch = 1;          ///< windows per forward where they are not scored one per thread (GPU, unforkable
+                              ///< contexts: UnitContext::fork); >= 1
   int64_t skip_tokens = 0;    ///< drop this many tokens from the stream's start first (a validation slice)
   /// One line stating the protocol, printed beside every perplexity.
   std::string describe() const;

@@ -209,8 +209,9 @@ std::vector<PplWindow> ppl_windows(int64_t N, const PplProtocol& protocol) {
 namespace {
 
 // NLL [T-1] of every next-token prediction of windows [i, j), all of length T, from one batched forward.
-std::vector<torch::Tensor> window_nll(ModelAdapter& model, const torch::Tensor& stream, const std::vector<PplWindow>& wins,
-                                      size_t i, size_t j, UnitContext& ctx, torch::Device dev) {
+std::vector<torch::Tensor> window_nll(ModelAdapter& model, const torch::Tensor& stream,
+                                      const std::vector<PplWindow>& wins, size_t i, size_t j, UnitContext& ctx,
+                                      torch::Device dev) {
   const int64_t T = wins[i].e - wins[i].s;
   std::vector<torch::Tensor> rows;
   for (size_t k = i; k < j; ++k) rows.push_back(stream.slice(0, wins[k].s, wins[k].e));
