@@ -18,8 +18,8 @@ def metrics(md):
     return {k: float(c[2]) for k, c in rows(md).items()}
 
 
-def mean_sd(vals):
-    """'x.xx' for one value, 'mean ± sample std' for several."""
+def mean_sd(vals, digits=2):
+    """'x.xx' for one value, 'mean ± sample std' for several (`digits` decimals)."""
     if len(vals) == 1:
-        return f"{vals[0]:.2f}"
-    return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"

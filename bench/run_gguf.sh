@@ -21,11 +21,8 @@ ROWS=${*:-ref q4_0 q4_1 q5_0 q5_1 q8_0 imatrix}
 TYPES="q4_0 q4_1 q5_0 q5_1 q8_0"
 SHARED=${FLEXQUANT_SHARED:-../shared}
 OUT=out/bench_gguf; mkdir -p "$OUT"
-MODEL=$SHARED/data/lm/stories260K.bin
-DATA="--data $SHARED/data/lm/tinystories_valid_first.txt --calib-paragraphs 2000"
-declare -A BITS=([q4_0]=4 [q4_1]=4 [q5_0]=5 [q5_1]=5 [q8_0]=8)
+source bench/gguf_grid.sh
 R="recipes/llm-rtn-w4.json,recipes/llm-gptq-w4.json,recipes/llm-adaround-w4.json,recipes/llm-flexround-g32.json"
-GRID="--set weight.granularity=group --set weight.group_size=32 --set weight.scale_dtype=fp16"
 bench_binary "$BUILD"
 T="${FLEXQUANT_ARGS:-}"
 
@@ -62,8 +59,7 @@ for row in $ROWS; do
     bench_run "$OUT/$row.export.cmd" "$OUT/$row.export.log" $BENCH_BIN export --model "$MODEL" --type $row --out "$OUT/$row/llamacpp-rtn.gguf"
     judge $row "llama.cpp rtn" "$OUT/$row/llamacpp-rtn.gguf"
     bench_run "$OUT/$row.compare.cmd" "$OUT/$row.compare.log" $BENCH_BIN $T compare --model "$MODEL" $DATA --recipe $R \
-      --set weight.bits=${BITS[$row]} --set weight.symmetric=$([[ $row == *_0 ]] && echo true || echo false) $GRID \
-      --set calib.samples=512 --set recon.iters=$ITERS --out-dir "$OUT/$row" --out-format gguf
+      $(gguf_grid $row) --set recon.iters=$ITERS --out-dir "$OUT/$row" --out-format gguf
     for f in "$OUT/$row"/[0-9]-*.gguf; do
       m=$(basename "$f" .gguf); judge $row "flexquant ${m#*-}" "$f"
     done

@@ -16,11 +16,8 @@ BUILD=${1:-build-bench}; ITERS=${2:-5000}; shift 2 || true
 TYPES=${*:-q4_1 q5_0 q5_1}
 SHARED=${FLEXQUANT_SHARED:-../shared}
 OUT=out/bench_gguf_seeds; mkdir -p "$OUT"
-MODEL=$SHARED/data/lm/stories260K.bin
-DATA="--data $SHARED/data/lm/tinystories_valid_first.txt --calib-paragraphs 2000"
-declare -A BITS=([q4_0]=4 [q4_1]=4 [q5_0]=5 [q5_1]=5 [q8_0]=8)
+source bench/gguf_grid.sh
 R="recipes/llm-adaround-w4.json,recipes/llm-flexround-g32.json"
-GRID="--set weight.granularity=group --set weight.group_size=32 --set weight.scale_dtype=fp16"
 [[ "$TYPES" == table ]] || bench_binary "$BUILD"
 T="${FLEXQUANT_ARGS:-}"
 
@@ -32,8 +29,7 @@ for t in $TYPES; do
     [[ -f "$d.done" ]] && continue
     mkdir -p "$d"
     bench_run "$d/compare.cmd" "$d/compare.log" $BENCH_BIN $T compare --model "$MODEL" $DATA --recipe $R \
-      --set weight.bits=${BITS[$t]} --set weight.symmetric=$([[ $t == *_0 ]] && echo true || echo false) $GRID \
-      --set calib.samples=512 --set recon.iters=$ITERS --set seed=$seed ${EXTRA:-} --out-dir "$d" --out-format gguf
+      $(gguf_grid $t) --set recon.iters=$ITERS --set seed=$seed ${EXTRA:-} --out-dir "$d" --out-format gguf
     for f in "$d"/[0-9]-*.gguf; do
       m=$(basename "$f" .gguf); m=${m#*-}
       bench_run "$d/$m.lc.cmd" "$d/$m.lc.log" $BENCH_BIN $T eval --model "$f" $DATA --runtime llama.cpp
@@ -45,8 +41,9 @@ done
 python3 - "$OUT" > "$OUT/section.md" <<'PY'
 import glob, os, re, statistics, sys
 sys.path.insert(0, "bench")
+from mdtable import mean_sd
 out = sys.argv[1]
-ms = lambda v: f"{v[0]:.3f}" if len(v) == 1 else f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}"
+ms = lambda v: mean_sd(v, 3)
 print("## GGUF: AdaRound and FlexRound over seeds (issue #10)\n")
 print("Script: `bench/run_gguf_seeds.sh <build> 5000 [types]`. The GGUF table's settings (stories260K, calibration 512 x")
 print("256 tokens from paragraphs 0-1999, 5000 iterations per decoder layer, each method on the type's exact grid and")

@@ -79,9 +79,7 @@ for (row, grid), by_seed in runs.items():
     col = lambda i: [v[i][0] for v in use.values()]
     rows.setdefault(row, {})[grid] = (statistics.mean(col(0)), col(1), col(2), dec,
                                       sorted(s for s in use if s), [v[3] for v in use.values()])
-def fmt(vals, dec):
-    m = statistics.mean(vals)
-    return f"{m:.{dec}f}" if len(vals) == 1 else f"{m:.{dec}f} ± {statistics.stdev(vals):.{dec}f}"
+fmt = mdtable.mean_sd
 
 lines = ["## Integer vs minifloat grids (issue #9)", "",
          "Script: `bench/run_quality_formats.sh <build> <iters> [rows]` (SEEDS=\"...\" for repeated cells); the",

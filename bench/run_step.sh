@@ -183,7 +183,7 @@ if q:
         runs = {l: sorted(q[(m, l)]) for l in labels if (m, l) in q}
         if len(runs) < 2:
             continue
-        fmt = lambda v: mdtable.mean_sd(v) if m == "r20" else (f"{v[0]:.3f}" if len(v) == 1 else f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}")
+        fmt = lambda v: mdtable.mean_sd(v, 2 if m == "r20" else 3)
         seeds = ", ".join(str(x[0]) for x in runs[labels[-1]] if labels[-1] in runs)
         metric = [fmt([float(x[1][2]) for x in runs[l]]) if l in runs else "-" for l in labels]
         s1005 = {l: [x[1] for x in runs.get(l, []) if x[0] == 1005] for l in labels}

@@ -77,8 +77,8 @@ int64_t check(const Format& f, const torch::Tensor& x, const ScaleParams* qp, Ro
 TEST(FastVsReference, UnitScaleEveryFormatEveryMode) {
   std::vector<Format> formats;
   for (const auto& p : Format::presets()) formats.push_back(Format::parse(p.first));
-  for (const char* n : {"fp8_e4m3_nosub", "fp6_e3m2_ieee_b2", "fp5_e2m2_fn", "fp13_e8m4_b135", "pow8_a0.7", "pow3_a0.6_full",
-                        "pow5_a3", "uint3", "int12_r", "fp3_e1m1", "fp9_e8m0_fn"})
+  for (const char* n : {"fp8_e4m3_nosub", "fp6_e3m2_ieee_b2", "fp5_e2m2_fn", "fp13_e8m4_b135", "pow8_a0.7",
+                        "pow3_a0.6_full", "pow5_a3", "uint3", "int12_r", "fp3_e1m1", "fp9_e8m0_fn"})
     formats.push_back(Format::parse(n));
   const torch::Tensor x = random_input({20000}, 1);
   int64_t checked = 0;
