@@ -51,7 +51,12 @@ print("written from its codes), at three seeds; **perplexity as llama.cpp comput
 print("(evaluation paragraphs 2000-, first 60,000 tokens, windows of 512; FP 7.27). Mean ± sample std over the seeds.")
 print("Rows `<type>-mse-start`: FlexRound from the MSE-clipped grid instead of its recipe's min-max start (AdaRound's")
 print("recipe already starts there), the start chosen on the validation slice (`--eval-skip 60000`, seed 1005, flexquant")
-print("perplexity: Q5_0 6.524 against 6.540 with min-max; Q4_1 6.737 against 6.728, so Q4_1 keeps min-max).\n")
+print("perplexity: Q5_0 6.524 against 6.540 with min-max; Q4_1 6.737 against 6.728, so Q4_1 keeps min-max). Those four")
+print("runs, 2026-12-07 23:52-00:12 UTC, built from commit c8e1cf49290b: `out/bench-bin/c8e1cf49290b/flexquant --threads 1")
+print("compare --model ../shared/data/lm/stories260K.bin --data ../shared/data/lm/tinystories_valid_first.txt")
+print("--calib-paragraphs 2000 --eval-skip 60000 --recipe recipes/llm-flexround-g32.json --set weight.bits=<4|5>")
+print("--set weight.symmetric=<false|true> --set weight.granularity=group --set weight.group_size=32 --set")
+print("weight.scale_dtype=fp16 --set calib.samples=512 --set recon.iters=5000 --set weight.init=<minmax|mse>`.\n")
 print("| type | AdaRound | FlexRound | FlexRound - AdaRound | per seed (AdaRound / FlexRound) | seeds |\n|---|---|---|---|---|---|")
 rows, cmds = {}, []
 for d in sorted(glob.glob(f"{out}/*-s*.done")):
