@@ -124,6 +124,7 @@ void visit(Recipe& r, V&& v) {
   v("flexround.learn_s1", r.rounder.flexround_learn_s1, "Learn the common grid s1 jointly with the divisors.");
   v("flexround.s3", r.rounder.flexround_s3, "Learn the per-output-channel divisor s3.");
   v("flexround.s4", r.rounder.flexround_s4, "Learn the per-input-channel divisor s4 (convolutions).");
+  v("flexround.min_as_zero_point", r.rounder.flexround_min_as_zero_point, "Grids with a stored minimum m (GGUF Q4_1/Q5_1, weight.scale_dtype=fp16 asymmetric): 1 = round w/S + m/s1, so the learned divisors scale the weight itself and m/s1 is a fractional zero point; 0 = round (w + m)/S as ggml does, so they scale the distance from the block's minimum.");
   v("lrq.rank", r.rounder.lrq_rank, "Rank of LRQ's low-rank S2.");
   v("calib.samples", r.calib_samples, "Calibration images or sequences.");
   v("calib.seq_len", r.calib_seq_len, "Tokens per calibration sequence (language models).");

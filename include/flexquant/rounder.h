@@ -28,6 +28,9 @@ struct RounderOptions {
   bool flexround_learn_s1 = true;    ///< learn the common grid s1 jointly (the paper's ablation: off = fixed)
   bool flexround_s3 = true;          ///< per-output-channel divisor
   bool flexround_s4 = true;          ///< per-input-channel divisor (Conv2d only; absent for Linear)
+  /// Grids with a stored minimum m (GGUF Q4_1/Q5_1): round w/S + m/s1 (the divisors scale the weight itself, m/s1
+  /// a fractional zero point) instead of (w + m)/S (they scale the distance from the block's minimum).
+  bool flexround_min_as_zero_point = false;
   // LRQ (methods.md §1.6)
   int64_t lrq_rank = 4;              ///< rank r of the low-rank S2, capped at min(Cout, Cin)
   // GPTQ (methods.md §7.2)
@@ -69,6 +72,10 @@ class Rounder {
   virtual QuantizedTensor harden() = 0;
   /// Suggested default learning rate for parameters() (AdaRound 1e-3; FlexRound set by the recipe).
   virtual double default_lr() const { return 1e-3; }
+  /// True when init() takes a QParams with an offset (grids with a stored minimum) and rounds with it itself,
+  /// harden() setting qparams.offset. Otherwise make_rounder's wrapper hands the method w + offset on the plain
+  /// grid and takes the offset off again.
+  virtual bool takes_offset() const { return false; }
 };
 
 using RounderFactory = std::function<std::unique_ptr<Rounder>(const RounderOptions&)>;
@@ -117,6 +124,10 @@ std::unique_ptr<Rounder> make_rounder(const std::string& name, const RounderOpti
 ///   q     = levels.nearest(w / S)                                 (integers: clamp(round(w/S), -z, 2^b-1-z);
 ///                                                                   minifloat / power grids: nearest level)
 ///   out   = expand(s1) * q
+/// With `offset` (a stored minimum m, in s1's shape; grids with QParams::offset) the weight keeps its own scale:
+///   q = levels.nearest((w + m * S/s1) / S) = nearest(w/S + m/s1), out = s1 * q - m
+/// (at step 0 S == s1, so this is (w + m)/s1, round-to-nearest's division, bit for bit); d/d delta2 is then
+/// -s1 * (r - m/s1) * g = -(s1/S) * w * g in range, and d/d delta1 keeps the form below (r the full quotient).
 /// delta1 is log s1. It enters as exp(delta1 - delta1_0) with delta1_0 = its initial value, so that at step 0
 /// s1 == s1_0 bit for bit (exp(log s) != s in float, which would flip ~1e-6 of the codes against RTN); the value
 /// and every gradient are those of exp(delta1 + ...). Gradients (STE: round is the identity, clamp blocks):
@@ -128,7 +139,7 @@ std::unique_ptr<Rounder> make_rounder(const std::string& name, const RounderOpti
 torch::Tensor flexround_quantize(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
                                  const torch::Tensor& delta1_0, const torch::Tensor& delta2,
                                  const torch::Tensor& delta3, const torch::Tensor& delta4, const WeightLevels& levels,
-                                 const WeightQuantSpec& spec);
+                                 const WeightQuantSpec& spec, const torch::Tensor& offset = {});
 
 /// Activation quantizer with a learned step (LSQ, methods.md §7.1) used at an ActSite during reconstruction,
 /// or dynamic per-token min/max (no parameters) for LLM W4A8/KV8-style evaluation.

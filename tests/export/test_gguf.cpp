@@ -179,16 +179,31 @@ TEST(GgmlTypes, LearnedCodesPackExactlyAndDequantizeBitForBit) {
       ASSERT_TRUE(qp.offset.defined());
       EXPECT_TRUE(torch::equal(qp.offset.to(torch::kHalf).to(torch::kFloat), qp.offset));
       EXPECT_FALSE(qp.zero_point.any().item<bool>());
-      for (const char* m : {"rtn", "adaround", "flexround", "lrq", "gptq"}) {
-        auto r = make_rounder(m);
+      // flexround-zp: FlexRound taking the minimum as a fractional zero point (flexround.min_as_zero_point)
+      for (std::string m : {"rtn", "adaround", "flexround", "flexround-zp", "lrq", "gptq"}) {
+        RounderOptions o;
+        o.flexround_min_as_zero_point = m == "flexround-zp";
+        auto r = make_rounder(o.flexround_min_as_zero_point ? "flexround" : m, o);
         LayerStats st;
         st.hessian = torch::eye(wq.weight.size(1));
         r->init(wq.weight, spec, qp, st);
         auto h = r->harden();
         EXPECT_TRUE(torch::equal(h.qparams.offset, qp.offset)) << m << ": the minimum moved";
-        if (std::string(m) != "gptq")
+        if (m != "gptq") {
           EXPECT_TRUE(torch::equal(r->forward(true), fake_quant_rtn(wq.weight, spec, qp))) << m;
+        }
         EXPECT_EQ(ggml_grid_mismatch(t, h), "") << m;
+        if (m == "flexround-zp") {  // trained: the file's dequantization is still the forward, the minimum fixed
+          {
+            torch::NoGradGuard ng;
+            for (auto& p : r->parameters()) p.add_(torch::randn_like(p) * 0.05);
+          }
+          QuantizedTensor h2 = r->harden();
+          EXPECT_TRUE(torch::equal(h2.qparams.offset, qp.offset));
+          EXPECT_TRUE(torch::equal(h2.dequantize(), r->forward(true).detach()));
+          EXPECT_FALSE(torch::equal(h2.codes, h.codes));
+          EXPECT_EQ(ggml_grid_mismatch(t, h2), "");
+        }
       }
     }
     auto r = make_rounder("flexround");

@@ -64,12 +64,17 @@ torch::Tensor round_ste(const torch::Tensor& x) { return x + (torch::round(x) - 
 // The FlexRound quantizer written as a plain composition of differentiable ATen ops (the reference).
 torch::Tensor naive_flexround(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& d1,
                               const torch::Tensor& d1_0, const torch::Tensor& d2, const torch::Tensor& d3,
-                              const torch::Tensor& d4, const fq::WeightLevels& lv, const fq::WeightQuantSpec& spec) {
+                              const torch::Tensor& d4, const fq::WeightLevels& lv, const fq::WeightQuantSpec& spec,
+                              const torch::Tensor& offset = {}) {
   auto s1 = fq::expand_to_weight(s1_0 * torch::exp(d1 - d1_0), w.sizes(), spec);
   auto logs = d2;
   if (d3.defined()) logs = logs + d3;
   if (d4.defined()) logs = logs + d4;
   auto S = s1 * torch::exp(logs);
+  if (offset.defined()) {  // a stored minimum m as a fractional zero point: s1 * round(w/S + m/s1) - m
+    auto m = fq::expand_to_weight(offset, w.sizes(), spec);
+    return s1 * at::clamp(round_ste(w / S + m / s1), lv.lowest().to(w.dtype()), lv.highest().to(w.dtype())) - m;
+  }
   auto r = w / S;
   if (lv.format().is_int()) return s1 * at::clamp(round_ste(r), lv.lowest().to(r.dtype()), lv.highest().to(r.dtype()));
   // Other grids: the nearest level, gradient 1 where it did not saturate (|r| <= max), 0 where it did.
@@ -92,7 +97,7 @@ double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
 // in-range and the clamped paths occur.
 struct FlexCase {
   fq::WeightQuantSpec spec;
-  torch::Tensor w, s1_0, d1_0, d1, d2, d3, d4, qlo, qhi;
+  torch::Tensor w, s1_0, z, d1_0, d1, d2, d3, d4, qlo, qhi;
   std::shared_ptr<fq::WeightLevels> lv;
   std::vector<torch::Tensor> params() const { return {d1, d2, d3, d4}; }
 };
@@ -109,6 +114,7 @@ FlexCase make_flex_case(at::IntArrayRef shape, torch::ScalarType dt, uint64_t se
   auto opt = torch::TensorOptions().dtype(dt);
   c.w = w32.to(dt);
   c.s1_0 = qp.scale.to(dt);
+  c.z = qp.zero_point.to(dt);
   c.d1_0 = torch::log(c.s1_0);
   c.d1 = (c.d1_0 + noise * torch::randn(c.d1_0.sizes(), opt)).requires_grad_(true);
   c.d2 = (noise * torch::randn(shape, opt)).requires_grad_(true);
@@ -354,6 +360,32 @@ TEST(FlexRoundGrad, FusedMatchesNaiveCompositionFloat64) {
   auto S = fq::expand_to_weight(c.s1_0 * torch::exp(c.d1 - c.d1_0), c.w.sizes(), c.spec) * torch::exp(c.d2 + c.d3 + c.d4);
   auto rr = torch::round(c.w / S);
   const int64_t clamped = ((rr < c.qlo) | (rr > c.qhi)).sum().item<int64_t>();
+  EXPECT_GT(clamped, 5);
+  EXPECT_GT(c.w.numel() - clamped, 100);
+}
+
+// flexround.min_as_zero_point: a stored minimum m (Q4_1's form: levels 0..2^b-1, value s1*q - m) rounds as
+// w/S + m/s1. The fused op's generic path against the naive composition, float64, both STE paths exercised.
+TEST(FlexRoundGrad, StoredMinimumAsZeroPointMatchesNaiveComposition) {
+  auto c = make_flex_case({6, 4, 3, 3}, torch::kDouble, 12, 0.2);
+  const auto offset = c.s1_0 * (c.z + 0.37);  // fractional, as a half-precision minimum is
+  const fq::WeightLevels lv(c.spec.format, torch::zeros_like(fq::expand_to_weight(c.z, c.w.sizes(), c.spec)));
+  auto upstream = torch::randn(c.w.sizes(), torch::kDouble);
+  auto fused = fq::flexround_quantize(c.w, c.s1_0, c.d1, c.d1_0, c.d2, c.d3, c.d4, lv, c.spec, offset);
+  auto naive = naive_flexround(c.w, c.s1_0, c.d1, c.d1_0, c.d2, c.d3, c.d4, lv, c.spec, offset);
+  ASSERT_TRUE(torch::allclose(fused, naive, 1e-12, 1e-14));
+  auto plain = fq::flexround_quantize(c.w, c.s1_0, c.d1, c.d1_0, c.d2, c.d3, c.d4, lv, c.spec);
+  EXPECT_FALSE(torch::allclose(fused, plain)) << "the offset changed nothing";
+  auto gf = grads_of(fused, upstream, c.params());
+  auto gn = grads_of(naive, upstream, c.params());
+  const char* names[] = {"delta1", "delta2", "delta3", "delta4"};
+  for (size_t i = 0; i < gf.size(); ++i)
+    EXPECT_TRUE(torch::allclose(gf[i], gn[i], 1e-12, 1e-14)) << names[i] << " max diff "
+                                                           << (gf[i] - gn[i]).abs().max().item<double>();
+  torch::NoGradGuard ng;
+  auto s1 = fq::expand_to_weight(c.s1_0 * torch::exp(c.d1 - c.d1_0), c.w.sizes(), c.spec);
+  auto rr = torch::round(c.w / (s1 * torch::exp(c.d2 + c.d3 + c.d4)) + fq::expand_to_weight(offset, c.w.sizes(), c.spec) / s1);
+  const int64_t clamped = ((rr < 0) | (rr > 7)).sum().item<int64_t>();
   EXPECT_GT(clamped, 5);
   EXPECT_GT(c.w.numel() - clamped, 100);
 }

@@ -18,7 +18,8 @@ static bool fused_granularity(Granularity g) { return g == Granularity::PerTenso
 
 FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
                  const torch::Tensor& delta1_0, const torch::Tensor& delta2, const torch::Tensor& delta3,
-                 const torch::Tensor& delta4, const WeightLevels& levels, const WeightQuantSpec& spec) {
+                 const torch::Tensor& delta4, const WeightLevels& levels, const WeightQuantSpec& spec,
+                 const torch::Tensor& offset) {
   FlexMap m;
   // exp(delta1 - delta1_0) == 1 exactly at init, so s1 == s1_0 and the step-0 codes are RTN's bit for bit.
   m.s1p = stored_scale(s1_0 * torch::exp(delta1 - delta1_0), spec);  // fp16 grids: the value a runtime reads
@@ -26,9 +27,17 @@ FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch:
   if (delta3.defined()) logs = logs + delta3;
   if (delta4.defined()) logs = logs + delta4;
   const torch::Tensor exp_logs = torch::exp(logs);
-  if (fused_granularity(spec.granularity) && flex_map_fused(w, exp_logs, levels, m)) return m;  // same bits, one pass
+  const bool has_offset = offset.defined() && offset.numel() > 0;
+  if (!has_offset && fused_granularity(spec.granularity) && flex_map_fused(w, exp_logs, levels, m)) return m;
   m.s1 = expand_to_weight(m.s1p, w.sizes(), spec);
   m.S = m.s1 * exp_logs;
+  if (has_offset) {  // w/S + m/s1, written so that at init (exp_logs == 1) it is RTN's (w + m)/s1 bit for bit
+    m.off = expand_to_weight(offset, w.sizes(), spec);
+    m.r = (w + m.off * exp_logs) / m.S;
+    m.q = levels.nearest(m.r);
+    m.out = m.s1 * m.q - m.off;
+    return m;
+  }
   m.r = w / m.S;  // division, as RTN does: w/S must round like w/s1 at init
   m.q = levels.nearest(m.r);
   m.out = m.s1 * m.q;
@@ -46,6 +55,7 @@ QuantizedTensor flex_harden(const FlexMap& m, const FlexGrid& g, at::IntArrayRef
   // Padding gets level 0 (integers: code z): q is zero-padded in the grouped view.
   t.qparams.scale = m.s1p.detach().clone();
   t.qparams.zero_point = g.z.clone();
+  if (g.offset.defined()) t.qparams.offset = g.offset.clone();
   t.codes = grouped_levels(spec, t.qparams).to_codes(to_grouped(m.q.reshape(shape), spec));
   t.shape = std::vector<int64_t>(shape.begin(), shape.end());
   t.spec = spec;
@@ -61,11 +71,13 @@ struct FlexRoundFn : public torch::autograd::Function<FlexRoundFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& w, const torch::Tensor& s1_0,
                                const torch::Tensor& delta1, const torch::Tensor& delta1_0,
                                const torch::Tensor& delta2, const torch::Tensor& delta3,
-                               const torch::Tensor& delta4, const WeightLevels& levels, const WeightQuantSpec& spec) {
-    FlexMap m = flex_map(w, s1_0, delta1, delta1_0, delta2, delta3, delta4, levels, spec);
-    // S only when w itself wants a gradient (NUPES learns the transform that produces w).
+                               const torch::Tensor& delta4, const torch::Tensor& offset, const WeightLevels& levels,
+                               const WeightQuantSpec& spec) {
+    FlexMap m = flex_map(w, s1_0, delta1, delta1_0, delta2, delta3, delta4, levels, spec, offset);
+    // S only when w itself wants a gradient (NUPES learns the transform that produces w); m/s1 only with an offset.
     ctx->save_for_backward({m.s1, m.r, m.q, m.passes.defined() ? m.passes : levels.passes(m.r, m.q),
-                            w.requires_grad() ? m.S : torch::Tensor()});
+                            w.requires_grad() ? m.S : torch::Tensor(),
+                            m.off.defined() ? m.off / m.s1 : torch::Tensor()});
     ctx->saved_data["gran"] = static_cast<int64_t>(spec.granularity);
     ctx->saved_data["group_size"] = spec.group_size;
     ctx->saved_data["d1"] = delta1.sizes().vec();
@@ -85,27 +97,31 @@ struct FlexRoundFn : public torch::autograd::Function<FlexRoundFn> {
     const auto& q = saved[2];
     const auto& passes = saved[3];
     const auto& S = saved[4];
+    const auto& zr = saved[5];  // m/s1 (grids with an offset)
     const auto need = ctx->saved_data["need"].toIntVector();
     WeightQuantSpec spec;
     spec.granularity = static_cast<Granularity>(ctx->saved_data["gran"].toInt());
     spec.group_size = ctx->saved_data["group_size"].toInt();
 
-    variable_list grads(9);  // one per forward argument; the levels and the spec get none
+    variable_list grads(10);  // one per forward argument; the offset, the levels and the spec get none
     const auto& g = grad_out[0];
     if (!g.defined()) return grads;
     FlexGrads fg;
     const std::vector<int64_t> d1 = ctx->saved_data["d1"].toIntVector(), d3 = ctx->saved_data["d3"].toIntVector(),
                                d4 = ctx->saved_data["d4"].toIntVector();
-    if (fused_granularity(spec.granularity) && flex_backward_fused(g, s1, r, q, passes, S, d1, d3, d4, need, fg)) {
+    if (!zr.defined() && fused_granularity(spec.granularity) &&
+        flex_backward_fused(g, s1, r, q, passes, S, d1, d3, d4, need, fg)) {
       grads[0] = fg.w, grads[2] = fg.d1, grads[4] = fg.d2, grads[5] = fg.d3, grads[6] = fg.d4;
       return grads;
     }
     auto gs = g * s1;
-    // d out/d log S = -s1 * r where the rounding of r did not saturate (STE), 0 where it did.
-    auto g_logs = (gs * r).neg_().masked_fill_(passes.logical_not(), 0);
+    // d out/d log s1 through r = -s1 * r where the rounding of r did not saturate (STE), 0 where it did; through
+    // the divisors the same, less the zero point's share m/s1 (which S2..S4 do not divide).
+    auto g_r = (gs * r).neg_().masked_fill_(passes.logical_not(), 0);
+    auto g_logs = zr.defined() ? (gs * (r - zr)).neg_().masked_fill_(passes.logical_not(), 0) : g_r;
     if (need[0]) {
-      // log s1 enters twice: in S (-s1 r, in range) and in the outer multiply (s1 q).
-      grads[2] = reduce_to_param(gs * q + g_logs, d1, spec);
+      // log s1 enters twice: in r (-s1 r, in range) and in the outer multiply (s1 q).
+      grads[2] = reduce_to_param(gs * q + g_r, d1, spec);
     }
     if (need[1]) grads[4] = g_logs.sum_to_size(ctx->saved_data["d2"].toIntVector());
     if (need[2]) grads[5] = g_logs.sum_to_size(d3);
@@ -140,6 +156,7 @@ class FlexRoundRounder : public Rounder {
     torch::NoGradGuard ng;
     return flex_harden(p_.map(w_, spec_), p_.grid, w_.sizes(), spec_, "flexround");
   }
+  bool takes_offset() const override { return opts_.flexround_min_as_zero_point; }
 
  private:
   RounderOptions opts_;
@@ -158,6 +175,7 @@ void FlexGrid::init(at::IntArrayRef weight_shape, const torch::TensorOptions& op
   delta1_0 = torch::log(s1_0);
   delta1 = delta1_0.clone().requires_grad_(learn_s1);
   levels = std::make_shared<WeightLevels>(weight_levels(spec, QParams{s1_0, z, {}}, weight_shape));
+  if (qp.offset.defined()) offset = qp.offset.to(opt).contiguous().clone();
 }
 
 void FlexParams::init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp, const RounderOptions& o) {
@@ -183,11 +201,12 @@ std::vector<torch::Tensor> FlexParams::parameters(const RounderOptions& o) const
 }
 
 torch::Tensor FlexParams::quantize(const torch::Tensor& w, const WeightQuantSpec& spec) const {
-  return flexround_quantize(w, grid.s1_0, grid.delta1, grid.delta1_0, delta2, delta3, delta4, *grid.levels, spec);
+  return flexround_quantize(w, grid.s1_0, grid.delta1, grid.delta1_0, delta2, delta3, delta4, *grid.levels, spec,
+                            grid.offset);
 }
 
 FlexMap FlexParams::map(const torch::Tensor& w, const WeightQuantSpec& spec) const {
-  return flex_map(w, grid.s1_0, grid.delta1, grid.delta1_0, delta2, delta3, delta4, *grid.levels, spec);
+  return flex_map(w, grid.s1_0, grid.delta1, grid.delta1_0, delta2, delta3, delta4, *grid.levels, spec, grid.offset);
 }
 
 std::unique_ptr<Rounder> make_flexround(const RounderOptions& opts) {
@@ -199,10 +218,12 @@ std::unique_ptr<Rounder> make_flexround(const RounderOptions& opts) {
 torch::Tensor flexround_quantize(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
                                  const torch::Tensor& delta1_0, const torch::Tensor& delta2,
                                  const torch::Tensor& delta3, const torch::Tensor& delta4, const WeightLevels& levels,
-                                 const WeightQuantSpec& spec) {
+                                 const WeightQuantSpec& spec, const torch::Tensor& offset) {
   // libtorch 1.13 custom functions reject undefined inputs: an absent factor is a constant log 0 (x + 0 == x).
   auto absent = [&](const torch::Tensor& t) { return t.defined() ? t : torch::zeros({}, w.options()); };
-  return rounders::FlexRoundFn::apply(w, s1_0, delta1, delta1_0, delta2, absent(delta3), absent(delta4), levels,
+  // An absent offset is an empty tensor, not a zero: w + 0 would turn -0 into +0.
+  const torch::Tensor off = offset.defined() ? offset : torch::empty({0}, w.options());
+  return rounders::FlexRoundFn::apply(w, s1_0, delta1, delta1_0, delta2, absent(delta3), absent(delta4), off, levels,
                                       spec);
 }
 

@@ -131,17 +131,19 @@ const MethodInfo& method_info(const std::string& name) {
 
 namespace {
 
-// Grids with an offset (k-quants with mins: value = scale * level - offset) as every method sees them: the
-// method rounds w + offset on the plain grid (as ggml rounds (x + m) / d) and the offset is taken off again.
-// Transparent for grids without one.
+// Grids with an offset (k-quants with mins: value = scale * level - offset) as every method sees them unless it
+// takes the offset itself (Rounder::takes_offset): the method rounds w + offset on the plain grid (as ggml rounds
+// (x + m) / d) and the offset is taken off again. Transparent for grids without one.
 class OffsetGrid : public Rounder {
  public:
   explicit OffsetGrid(std::unique_ptr<Rounder> inner) : inner_(std::move(inner)) {}
   std::string name() const override { return inner_->name(); }
   void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp) override {
+    if (inner_->takes_offset()) return inner_->init(w, spec, qp);
     inner_->init(shift(w, spec, qp), spec, plain(qp));
   }
   void init(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp, const LayerStats& st) override {
+    if (inner_->takes_offset()) return inner_->init(w, spec, qp, st);
     inner_->init(shift(w, spec, qp), spec, plain(qp), st);
   }
   torch::Tensor forward(bool hard) override {
@@ -152,10 +154,11 @@ class OffsetGrid : public Rounder {
   torch::Tensor regularizer(int64_t step, int64_t total) override { return inner_->regularizer(step, total); }
   QuantizedTensor harden() override {
     QuantizedTensor t = inner_->harden();
-    t.qparams.offset = offset_;
+    if (!inner_->takes_offset()) t.qparams.offset = offset_;
     return t;
   }
   double default_lr() const override { return inner_->default_lr(); }
+  bool takes_offset() const override { return true; }
 
  private:
   torch::Tensor shift(const torch::Tensor& w, const WeightQuantSpec& spec, const QParams& qp) {

@@ -38,9 +38,11 @@ class HessianRounder : public Rounder {
 };
 
 /// The FlexRound map without autograd (see flexround_quantize): s1p = s1_0*exp(delta1-delta1_0) in the grouped
-/// parameter shape, s1 = s1p broadcast to w, r = w/S, q = levels.nearest(r), out = s1*q.
+/// parameter shape, s1 = s1p broadcast to w, r = w/S, q = levels.nearest(r), out = s1*q (with an offset m:
+/// r = w/S + m/s1, out = s1*q - m).
 struct FlexMap {
   torch::Tensor s1p, s1, S, r, q, out;  // S: the full divisor s1*S2*s3*s4
+  torch::Tensor off;                    // the offset broadcast to w (grids with a stored minimum), else undefined
   torch::Tensor passes;                 // bool, round(r) == q (not saturated); set by the fused path only
 };
 
@@ -62,12 +64,14 @@ bool flex_backward_fused(const torch::Tensor& g, const torch::Tensor& s1, const 
                          const std::vector<int64_t>& d4_shape, const std::vector<int64_t>& need, FlexGrads& out);
 FlexMap flex_map(const torch::Tensor& w, const torch::Tensor& s1_0, const torch::Tensor& delta1,
                  const torch::Tensor& delta1_0, const torch::Tensor& delta2, const torch::Tensor& delta3,
-                 const torch::Tensor& delta4, const WeightLevels& levels, const WeightQuantSpec& spec);
+                 const torch::Tensor& delta4, const WeightLevels& levels, const WeightQuantSpec& spec,
+                 const torch::Tensor& offset = {});
 
 /// The common grid s1 = s1_0 * exp(delta1 - delta1_0) that FlexRound and LRQ learn (delta1 = log s1 starts at
-/// the initial grid), the zero point and the levels broadcast to the weight's shape.
+/// the initial grid), the zero point and the levels broadcast to the weight's shape; the stored minimum when qp has
+/// one (only methods that take the offset themselves receive it, Rounder::takes_offset).
 struct FlexGrid {
-  torch::Tensor s1_0, z, delta1_0, delta1;
+  torch::Tensor s1_0, z, delta1_0, delta1, offset;
   std::shared_ptr<WeightLevels> levels;
   void init(at::IntArrayRef weight_shape, const torch::TensorOptions& opt, const WeightQuantSpec& spec,
             const QParams& qp, bool learn_s1);
