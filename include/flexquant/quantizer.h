@@ -36,7 +36,10 @@
 
 namespace flexquant {
 
-enum class ScaleInit { MinMax, Mse };
+/// The initial grid: Mse = L2.4 shrink search, MinMax = the full range, Signed = symmetric integers only, llama.cpp's
+/// Q4_0/Q5_0/Q8_0 orientation: per group, scale max|w| / 2^(b-1) and the zero point 2^(b-1) - 1 or 2^(b-1), so that
+/// the weight of largest magnitude lands exactly on the extra level (+2^(b-1) or -2^(b-1)) on its own side.
+enum class ScaleInit { MinMax, Mse, Signed };
 
 /// Storage of the group scales.
 ///   Fp32:   as learned.
@@ -52,7 +55,7 @@ std::string to_string(ScaleDtype s);
 ScaleDtype parse_scale_dtype(const std::string& s);   ///< "fp32" | "fp16" | "kquant"
 
 std::string to_string(ScaleInit s);
-ScaleInit parse_scale_init(const std::string& s);     ///< "minmax" | "mse"
+ScaleInit parse_scale_init(const std::string& s);     ///< "minmax" | "mse" | "signed"
 
 /// How one weight tensor is quantized.
 struct WeightQuantSpec {
@@ -62,7 +65,7 @@ struct WeightQuantSpec {
   bool symmetric = false;                         ///< false: per-group zero point (asymmetric; integers only)
   Granularity granularity = Granularity::PerChannel;
   int64_t group_size = 128;                       ///< PerGroup only; capped at the row length
-  ScaleInit init = ScaleInit::Mse;                ///< L2.4 search (methods.md §1.2 / §10.12) or plain min/max
+  ScaleInit init = ScaleInit::Mse;                ///< L2.4 search (methods.md §1.2 / §10.12), min/max or signed
   /// How scales are stored; every scale, initial or learned, is projected onto it (stored_scale) before use, so
   /// the dequantized weight is exactly what a runtime computes from the stored values.
   ScaleDtype scale_dtype = ScaleDtype::Fp32;

@@ -22,7 +22,7 @@ struct Recipe {
   std::string weight_granularity = "tensor";  // tensor | channel | group
   int64_t weight_group_size = 128;
   bool weight_symmetric = true;
-  std::string weight_init = "mse";            // mse | minmax
+  std::string weight_init = "mse";            // mse | minmax | signed
   std::string weight_scale_dtype = "fp32";    // fp32 | fp16 | kquant (GGUF block types)
   int first_last_bits = 8;                    // CNN stem and classifier; 0 = same as weight_bits
   std::string weight_mix;                     // "" | a GGUF per-tensor type mix (gguf_mixes(): q4_k_m, q5_k_m)
@@ -96,7 +96,7 @@ void visit(Recipe& r, V&& v) {
   v("weight.granularity", r.weight_granularity, "Weight scale sharing: tensor | channel | group.");
   v("weight.group_size", r.weight_group_size, "Group size along the input dim (granularity=group), capped at the row length.");
   v("weight.symmetric", r.weight_symmetric, "Symmetric grid (no zero point) instead of asymmetric.");
-  v("weight.init", r.weight_init, "Initial grid: mse (L2.4 search) | minmax.");
+  v("weight.init", r.weight_init, "Initial grid: mse (L2.4 search) | minmax | signed (symmetric integers: per group the scale max|w|/2^(b-1) with the extra level on the side of the largest magnitude, as llama.cpp's Q4_0/Q5_0/Q8_0 round; written to GGUF as a negative block scale where it is positive).");
   v("weight.scale_dtype", r.weight_scale_dtype, "How scales are stored: fp32 | fp16 | kquant. fp16 rounds every scale, initial and learned, to half before use, as GGUF's Q4_0/Q5_0/Q8_0 blocks store it (the first/last-layer override too); with weight.symmetric=false the zero point becomes a half-precision minimum, fixed at the initial grid, as Q4_1/Q5_1 store it (value = scale * code - offset). kquant is llama.cpp's k-quant grid: integer group scales (and mins) under fp16 super-scales per 256 weights, started from llama.cpp's own search; with weight.bits=2 group_size=16 asymmetric it is Q2_K, 3/16/symmetric Q3_K, 4 or 5/32/asymmetric Q4_K or Q5_K, 6/16/symmetric Q6_K.");
   v("weight.first_last_bits", r.first_last_bits, "Bits of a CNN's first and last layer (and the last layer's input); 0 = weight.bits.");
   v("weight.mix", r.weight_mix, "A llama.cpp-style per-tensor GGUF type mix for Llama models: \"\" (one grid from the weight.* keys) | q4_k_m | q5_k_m. q4_k_m: every layer on Q4_K's grid but attn_v and ffn_down of the first and last eighth of the layers and every third one between (llama.cpp's use_more_bits) on Q6_K's; q5_k_m the same on Q5_K. Rows that fit no 256-weight super-block fall back as llama.cpp does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0). Replaces the other weight.* grid keys but weight.init.");

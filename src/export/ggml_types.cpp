@@ -336,6 +336,12 @@ std::string ggml_grid_mismatch(GgmlType t, const QuantizedTensor& q) {
     const torch::Tensor& o = q.qparams.offset;
     if (!o.defined() || !torch::equal(o.to(torch::kHalf).to(o.scalar_type()), o) || q.qparams.zero_point.any().item<bool>())
       return tn + " stores a half minimum per block, and this grid's zero points are not one (init_qparams sets it)";
+  } else if (!kquant::kspec(t)) {
+    const double zq = static_cast<double>(int64_t{1} << (q.spec.bits() - 1));
+    const torch::Tensor& z = q.qparams.zero_point;
+    if (!(z.eq(zq) | z.eq(zq - 1)).all().item<bool>())
+      return fmt::format("{} blocks hold levels -{} .. {} times a signed scale, so every zero point must be {} or {} "
+                         "(weight.symmetric=true sets them)", tn, zq, zq - 1, zq, zq - 1);
   }
   return "";
 }
@@ -403,8 +409,18 @@ std::vector<uint8_t> ggml_pack(GgmlType t, const QuantizedTensor& q, const std::
     FQ_CHECK(ok, InternalError, what, ": its scales or offsets are not integer multiples of one super-scale (", ggml_type_info(t).name, ")");
   } else {
     const float* off = offset.data_ptr<float>();  // Q4_1/Q5_1: m = -offset (0 for the others, and unused)
-    for (int64_t b = 0; b < rows * n / kQK; ++b)
-      write_block(t, out.data() + b * bytes, to_half_bits(sc[b]), to_half_bits(-off[b]), c + b * kQK);
+    const float* zp = zero.data_ptr<float>();
+    const int zq = layout(t).has_min ? 0 : 1 << (layout(t).bits - 1);
+    uint8_t flipped[kQK];
+    for (int64_t b = 0; b < rows * n / kQK; ++b) {
+      const uint8_t* cb = c + b * kQK;
+      float d = sc[b];
+      if (zq && zp[b] == static_cast<float>(zq - 1)) {  // levels -(zq-1)..zq: the same values as -d times zq-1-code
+        for (int j = 0; j < kQK; ++j) flipped[j] = static_cast<uint8_t>(2 * zq - 1 - cb[j]);
+        cb = flipped, d = -d;
+      }
+      write_block(t, out.data() + b * bytes, to_half_bits(d), to_half_bits(-off[b]), cb);
+    }
   }
   // Equal as numbers (a symmetric k-quant's negative scale writes -0 where flexquant holds +0).
   auto back = ggml_dequantize(t, out.data(), rows, n);

@@ -195,7 +195,13 @@ WeightLevels grouped_levels(const WeightQuantSpec& spec, const QParams& qp) {
   return WeightLevels(spec.format, spec.integer() ? qp.zero_point : torch::Tensor());
 }
 
-std::string to_string(ScaleInit s) { return s == ScaleInit::Mse ? "mse" : "minmax"; }
+std::string to_string(ScaleInit s) {
+  switch (s) {
+    case ScaleInit::Mse: return "mse";
+    case ScaleInit::Signed: return "signed";
+    default: return "minmax";
+  }
+}
 
 std::string to_string(ScaleDtype s) {
   switch (s) {
@@ -214,7 +220,8 @@ ScaleDtype parse_scale_dtype(const std::string& s) {
 ScaleInit parse_scale_init(const std::string& s) {
   if (s == "mse") return ScaleInit::Mse;
   if (s == "minmax") return ScaleInit::MinMax;
-  throw ConfigError("weight init \"" + s + "\" is not valid -> allowed: mse | minmax");
+  if (s == "signed") return ScaleInit::Signed;
+  throw ConfigError("weight init \"" + s + "\" is not valid -> allowed: mse | minmax | signed");
 }
 
 std::vector<int64_t> GroupLayout::param_shape(Granularity g) const {
@@ -327,6 +334,10 @@ void check_weight_spec(const WeightQuantSpec& spec) {
     FQ_CHECK(spec.symmetric, ConfigError, "weight format ", spec.format.name(),
              " has no zero point -> hint: set weight.symmetric=true");
   }
+  // (k-quants start from llama.cpp's own search whatever the init.)
+  FQ_CHECK(spec.init != ScaleInit::Signed || (spec.integer() && spec.symmetric), ConfigError,
+           "weight.init=signed orients a symmetric integer grid, and this one is ", spec.format.name(),
+           spec.symmetric ? " symmetric" : " asymmetric", " -> hint: set weight.symmetric=true, or use weight.init=mse | minmax");
   FQ_CHECK(spec.granularity != Granularity::PerGroup || spec.group_size >= 1, ConfigError, "weight group size ",
            spec.group_size, " is not valid -> allowed: >= 1");
   if (spec.scale_dtype == ScaleDtype::KQuant) {
@@ -367,6 +378,13 @@ static QParams init_qparams_unstored(const torch::Tensor& w_in, const WeightQuan
   QParams qp;
   if (spec.symmetric) {
     auto m = wg.abs().amax(dims, /*keepdim=*/true);  // param shape
+    const double half = static_cast<double>(int64_t{1} << (bits - 1));
+    if (spec.init == ScaleInit::Signed) {  // the larger side gets the extra level (ggml's d = max / -2^(b-1))
+      qp.scale = (m / half).clamp_min(kMinScale);
+      const auto positive = wg.amax(dims, true) > -wg.amin(dims, true);
+      qp.zero_point = torch::where(positive, torch::full_like(m, half - 1), torch::full_like(m, half));
+      return qp;
+    }
     if (spec.init == ScaleInit::MinMax) {
       qp.scale = (m * 2.0 / static_cast<double>(qmax)).clamp_min(kMinScale);
     } else {

@@ -228,6 +228,72 @@ TEST(GgmlTypes, LearnedCodesPackExactlyAndDequantizeBitForBit) {
                                      {"layer \"wq\"", "q4_0", "weight.scale_dtype=fp16"});
 }
 
+// weight.init=signed: llama.cpp's orientation of the symmetric types, each block's largest-magnitude weight on the
+// extra level of its own sign (zero point zq - 1 when it is positive, written as a negative block scale). Every
+// method starts there, packs exactly, and round-to-nearest's weight error is llama.cpp's own within 2 % (it rounds
+// with the fp32 scale and stores its half; flexquant rounds with the half it stores), far below the MSE grid's.
+TEST(GgmlTypes, SignedStartIsLlamaCppsOrientationAndPacksExactly) {
+  const LibGgml& lib = LibGgml::get();
+  auto model = stories();
+  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0}) {
+    const std::string tn = ggml_type_info(t).name;
+    double err_signed = 0, err_mse = 0, err_ggml = 0;
+    int64_t flipped = 0, blocks = 0;
+    for (QuantLayer* l : model->all_layers()) {
+      torch::Tensor w = l->weight.contiguous();
+      const int64_t rows = w.size(0), n = w.size(1);
+      if (n % 32) continue;
+      WeightQuantSpec spec = *ggml_weight_spec(t);
+      const auto err = [&](const torch::Tensor& v) { return (v - w).pow(2).sum().item<double>(); };
+      err_mse += err(fake_quant_rtn(w, spec, init_qparams(w, spec)));
+      spec.init = ScaleInit::Signed;
+      const QParams qp = init_qparams(w, spec);
+      const double zq = static_cast<double>(1 << (spec.bits() - 1));
+      ASSERT_TRUE((qp.zero_point.eq(zq) | qp.zero_point.eq(zq - 1)).all().item<bool>()) << tn;
+      flipped += qp.zero_point.eq(zq - 1).sum().item<int64_t>();
+      blocks += qp.zero_point.numel();
+      const QuantizedTensor rtn = quantize_rtn(w, spec, qp);
+      // The largest |level| of each block is the extra one, zq, on the largest weight's side.
+      const torch::Tensor level = rtn.codes.to(torch::kFloat) - qp.zero_point;
+      const torch::Tensor side = torch::where(qp.zero_point.eq(zq), -level, level).amax(2);
+      EXPECT_TRUE(side.eq(zq).all().item<bool>()) << tn << " " << l->name;
+      err_signed += err(rtn.dequantize());
+      auto theirs = lib.quantize(t, w.data_ptr<float>(), rows, n, nullptr);
+      auto d = ggml_dequantize(t, theirs.data(), rows, n);
+      err_ggml += err(torch::from_blob(d.data(), w.sizes(), torch::kFloat).clone());
+      for (const char* m : {"rtn", "adaround", "flexround", "lrq", "gptq"}) {
+        auto r = make_rounder(m);
+        LayerStats st;
+        st.hessian = torch::eye(n);
+        r->init(w, spec, qp, st);
+        if (std::string(m) != "gptq") {
+          EXPECT_TRUE(torch::equal(r->harden().codes, rtn.codes)) << m << " " << tn;
+        }
+        {
+          torch::NoGradGuard ng;
+          for (auto& p : r->parameters()) p.add_(torch::randn_like(p) * 0.05);
+        }
+        QuantizedTensor q = r->harden();
+        EXPECT_TRUE(torch::equal(q.qparams.zero_point, qp.zero_point)) << m << ": the orientation moved";
+        auto bytes = ggml_pack(t, q, l->name);  // InternalError unless llama.cpp's dequantization is the forward
+        auto back = ggml_dequantize(t, bytes.data(), rows, n);
+        EXPECT_TRUE(torch::equal(torch::from_blob(back.data(), w.sizes(), torch::kFloat), r->forward(true).detach()))
+            << m << " " << tn << " " << l->name;
+      }
+    }
+    std::cout << "[ signed ] " << tn << ": weight SSE signed " << err_signed << ", llama.cpp " << err_ggml << ", mse grid "
+              << err_mse << "; " << flipped << " of " << blocks << " blocks with a negative scale\n";
+    EXPECT_GT(flipped, blocks / 4) << tn;
+    EXPECT_LT(flipped, blocks * 3 / 4) << tn;
+    EXPECT_LT(err_signed, 1.02 * err_ggml) << tn;
+  }
+  // Orienting needs a symmetric integer grid.
+  WeightQuantSpec asym = *ggml_weight_spec(GgmlType::Q4_1);
+  asym.init = ScaleInit::Signed;
+  flexquant::testing::expect_error<ConfigError>([&] { init_qparams(torch::randn({4, 32}), asym); },
+                                                {"weight.init=signed", "weight.symmetric=true"});
+}
+
 TEST(Gguf, F32ExportReadsBackBitForBitWithItsTokenizer) {
   auto model = stories();
   Tokenizer tok = Tokenizer::load(shared_path("data/lm/tok512.bin"));
