@@ -8,7 +8,8 @@
 # Usage: bench/run_gguf_seeds.sh [build-dir] [iters] [type ...]   types: q4_0 q4_1 q5_0 q5_1 q8_0 (default q4_1 q5_0 q5_1)
 #   Types may run as parallel processes (FLEXQUANT_ARGS="--threads 1"); a finished (type, seed) is not rerun.
 #   VARIANT=-mse-start EXTRA="--set weight.init=mse": rows <type>-mse-start with those settings added (AdaRound's
-#   recipe already starts from the MSE grid, so this moves FlexRound's start only).
+#   recipe already starts from the MSE grid, so this moves FlexRound's start only). The other variants published:
+#   -zp EXTRA="--set flexround.min_as_zero_point=1" (FlexRound only), -signed EXTRA="--set weight.init=signed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -56,7 +57,12 @@ print("runs, 2026-12-07 23:52-00:12 UTC, built from commit c8e1cf49290b: `out/be
 print("compare --model ../shared/data/lm/stories260K.bin --data ../shared/data/lm/tinystories_valid_first.txt")
 print("--calib-paragraphs 2000 --eval-skip 60000 --recipe recipes/llm-flexround-g32.json --set weight.bits=<4|5>")
 print("--set weight.symmetric=<false|true> --set weight.granularity=group --set weight.group_size=32 --set")
-print("weight.scale_dtype=fp16 --set calib.samples=512 --set recon.iters=5000 --set weight.init=<minmax|mse>`.\n")
+print("weight.scale_dtype=fp16 --set calib.samples=512 --set recon.iters=5000 --set weight.init=<minmax|mse>`.")
+print("Rows `<type>-zp`: FlexRound rounds w/S + m/s1, the block minimum m a fractional zero point")
+print("(`flexround.min_as_zero_point=1`), instead of (w + m)/S; AdaRound is unchanged by it. Chosen on the validation")
+print("slice (Q4_1, seed 1005, the command above with `--set flexround.min_as_zero_point=<0|1>`, a build of the tree of")
+print("commit bcab940: 6.728 with 0, 6.677 with 1). Rows `<type>-signed`: both methods start from llama.cpp's orientation")
+print("of the symmetric grid (`weight.init=signed`: each block's largest magnitude on the extra level of its own side).\n")
 print("| type | AdaRound | FlexRound | FlexRound - AdaRound | per seed (AdaRound / FlexRound) | seeds |\n|---|---|---|---|---|---|")
 rows, cmds = {}, []
 for d in sorted(glob.glob(f"{out}/*-s*.done")):
