@@ -141,7 +141,7 @@ void Recipe::validate() const {
            weight_granularity, "\" is not valid: use tensor | channel | group");
   FQ_CHECK(weight_group_size >= 1, ConfigError, "weight.group_size ", weight_group_size, " must be >= 1");
   parse_scale_dtype(weight_scale_dtype);  // ConfigError naming the allowed values
-  FQ_CHECK(in(weight_init, {"mse", "minmax", "signed"}), ConfigError, "weight.init \"", weight_init, "\" is not valid: use mse | minmax | signed");
+  parse_scale_init(weight_init);          // ConfigError naming the allowed values
   check_weight_spec(weight_spec());  // the grid itself: format width, symmetry (one check, shared with the quantizer)
   if (!weight_mix.empty()) gguf_mix_base(weight_mix);  // ConfigError listing the mixes
   FQ_CHECK(first_last_bits == 0 || (first_last_bits >= 2 && first_last_bits <= 8), ConfigError,

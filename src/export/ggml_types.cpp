@@ -348,6 +348,10 @@ std::string ggml_grid_mismatch(GgmlType t, const QuantizedTensor& q) {
 
 namespace {
 
+// A symmetric grid whose zero point is zq - 1 (levels -(zq-1)..zq) is ggml's negative-scale orientation: the same
+// values are -d times the ggml code 2 zq - 1 - code.
+uint8_t flip_code(int zq, uint8_t code) { return static_cast<uint8_t>(2 * zq - 1 - code); }
+
 // One super-block of k-quant codes from flexquant's grid (scales already projected: d * integer; offsets
 // dmin * integer; symmetric zero points zq or zq - 1, the orientation of a signed scale). Sets `ok` false when a
 // value is not on the type's grid.
@@ -375,7 +379,7 @@ kquant::KBlock kblock_from_grid(const kquant::KSpec& ks, const float* scale, con
     if (ks.has_min) b.m[j] = b.dmin > 0 ? static_cast<int>(std::nearbyint(offset[j] / b.dmin)) : 0;
     ok = ok && b.sc[j] >= ks.scale_lo && b.sc[j] <= ks.scale_hi && b.m[j] >= 0 && b.m[j] <= ks.scale_hi;
     for (int i = j * ks.sub; i < (j + 1) * ks.sub; ++i)
-      b.q[i] = static_cast<uint8_t>(flipped ? 2 * ks.zq - 1 - code[i] : code[i]);
+      b.q[i] = flipped ? flip_code(ks.zq, code[i]) : code[i];
   }
   return b;
 }
@@ -415,8 +419,8 @@ std::vector<uint8_t> ggml_pack(GgmlType t, const QuantizedTensor& q, const std::
     for (int64_t b = 0; b < rows * n / kQK; ++b) {
       const uint8_t* cb = c + b * kQK;
       float d = sc[b];
-      if (zq && zp[b] == static_cast<float>(zq - 1)) {  // levels -(zq-1)..zq: the same values as -d times zq-1-code
-        for (int j = 0; j < kQK; ++j) flipped[j] = static_cast<uint8_t>(2 * zq - 1 - cb[j]);
+      if (zq && zp[b] == static_cast<float>(zq - 1)) {
+        for (int j = 0; j < kQK; ++j) flipped[j] = flip_code(zq, cb[j]);
         cb = flipped, d = -d;
       }
       write_block(t, out.data() + b * bytes, to_half_bits(d), to_half_bits(-off[b]), cb);

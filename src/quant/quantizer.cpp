@@ -221,7 +221,7 @@ ScaleInit parse_scale_init(const std::string& s) {
   if (s == "mse") return ScaleInit::Mse;
   if (s == "minmax") return ScaleInit::MinMax;
   if (s == "signed") return ScaleInit::Signed;
-  throw ConfigError("weight init \"" + s + "\" is not valid -> allowed: mse | minmax | signed");
+  throw ConfigError("weight.init \"" + s + "\" is not valid -> allowed: mse | minmax | signed");
 }
 
 std::vector<int64_t> GroupLayout::param_shape(Granularity g) const {
